@@ -1,0 +1,20 @@
+// The one schema of the dsnot_kernels op library; backends register implementations under
+// dispatch keys (csrc/cpu, csrc/cuda). See docs/KERNEL_CONTRACT.md for the semantics.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import dsnot_kernels._C` loads this library, which registers the ops below as a side effect.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(dsnot_kernels, m) {
+  m.def(
+      "refine_mask(Tensor weight, Tensor sum_metric_row, Tensor var, Tensor scaler_row, "
+      "Tensor? initial_metric, Tensor? initial_mask, Tensor? mean, float sparsity, int prune_n, "
+      "int prune_m, int max_cycle_time, float update_threshold, float pow_of_var_regrowing, "
+      "bool same_sign, int objective) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,12 @@
+"""dsnot_kernels: fast, exact DSnoT mask refinement (CPU C++, CUDA, Triton, PyTorch reference)."""
+from dsnot_kernels import _extension  # noqa: F401  (loads the compiled ops when present)
+from dsnot_kernels.metrics import initial_metric, magnitude_metric, sparsegpt_metric, wanda_metric
+from dsnot_kernels.ops import available_backends, refine_mask
+from dsnot_kernels.stats import CalibrationStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CalibrationStats", "refine_mask", "available_backends", "initial_metric", "wanda_metric",
+    "magnitude_metric", "sparsegpt_metric",
+]

@@ -1,0 +1,45 @@
+"""Initial pruning metrics (spec §2): wanda, magnitude, sparsegpt. All (rows, cols) float32."""
+from __future__ import annotations
+
+import torch
+
+from dsnot_kernels.reference import wanda_metric
+
+__all__ = ["wanda_metric", "magnitude_metric", "sparsegpt_metric", "initial_metric"]
+
+
+def magnitude_metric(weight: torch.Tensor) -> torch.Tensor:
+    """``|W|`` in float32."""
+    return weight.float().abs()
+
+
+def sparsegpt_metric(weight: torch.Tensor, hessian: torch.Tensor, percdamp: float = 0.01):
+    """SparseGPT's saliency ``W² / d²``, d = diag of the upper Cholesky factor of inv(H + damp·I).
+
+    Dead input channels (``diag H == 0``) get ``H[j, j] = 1`` and ``W[:, j] = 0`` first, as in the
+    authors' code. ``hessian`` (cols, cols) is not modified.
+    """
+    W = weight.float().clone()
+    H = hessian.float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * torch.mean(torch.diag(H))
+    idx = torch.arange(H.shape[0], device=H.device)
+    H[idx, idx] += damp
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    return W ** 2 / (torch.diag(Hinv).reshape((1, -1))) ** 2
+
+
+def initial_metric(method: str, weight: torch.Tensor, stats) -> torch.Tensor:
+    """The initial metric named ``method`` ("wanda", "magnitude", "sparsegpt") from ``stats``."""
+    if method == "wanda":
+        return wanda_metric(weight, stats.scaler_row)
+    if method == "magnitude":
+        return magnitude_metric(weight)
+    if method == "sparsegpt":
+        if getattr(stats, "hessian", None) is None:
+            raise ValueError("the sparsegpt metric needs CalibrationStats(..., hessian=True)")
+        return sparsegpt_metric(weight, stats.hessian)
+    raise ValueError(f"unknown initial method {method!r}; expected wanda, magnitude or sparsegpt")

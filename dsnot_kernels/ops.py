@@ -1,0 +1,282 @@
+"""The public kernel API: ``refine_mask`` and ``available_backends``.
+
+Every call is validated and canonicalised here (spec: ALGORITHM.md §2-§3, numerics:
+docs/KERNEL_CONTRACT.md), then handed to one backend. All backends take the same positional
+arguments as the compiled op ``dsnot_kernels::refine_mask`` and return ``(mask, swaps)``.
+
+Backend choice: the ``backend`` argument, else the environment variable
+``DSNOT_KERNELS_BACKEND``, else the best available for the weight's device
+(CUDA: ``cuda`` > ``triton`` > ``torch``; CPU: ``cpu`` > ``torch``). An explicitly requested
+backend that cannot serve raises; an automatic choice falls back and says so once.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Callable, NamedTuple
+
+import torch
+
+from dsnot_kernels import _extension
+from dsnot_kernels.reference import refine_mask_reference
+
+OBJECTIVES = {"dsnot": 0, "mse": 1}
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BACKEND_ENV = "DSNOT_KERNELS_BACKEND"
+
+
+class Backend(NamedTuple):
+    name: str
+    fn: Callable
+    can_serve: Callable[[torch.device], "str | None"]  # None = can serve, else the reason why not
+
+
+def _compiled_op(*args):
+    return torch.ops.dsnot_kernels.refine_mask.default(*args)
+
+
+def _serve_torch(device: torch.device) -> "str | None":
+    return None
+
+
+def _serve_cpu(device: torch.device) -> "str | None":
+    if device.type != "cpu":
+        return f"the cpu backend serves CPU tensors, not {device.type}"
+    if not _extension.has_kernel("CPU"):
+        return ("the compiled extension has no CPU kernel"
+                + (f" ({_extension.EXTENSION_ERROR})" if _extension.EXTENSION_ERROR else ""))
+    return None
+
+
+def _serve_cuda(device: torch.device) -> "str | None":
+    if device.type != "cuda":
+        return f"the cuda backend serves CUDA tensors, not {device.type}"
+    if not _extension.has_kernel("CUDA"):
+        return ("the compiled extension has no CUDA kernel (built without nvcc or without a CUDA torch)"
+                + (f" ({_extension.EXTENSION_ERROR})" if _extension.EXTENSION_ERROR else ""))
+    return None
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _serve_triton(device: torch.device) -> "str | None":
+    if device.type == "cpu" and not _triton_interpreting():
+        return "the triton backend serves CPU tensors only under TRITON_INTERPRET=1"
+    if device.type not in ("cpu", "cuda"):
+        return f"the triton backend does not serve {device.type} tensors"
+    try:
+        from dsnot_kernels.triton import refine_mask_triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not importable ({exc})"
+    return None
+
+
+def _triton_fn(*args):
+    from dsnot_kernels.triton import refine_mask_triton
+
+    return refine_mask_triton(*args)
+
+
+BACKENDS = {
+    "torch": Backend("torch", refine_mask_reference, _serve_torch),
+    "cpu": Backend("cpu", _compiled_op, _serve_cpu),
+    "cuda": Backend("cuda", _compiled_op, _serve_cuda),
+    "triton": Backend("triton", _triton_fn, _serve_triton),
+}
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+_fallback_said: set = set()
+
+
+def available_backends(device="cpu") -> list:
+    """Names of the backends that can serve tensors on ``device``, best first."""
+    device = torch.device(device)
+    order = list(_AUTO_ORDER.get(device.type, ("torch",)))
+    order += [n for n in BACKENDS if n not in order]
+    return [n for n in order if BACKENDS[n].can_serve(device) is None]
+
+
+def _choose_backend(name, device: torch.device) -> Backend:
+    if name is None:
+        name = os.environ.get(BACKEND_ENV) or None
+    if name is not None:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
+        why = BACKENDS[name].can_serve(device)
+        if why is not None:
+            raise RuntimeError(f"dsnot_kernels: backend {name!r} cannot serve this call: {why}")
+        return BACKENDS[name]
+    for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
+        if BACKENDS[candidate].can_serve(device) is None:
+            if candidate == "torch" and device.type not in _fallback_said:
+                _fallback_said.add(device.type)
+                if device.type == "cpu":
+                    _extension.warn_once_missing()
+                else:
+                    warnings.warn(f"dsnot_kernels: no compiled backend serves {device.type} tensors; "
+                                  "using the PyTorch reference", RuntimeWarning, stacklevel=3)
+            return BACKENDS[candidate]
+    return BACKENDS["torch"]
+
+
+def _as_stat(name, t, cols, device) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 1 or t.shape[0] != cols:
+        raise ValueError(f"{name} must have shape ({cols},) to match weight's columns, got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but weight is on {device}; put all tensors on one device")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    t = t.to(torch.float32).contiguous()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} has non-finite values (NaN or inf)")
+    return t
+
+
+def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask,
+                       sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
+                       pow_of_var_regrowing, objective, mean):
+    """Check every argument of ``refine_mask`` and return the canonical tensors.
+
+    Returns ``(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean)``:
+    weight contiguous in its dtype, statistics and metric float32 contiguous, mask bool contiguous.
+    Raises ``TypeError``/``ValueError`` naming the argument and the problem.
+    """
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (rows, cols) = (out_features, in_features), got shape {tuple(weight.shape)}")
+    if weight.dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight dtype must be float32, float16 or bfloat16, got {weight.dtype}")
+    rows, cols = weight.shape
+    if cols >= 2**31:
+        raise ValueError(f"weight has {cols} columns; at most 2**31 - 1 are supported")
+    device = weight.device
+    weight = weight.contiguous()
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight has non-finite values (NaN or inf)")
+    sum_metric_row = _as_stat("sum_metric_row", sum_metric_row, cols, device)
+    var = _as_stat("var", var, cols, device)
+    scaler_row = _as_stat("scaler_row", scaler_row, cols, device)
+    if bool((var < 0).any()):
+        raise ValueError("var has negative values; a variance must be >= 0")
+    if bool((scaler_row < 0).any()):
+        raise ValueError("scaler_row has negative values; a mean of squares must be >= 0")
+
+    for name, v in (("prune_n", prune_n), ("prune_m", prune_m), ("max_cycle_time", max_cycle_time)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if max_cycle_time < 0:
+        raise ValueError(f"max_cycle_time must be >= 0, got {max_cycle_time}")
+    if max_cycle_time >= 2**31:
+        raise ValueError(f"max_cycle_time must be < 2**31, got {max_cycle_time}")
+    if prune_n != 0 or prune_m != 0:
+        if not (0 < prune_n < prune_m):
+            raise ValueError(f"N:M needs 0 < prune_n < prune_m, got prune_n={prune_n}, prune_m={prune_m}")
+        if cols % prune_m != 0:
+            raise ValueError(f"N:M needs cols divisible by prune_m: cols={cols}, prune_m={prune_m}")
+    else:
+        sparsity = float(sparsity)
+        if not (0.0 <= sparsity < 1.0):
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    update_threshold = float(update_threshold)
+    if not (math.isfinite(update_threshold) and update_threshold >= 0):
+        raise ValueError(f"update_threshold must be finite and >= 0, got {update_threshold}")
+    if not math.isfinite(float(pow_of_var_regrowing)):
+        raise ValueError(f"pow_of_var_regrowing must be finite, got {pow_of_var_regrowing}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+
+    if initial_metric is not None:
+        if not isinstance(initial_metric, torch.Tensor) or tuple(initial_metric.shape) != (rows, cols):
+            raise ValueError(f"initial_metric must be a tensor of shape {(rows, cols)}")
+        if initial_metric.device != device:
+            raise ValueError(f"initial_metric is on {initial_metric.device} but weight is on {device}")
+        if not initial_metric.is_floating_point():
+            raise ValueError(f"initial_metric must be floating point, got {initial_metric.dtype}")
+        initial_metric = initial_metric.to(torch.float32).contiguous()
+        if bool(torch.isnan(initial_metric).any()):
+            raise ValueError("initial_metric has NaN values")
+    if initial_mask is not None:
+        if not isinstance(initial_mask, torch.Tensor) or tuple(initial_mask.shape) != (rows, cols):
+            raise ValueError(f"initial_mask must be a tensor of shape {(rows, cols)}")
+        if initial_mask.device != device:
+            raise ValueError(f"initial_mask is on {initial_mask.device} but weight is on {device}")
+        if initial_mask.dtype != torch.bool:
+            raise ValueError(f"initial_mask must be a bool tensor (True = pruned), got {initial_mask.dtype}")
+        initial_mask = initial_mask.contiguous()
+        if prune_n > 0 and rows * cols > 0:
+            per_group = initial_mask.view(rows, cols // prune_m, prune_m).sum(-1)
+            bad = (per_group != prune_n).nonzero()
+            if bad.numel():
+                r, g = bad[0].tolist()
+                raise ValueError(f"initial_mask is not {prune_n}:{prune_m}: row {r}, group {g} has "
+                                 f"{int(per_group[r, g])} pruned ({bad.shape[0]} groups violate)")
+    if objective == "mse":
+        if mean is None:
+            raise ValueError('objective="mse" needs mean= (CalibrationStats.mean, the per-token input mean)')
+        mean = _as_stat("mean", mean, cols, device)
+    else:
+        mean = None
+    return weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean
+
+
+def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None,
+                sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
+                pow_of_var_regrowing=1.0, without_same_sign=True, backend=None, objective="dsnot",
+                mean=None, return_swaps=False):
+    """DSnoT: initial mask plus training-free refinement of one linear layer (spec §2-§3).
+
+    Args:
+        weight: (rows, cols) = (out_features, in_features), float32/float16/bfloat16.
+        sum_metric_row, var, scaler_row: (cols,) floating, the layer's input statistics
+            (``CalibrationStats``); converted to float32.
+        initial_metric: (rows, cols) float, the metric of the initial selection (None = wanda,
+            ``|W| * sqrt(scaler_row)``). For N:M it also picks the weight pruned in a group.
+        initial_mask: (rows, cols) bool, True = pruned: use this mask instead of the initial
+            selection (for N:M it must be N:M already).
+        sparsity: unstructured ratio in [0, 1); ``int(cols * sparsity)`` pruned per row.
+        prune_n, prune_m: N:M pattern when ``prune_n > 0`` (cols divisible by ``prune_m``).
+        max_cycle_time: swap cycles per row (0 = the initial mask only).
+        update_threshold: a row stops once ``|err| <= update_threshold`` (float32 compare).
+        pow_of_var_regrowing: p in the growth key ``dm / var**p`` (0 = no division).
+        without_same_sign: unstructured only; False applies the same-sign rule (N:M always does).
+        backend: None (automatic), "torch", "cpu", "cuda" or "triton".
+        objective: "dsnot" (the authors' rule) or "mse" (accept a swap only if it lowers the
+            row's mean² + variance output error; needs ``mean``).
+        mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
+        return_swaps: also return the (rows,) int32 count of accepted swaps per row.
+
+    Returns:
+        (rows, cols) bool mask, True = pruned, on the weight's device; with ``return_swaps``,
+        ``(mask, swaps)``.
+    """
+    (weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean) = validate_arguments(
+        weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, sparsity, prune_n,
+        prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, objective, mean)
+    chosen = _choose_backend(backend, weight.device)
+    rows, cols = weight.shape
+    if rows == 0 or cols == 0:
+        mask = torch.zeros((rows, cols), dtype=torch.bool, device=weight.device)
+        swaps = torch.zeros((rows,), dtype=torch.int32, device=weight.device)
+    else:
+        nm = prune_n > 0
+        same_sign = True if nm else not bool(without_same_sign)
+        mask, swaps = chosen.fn(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask,
+                                mean, float(sparsity) if not nm else 0.0, int(prune_n), int(prune_m),
+                                int(max_cycle_time), float(update_threshold), float(pow_of_var_regrowing),
+                                same_sign, OBJECTIVES[objective])
+    return (mask, swaps) if return_swaps else mask
+
+
+if _extension._C is not None:
+    @torch.library.register_fake("dsnot_kernels::refine_mask")
+    def _refine_mask_fake(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
+                          sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
+                          pow_of_var_regrowing, same_sign, objective):
+        mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+        swaps = torch.empty((weight.shape[0],), dtype=torch.int32, device=weight.device)
+        return mask, swaps

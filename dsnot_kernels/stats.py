@@ -1,0 +1,95 @@
+"""Calibration statistics of one linear layer's inputs (spec §1).
+
+The statistics follow the authors' ``WrappedGPT.add_batch`` recurrences exactly, one calibration
+sample at a time, in float32 on the statistics' device. A batch of B samples is split into its
+samples and each goes through the same per-sample update, so B samples in one call give bit-for-bit
+the numbers of B single-sample calls, and the numbers of the authors' driver on the same inputs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class CalibrationStats:
+    """Running input statistics of a linear layer with ``in_features`` input channels.
+
+    Attributes (all float32 on ``device``):
+        scaler_row: (in_features,) mean over samples of the per-sample sum over tokens of x_j².
+        sum_metric_row: (in_features,) mean over samples of the per-sample sum over tokens of x_j.
+        var: (in_features,) within-sample population variance, pooled over samples by token count
+            (between-sample spread is not included, as in the authors' code).
+        mean: (in_features,) per-token mean over all tokens seen.
+        hessian: (in_features, in_features) ``(2/S) * sum X Xᵀ`` (only with ``hessian=True``).
+            The authors' DSnoT wrapper allocates H but never accumulates it; this one does, with
+            SparseGPT's own recurrence.
+        nsamples: samples seen.
+    """
+
+    def __init__(self, in_features: int, device="cpu", hessian: bool = False):
+        if int(in_features) <= 0:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        self.in_features = int(in_features)
+        self.device = torch.device(device)
+        zeros = lambda: torch.zeros(self.in_features, dtype=torch.float32, device=self.device)  # noqa: E731
+        self.scaler_row = zeros()
+        self.sum_metric_row = zeros()
+        self.var = zeros()
+        self.mean = zeros()
+        self.nsamples = 0
+        self.ntokens = 0
+        self.hessian = (torch.zeros((self.in_features, self.in_features), dtype=torch.float32, device=self.device)
+                        if hessian else None)
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        """Add samples: ``x`` (B, T, in_features) = B samples of T tokens, or (T, in_features) = one.
+
+        Any floating dtype and device; moved to the statistics' device and float32.
+        """
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError("add_batch expects a floating-point torch.Tensor")
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        if x.dim() != 3 or x.shape[-1] != self.in_features:
+            raise ValueError(f"add_batch expects (B, T, {self.in_features}) or (T, {self.in_features}), "
+                             f"got {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError("add_batch got samples of 0 tokens")
+        x = x.detach().to(self.device)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("add_batch got non-finite inputs (NaN or inf)")
+        for b in range(x.shape[0]):
+            self._add_sample(x[b])
+
+    def _add_sample(self, x: torch.Tensor) -> None:
+        # Mirrors WrappedGPT.add_batch for one (T, C) sample: inp is (C, T) float32.
+        inp = x.t().type(torch.float32)
+        mean_inp = torch.mean(inp, dim=1)
+        var_inp = torch.var(inp, dim=1, unbiased=False)
+        num = inp.shape[1]
+        if self.ntokens == 0:
+            self.var, self.mean = var_inp, mean_inp
+        else:
+            self.var = (self.var * self.ntokens + var_inp * num) / (self.ntokens + num)
+            self.mean = (self.mean * self.ntokens + mean_inp * num) / (self.ntokens + num)
+        self.ntokens += num
+
+        self.scaler_row *= self.nsamples / (self.nsamples + 1)
+        self.sum_metric_row *= self.nsamples / (self.nsamples + 1)
+        if self.hessian is not None:  # SparseGPT's recurrence, one sample
+            self.hessian *= self.nsamples / (self.nsamples + 1)
+        self.nsamples += 1
+        self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
+        self.sum_metric_row += torch.sum(inp, dim=1) / self.nsamples
+        if self.hessian is not None:
+            scaled = math.sqrt(2 / self.nsamples) * inp
+            self.hessian += scaled.matmul(scaled.t())
+
+    def to_dict(self) -> dict:
+        """The statistics as a dict of tensors (for saving with ``torch.save``)."""
+        out = {"scaler_row": self.scaler_row, "sum_metric_row": self.sum_metric_row, "var": self.var,
+               "mean": self.mean, "nsamples": self.nsamples, "ntokens": self.ntokens}
+        if self.hessian is not None:
+            out["hessian"] = self.hessian
+        return out
