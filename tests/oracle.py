@@ -1,0 +1,137 @@
+"""A deliberately simple per-row implementation of DSnoT (spec §2-§3, docs/KERNEL_CONTRACT.md).
+
+One row at a time, Python lists and ``sorted`` on (value, column) tuples, numpy float32 scalars for
+float32 arithmetic and Python floats for float64. Shares no code with ``dsnot_kernels``: the
+vectorised reference and every kernel must equal it on small inputs.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+F32 = np.float32
+LANES = 256
+
+
+def _lane_sum(values, zero):
+    """Contract order: 256 sequential lane partials, then the pairwise tree."""
+    parts = [zero] * LANES
+    for j, v in enumerate(values):
+        parts[j % LANES] = parts[j % LANES] + v
+    while len(parts) > 1:
+        parts = [parts[2 * i] + parts[2 * i + 1] for i in range(len(parts) // 2)]
+    return parts[0]
+
+
+def _sign(x) -> int:
+    return int(x > 0) - int(x < 0)
+
+
+def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsity=0.5, prune_n=0,
+               prune_m=0, max_cycle_time=50, update_threshold=0.1, p=1.0, same_sign=False,
+               objective="dsnot"):
+    """Refine one row. ``w, s, var, scaler, metric, mean``: lists of floats; ``pruned``: list of bools.
+
+    Returns ``(pruned_list, swaps)``.
+    """
+    cols = len(w)
+    w = [F32(x) for x in w]
+    dm = [F32(w[j] * F32(s[j])) for j in range(cols)]
+    wanda = [F32(abs(w[j]) * np.sqrt(F32(scaler[j]))) for j in range(cols)]
+    metric = wanda if metric is None else [F32(x) for x in metric]
+    by_metric = lambda j: (float(metric[j]), j)  # noqa: E731  (-0.0 == 0.0 in tuples: a tie)
+
+    if pruned is None:
+        pruned = [False] * cols
+        if prune_n:
+            for g in range(0, cols, prune_m):
+                for j in sorted(range(g, g + prune_m), key=by_metric)[:prune_n]:
+                    pruned[j] = True
+        else:
+            for j in sorted(range(cols), key=by_metric)[:int(cols * sparsity)]:
+                pruned[j] = True
+    pruned = list(pruned)
+    initial = list(pruned)
+    if max_cycle_time == 0:
+        return pruned, 0
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if p == 0:
+            key = list(dm)
+        else:
+            key = [dm[j] / (F32(var[j]) if p == 1 else F32(math.pow(float(var[j]), p)))
+                   for j in range(cols)]
+    err = _lane_sum([dm[j] if initial[j] else F32(0) for j in range(cols)], F32(0))
+    thr = F32(update_threshold)
+    sign0 = _sign(err)
+
+    hi = sorted([j for j in range(cols) if initial[j] and key[j] > 0], key=lambda j: (float(key[j]), j), reverse=True)
+    lo = sorted([j for j in range(cols) if initial[j] and key[j] < 0], key=lambda j: (float(key[j]), j))
+    plo = sorted([j for j in range(cols) if not initial[j] and dm[j] < 0], key=lambda j: (float(wanda[j]), j))
+    phi = sorted([j for j in range(cols) if not initial[j] and dm[j] > 0], key=lambda j: (float(wanda[j]), j))
+    chosen_q = [False] * cols
+
+    if objective == "mse":
+        a = [float(w[j]) * float(mean[j]) for j in range(cols)]
+        b = [(float(w[j]) * float(w[j])) * float(var[j]) for j in range(cols)]
+        e = _lane_sum([a[j] if initial[j] else 0.0 for j in range(cols)], 0.0)
+
+    swaps = 0
+    for _ in range(max_cycle_time):
+        if not (abs(err) > thr):
+            break
+        grow = hi if err > 0 else lo
+        if not grow:
+            break
+        r = grow.pop(0)
+        if prune_n:
+            start = r - r % prune_m
+            cands = [c for c in range(start, start + prune_m)
+                     if not initial[c] and not chosen_q[c] and metric[c] < np.inf]
+            q = min(cands, key=by_metric) if cands else None
+        else:
+            source = phi if err < 0 else plo
+            if not source:
+                break
+            q = source.pop(0)
+        after = F32(F32(err + (dm[q] if q is not None else F32(0))) - dm[r])
+        if objective == "dsnot":
+            if q is None or (same_sign and _sign(after) != sign0):
+                break
+        else:
+            if q is None:
+                continue
+            t = (e + a[q]) - a[r]
+            if not (((t * t - e * e) + b[q]) - b[r] < 0):
+                continue
+            e = t
+        pruned[q], pruned[r] = True, False
+        chosen_q[q] = True
+        err = after
+        swaps += 1
+    return pruned, swaps
+
+
+def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None, mean=None,
+           sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
+           pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot"):
+    """``refine_mask``'s keyword interface over ``oracle_row``; returns (mask, swaps) tensors."""
+    W = weight.float().tolist()
+    cols = weight.shape[1]
+    s, v, sc = sum_metric_row.tolist(), var.tolist(), scaler_row.tolist()
+    mu = mean.tolist() if mean is not None else None
+    same_sign = True if prune_n else not without_same_sign
+    masks, swaps = [], []
+    for i, row in enumerate(W):
+        pr, sw = oracle_row(row, s, v, sc,
+                            None if initial_metric is None else initial_metric[i].float().tolist(),
+                            None if initial_mask is None else initial_mask[i].tolist(), mu,
+                            sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,
+                            max_cycle_time=max_cycle_time, update_threshold=update_threshold,
+                            p=pow_of_var_regrowing, same_sign=same_sign, objective=objective)
+        masks.append(pr)
+        swaps.append(sw)
+    mask = torch.tensor(masks, dtype=torch.bool).reshape(len(W), cols)
+    return mask, torch.tensor(swaps, dtype=torch.int32)
