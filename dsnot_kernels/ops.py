@@ -121,9 +121,26 @@ def _choose_backend(name, device: torch.device) -> Backend:
     return BACKENDS["torch"]
 
 
-def _as_stat(name, t, cols, device) -> torch.Tensor:
+def _check_tensor(name, t) -> None:
+    """``t`` must be a dense (strided) torch.Tensor: numpy arrays, lists, sparse tensors are refused."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+
+
+def _as_real(name, v) -> float:
+    """A real-number argument as a Python float; strings, None and other objects are refused."""
+    if isinstance(v, (str, bytes)) or v is None:
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    try:
+        return float(v)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}") from exc
+
+
+def _as_stat(name, t, cols, device) -> torch.Tensor:
+    _check_tensor(name, t)
     if t.dim() != 1 or t.shape[0] != cols:
         raise ValueError(f"{name} must have shape ({cols},) to match weight's columns, got {tuple(t.shape)}")
     if t.device != device:
@@ -145,8 +162,9 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
     weight contiguous in its dtype, statistics and metric float32 contiguous, mask bool contiguous.
     Raises ``TypeError``/``ValueError`` naming the argument and the problem.
     """
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    _check_tensor("weight", weight)
+    if weight.device.type == "meta":
+        raise ValueError("weight is on the meta device (no data); refine_mask needs real tensors")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (rows, cols) = (out_features, in_features), got shape {tuple(weight.shape)}")
     if weight.dtype not in WEIGHT_DTYPES:
@@ -163,6 +181,7 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
     scaler_row = _as_stat("scaler_row", scaler_row, cols, device)
     if bool((var < 0).any()):
         raise ValueError("var has negative values; a variance must be >= 0")
+    var = var + 0.0  # -0.0 -> +0.0: a zero variance gives keys +-inf by the sign of dm (spec §3)
     if bool((scaler_row < 0).any()):
         raise ValueError("scaler_row has negative values; a mean of squares must be >= 0")
 
@@ -179,20 +198,23 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
         if cols % prune_m != 0:
             raise ValueError(f"N:M needs cols divisible by prune_m: cols={cols}, prune_m={prune_m}")
     else:
-        sparsity = float(sparsity)
+        sparsity = _as_real("sparsity", sparsity)
         if not (0.0 <= sparsity < 1.0):
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    update_threshold = float(update_threshold)
+    update_threshold = _as_real("update_threshold", update_threshold)
     if not (math.isfinite(update_threshold) and update_threshold >= 0):
         raise ValueError(f"update_threshold must be finite and >= 0, got {update_threshold}")
-    if not math.isfinite(float(pow_of_var_regrowing)):
+    if not math.isfinite(_as_real("pow_of_var_regrowing", pow_of_var_regrowing)):
         raise ValueError(f"pow_of_var_regrowing must be finite, got {pow_of_var_regrowing}")
+    if not isinstance(objective, str):
+        raise TypeError(f"objective must be a str, one of {sorted(OBJECTIVES)}, got {type(objective).__name__}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
 
     if initial_metric is not None:
-        if not isinstance(initial_metric, torch.Tensor) or tuple(initial_metric.shape) != (rows, cols):
-            raise ValueError(f"initial_metric must be a tensor of shape {(rows, cols)}")
+        _check_tensor("initial_metric", initial_metric)
+        if tuple(initial_metric.shape) != (rows, cols):
+            raise ValueError(f"initial_metric must have shape {(rows, cols)}, got {tuple(initial_metric.shape)}")
         if initial_metric.device != device:
             raise ValueError(f"initial_metric is on {initial_metric.device} but weight is on {device}")
         if not initial_metric.is_floating_point():
@@ -201,8 +223,9 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
         if bool(torch.isnan(initial_metric).any()):
             raise ValueError("initial_metric has NaN values")
     if initial_mask is not None:
-        if not isinstance(initial_mask, torch.Tensor) or tuple(initial_mask.shape) != (rows, cols):
-            raise ValueError(f"initial_mask must be a tensor of shape {(rows, cols)}")
+        _check_tensor("initial_mask", initial_mask)
+        if tuple(initial_mask.shape) != (rows, cols):
+            raise ValueError(f"initial_mask must have shape {(rows, cols)}, got {tuple(initial_mask.shape)}")
         if initial_mask.device != device:
             raise ValueError(f"initial_mask is on {initial_mask.device} but weight is on {device}")
         if initial_mask.dtype != torch.bool:

@@ -8,6 +8,7 @@ the numbers of B single-sample calls, and the numbers of the authors' driver on 
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -28,9 +29,15 @@ class CalibrationStats:
     """
 
     def __init__(self, in_features: int, device="cpu", hessian: bool = False):
-        if int(in_features) <= 0:
+        if isinstance(in_features, bool):
+            raise TypeError("in_features must be an int, got bool")
+        try:
+            in_features = operator.index(in_features)  # ints and numpy ints; not 2.5 or "4"
+        except TypeError:
+            raise TypeError(f"in_features must be an int, got {type(in_features).__name__}") from None
+        if in_features <= 0:
             raise ValueError(f"in_features must be positive, got {in_features}")
-        self.in_features = int(in_features)
+        self.in_features = in_features
         self.device = torch.device(device)
         zeros = lambda: torch.zeros(self.in_features, dtype=torch.float32, device=self.device)  # noqa: E731
         self.scaler_row = zeros()
@@ -47,8 +54,12 @@ class CalibrationStats:
 
         Any floating dtype and device; moved to the statistics' device and float32.
         """
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError("add_batch expects a floating-point torch.Tensor")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"add_batch: x must be a torch.Tensor, got {type(x).__name__}")
+        if x.layout != torch.strided:
+            raise TypeError(f"add_batch: x must be a dense (strided) tensor, got layout {x.layout}")
+        if not x.is_floating_point():
+            raise TypeError(f"add_batch: x must be a floating-point tensor, got {x.dtype}")
         if x.dim() == 2:
             x = x.unsqueeze(0)
         if x.dim() != 3 or x.shape[-1] != self.in_features:
