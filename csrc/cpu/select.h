@@ -1,0 +1,134 @@
+// Selection primitives of the CPU kernel (docs/KERNEL_CONTRACT.md, "Orders"): every order is
+// ascending in a composite uint64 key (ord(x) << 32) | col, so "ties by column" comes for free.
+//   * kth_composite: the k-th smallest composite key of a row, radix select on ord (spec §2,
+//     unstructured initial mask) -- linear, no sort.
+//   * nm_select: the prune_n smallest composite keys of each prune_m group (spec §2, N:M).
+//   * TopList: the `keep` smallest keys of a stream (a cursor of spec §3 never reads more than
+//     max_cycle_time of them), by a threshold filter plus occasional nth_element.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace dsnot {
+namespace cpu {
+
+constexpr int kHistBits = 11;                  // first radix digit: sign, exponent, 2 mantissa bits
+constexpr int kHistBins = 1 << kHistBits;
+constexpr int kHistShift = 32 - kHistBits;
+constexpr int kHist2Bits = 11;                 // second digit: the next 11 bits of ord
+constexpr int kHist2Bins = 1 << kHist2Bits;
+
+inline uint64_t pack(uint32_t hi, uint32_t lo) { return (static_cast<uint64_t>(hi) << 32) | lo; }
+
+// Smallest bin b with below + hist[0..b] >= k; returns b and sets *below = sum of hist[0..b).
+inline int find_bin(const uint32_t* hist, int bins, int64_t k, int64_t* below) {
+  int64_t acc = 0;
+  int b = 0;
+  for (; b < bins - 1; ++b) {
+    if (acc + hist[b] >= k) break;
+    acc += hist[b];
+  }
+  *below = acc;
+  return b;
+}
+
+// The k-th smallest (1 <= k <= n) composite key (ord[j], j) of j in [0, n). `hist` must already
+// hold the histogram of ord >> kHistShift over the n keys (built by the caller's first pass);
+// `cand` is scratch of n uint64, `hist2` scratch of kHist2Bins.
+inline uint64_t kth_composite(const uint32_t* ord, int64_t n, int64_t k, const uint32_t* hist,
+                              uint64_t* cand, uint32_t* hist2) {
+  int64_t below = 0;
+  const uint32_t bin = static_cast<uint32_t>(find_bin(hist, kHistBins, k, &below));
+  int64_t need = k - below;  // 1 .. hist[bin]
+  int64_t m = 0;
+  for (int64_t j = 0; j < n; ++j) {  // branchless compaction of the boundary bin
+    const uint32_t o = ord[j];
+    cand[m] = pack(o, static_cast<uint32_t>(j));
+    m += (o >> kHistShift) == bin;
+  }
+  if (m > 512) {  // second radix digit over the (still large) boundary bin
+    std::memset(hist2, 0, sizeof(uint32_t) * kHist2Bins);
+    const int sh = 32 + kHistShift - kHist2Bits;
+    for (int64_t t = 0; t < m; ++t) hist2[(cand[t] >> sh) & (kHist2Bins - 1)]++;
+    int64_t below2 = 0;
+    const uint64_t bin2 = static_cast<uint64_t>(find_bin(hist2, kHist2Bins, need, &below2));
+    need -= below2;
+    int64_t m2 = 0;
+    for (int64_t t = 0; t < m; ++t) {
+      const uint64_t c = cand[t];
+      cand[m2] = c;
+      m2 += ((c >> sh) & (kHist2Bins - 1)) == bin2;
+    }
+    m = m2;
+  }
+  std::nth_element(cand, cand + (need - 1), cand + m);
+  return cand[need - 1];
+}
+
+// Initial N:M selection (spec §2): in each group of m columns prune the n smallest (ord, col).
+// Within a group columns ascend with the index, so x < y wins the tie.
+template <int M>
+inline void nm_select_fixed(const uint32_t* ord, int64_t cols, int n, uint8_t* pruned) {
+  for (int64_t g = 0; g < cols; g += M) {
+    const uint32_t* o = ord + g;
+    int rank[M] = {};
+    for (int x = 0; x < M; ++x)
+      for (int y = x + 1; y < M; ++y) {
+        const int ylow = o[y] < o[x];  // y before x in the order
+        rank[x] += ylow;
+        rank[y] += 1 - ylow;
+      }
+    for (int x = 0; x < M; ++x) pruned[g + x] = rank[x] < n;
+  }
+}
+
+inline void nm_select(const uint32_t* ord, int64_t cols, int n, int m, uint8_t* pruned, uint64_t* scratch) {
+  if (m == 4) return nm_select_fixed<4>(ord, cols, n, pruned);
+  if (m == 8) return nm_select_fixed<8>(ord, cols, n, pruned);
+  for (int64_t g = 0; g < cols; g += m) {
+    for (int x = 0; x < m; ++x) scratch[x] = pack(ord[g + x], static_cast<uint32_t>(x));
+    std::nth_element(scratch, scratch + (n - 1), scratch + m);
+    const uint64_t kth = scratch[n - 1];
+    for (int x = 0; x < m; ++x) pruned[g + x] = pack(ord[g + x], static_cast<uint32_t>(x)) <= kth;
+  }
+}
+
+// The `keep` smallest keys pushed into it, then read in ascending order with next().
+// Keys must be distinct (they carry the column). A key >= thr cannot be among the `keep` smallest
+// of what was pushed so far, so the caller skips it without pushing.
+struct TopList {
+  uint64_t* buf = nullptr;
+  int64_t size = 0, cap = 0, keep = 0, count = 0, cursor = 0;
+  uint64_t thr = ~0ull;
+  bool ready = false;
+
+  void reset(uint64_t* storage, int64_t keep_, int64_t cap_) {
+    buf = storage; keep = keep_; cap = cap_; size = 0; cursor = 0; count = 0;
+    thr = ~0ull; ready = false;
+  }
+  void push(uint64_t key) {
+    buf[size++] = key;
+    if (size == cap) {
+      std::nth_element(buf, buf + (keep - 1), buf + size);
+      size = keep;
+      thr = buf[keep - 1];
+    }
+  }
+  void finish() {
+    if (size > keep) std::nth_element(buf, buf + (keep - 1), buf + size);
+    count = std::min(size, keep);
+    std::sort(buf, buf + count);
+    ready = true;
+  }
+  // Next key in ascending order; false when exhausted.
+  bool next(uint64_t* key) {
+    if (!ready) finish();
+    if (cursor >= count) return false;
+    *key = buf[cursor++];
+    return true;
+  }
+};
+
+}  // namespace cpu
+}  // namespace dsnot
