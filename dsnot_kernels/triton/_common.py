@@ -1,0 +1,86 @@
+"""Triton helpers shared by the DSnoT kernels (numerics: docs/KERNEL_CONTRACT.md).
+
+* ``ordered_key``: the contract's order-preserving integer of a float32, here in *signed* form
+  (``ord(x) - 2**31`` as int32), so that plain signed comparisons order floats and ``-0.0 == +0.0``.
+* ``composite_key``: ``(ord(x) << 32) | col`` as a signed int64 (contract "Orders"): value first,
+  then the column index; every row order of the project is ascending or descending in it.
+* ``pair_tree_256``: the contract's pairwise tree ``p[l] = p[2l] + p[2l+1]`` over 256 lane partials.
+"""
+import triton
+import triton.language as tl
+
+# Sentinels of the int64 composite keys; no non-NaN float reaches either (contract "Orders").
+KEY_MAX = tl.constexpr(0x7FFFFFFFFFFFFFFF)
+KEY_MIN = tl.constexpr(-0x7FFFFFFFFFFFFFFF - 1)
+SUM_LANES = tl.constexpr(256)  # contract "The reconstruction error": fixed 256 lanes
+
+
+@triton.jit
+def ordered_key(x):
+    """float32 tensor (not NaN) -> int32 with the same order; -0.0 and +0.0 map to 0."""
+    x = tl.where(x == 0.0, 0.0, x)  # -0.0 -> +0.0 (contract: bits(x + 0.0f))
+    bits = x.to(tl.int32, bitcast=True)
+    # negative floats: flip the 31 magnitude bits, so a larger magnitude sorts lower
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+@triton.jit
+def composite_key(x, col):
+    """float32 values and their int column indices -> int64 ``(ord(x) << 32) | col`` (signed)."""
+    return (ordered_key(x).to(tl.int64) << 32) | col.to(tl.int64)
+
+
+@triton.jit
+def key_column(key):
+    """The column index (int32) held in the low 32 bits of a composite key."""
+    return (key & 0xFFFFFFFF).to(tl.int32)
+
+
+@triton.jit
+def sign_of(x):
+    """``(x > 0) - (x < 0)`` as int32 (contract: sign)."""
+    return (x > 0).to(tl.int32) - (x < 0).to(tl.int32)
+
+
+@triton.jit
+def _pair_level(x, HALF: tl.constexpr):
+    # a sum of two elements is exactly p[2l] + p[2l+1], whatever order the reduction picks
+    return tl.sum(tl.reshape(x, [HALF, 2]), axis=1)
+
+
+@triton.jit
+def pair_tree_256(x):
+    """Sum of a (256,) tensor as the contract's pairwise tree (8 levels), returned as a scalar."""
+    x = _pair_level(x, 128)
+    x = _pair_level(x, 64)
+    x = _pair_level(x, 32)
+    x = _pair_level(x, 16)
+    x = _pair_level(x, 8)
+    x = _pair_level(x, 4)
+    x = _pair_level(x, 2)
+    x = _pair_level(x, 1)
+    return tl.sum(x, axis=0)  # one element: the value itself
+
+
+@triton.jit
+def wanda_at(w_row, scaler_ptr, offs, m):
+    """``|w| * sqrt(scaler_row)`` (float32, correctly rounded sqrt) at columns ``offs``."""
+    w = tl.load(w_row + offs, mask=m, other=0.0).to(tl.float32)
+    s = tl.load(scaler_ptr + offs, mask=m, other=0.0)
+    return tl.abs(w) * tl.sqrt_rn(s)
+
+
+@triton.jit
+def metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC: tl.constexpr):
+    """The initial metric (spec §2) at columns ``offs``: the caller's, else wanda."""
+    if HAS_METRIC:
+        return tl.load(metric_row + offs, mask=m, other=0.0)
+    else:
+        return wanda_at(w_row, scaler_ptr, offs, m)
+
+
+@triton.jit
+def dm_at(w_row, smr_ptr, offs, m):
+    """``dm = w * sum_metric_row`` (one float32 product) at columns ``offs``; 0 where masked."""
+    w = tl.load(w_row + offs, mask=m, other=0.0).to(tl.float32)
+    return w * tl.load(smr_ptr + offs, mask=m, other=0.0)

@@ -1,0 +1,104 @@
+"""Ahead-of-time compilation of the Triton kernels for a CUDA target, without a GPU.
+
+Used by ``tests/test_triton_compile.py`` and ``benchmarks/triton_resources.py``. Must run in a
+process where ``TRITON_INTERPRET`` is not ``1`` (the interpreter replaces ``triton.jit``).
+``variants(cols)`` lists the kernel specialisations that ``refine_mask_triton`` launches for rows
+of ``cols`` columns; ``compile_variant`` compiles one with ``triton.compile`` and reads its
+registers, spills and shared memory from ``ptxas -v`` (the flags Triton itself uses).
+"""
+import re
+import subprocess
+import tempfile
+from typing import NamedTuple
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+from triton.compiler import ASTSource
+
+from dsnot_kernels.triton.launch import launch_config
+from dsnot_kernels.triton.refine import _refine_kernel
+from dsnot_kernels.triton.select_nm import _select_nm_kernel
+from dsnot_kernels.triton.select_unstructured import _select_unstructured_kernel
+
+ARCHS = (80, 90)
+LAYER_COLS = (4096, 11008, 14336, 28672)
+
+
+class Variant(NamedTuple):
+    name: str
+    fn: object
+    signature: dict
+    constexprs: dict
+    num_warps: int
+
+
+def _sig(fn, types: dict, constexprs: dict) -> dict:
+    return {a: ("constexpr" if a in constexprs else types[a]) for a in fn.arg_names}
+
+
+def variants(cols: int, wdtype: str = "fp16"):
+    """The specialisations real layers hit: default unstructured/N:M/mse paths, with and without a
+    caller metric. ``wdtype``: the weight's Triton type (fp16, bf16, fp32)."""
+    chunk, nw = launch_config(cols)
+    w = "*" + wdtype
+    sel_t = dict(w_ptr=w, scaler_ptr="*fp32", metric_ptr="*fp32", out_ptr="*u8", cols="i32", k="i32")
+    ref_t = dict(w_ptr=w, smr_ptr="*fp32", varp_ptr="*fp32", scaler_ptr="*fp32", metric_ptr="*fp32",
+                 mean_ptr="*fp32", var_ptr="*fp32", src_ptr="*u8", out_ptr="*u8", swaps_ptr="*i32",
+                 cols="i32", max_cycles="i32", thr="fp32")
+    out = []
+    for has_metric in (False, True):
+        c = dict(HAS_METRIC=has_metric, CHUNK=chunk)
+        out.append(Variant(f"select_unstructured{'_metric' if has_metric else ''}",
+                           _select_unstructured_kernel, _sig(_select_unstructured_kernel, sel_t, c), c, nw))
+    for n, m in ((2, 4), (4, 8)):
+        c = dict(PRUNE_N=n, PRUNE_M=m, HAS_METRIC=False, CHUNK=chunk)
+        out.append(Variant(f"select_nm_{n}_{m}", _select_nm_kernel, _sig(_select_nm_kernel, sel_t, c), c, nw))
+    for name, nm, m, obj, same, has_metric in (("refine_unstructured", False, 1, 0, False, False),
+                                               ("refine_unstructured_mse", False, 1, 1, False, False),
+                                               ("refine_2_4", True, 4, 0, True, False),
+                                               ("refine_4_8_mse_metric", True, 8, 1, True, True)):
+        c = dict(NM=nm, PRUNE_M=m, M_POW2=triton.next_power_of_2(m), SAME_SIGN=same, OBJECTIVE=obj,
+                 HAS_METRIC=has_metric, DIV=True, COPY_SRC=False, CHUNK=chunk)
+        out.append(Variant(name, _refine_kernel, _sig(_refine_kernel, ref_t, c), c, nw))
+    return out
+
+
+def _attrs(fn, signature: dict, cols: int) -> dict:
+    """Divisibility hints as the JIT launcher derives them (pointers 16-byte aligned, ints % 16)."""
+    attrs = {}
+    for i, a in enumerate(fn.arg_names):
+        t = signature[a]
+        if t.startswith("*") or (a == "cols" and cols % 16 == 0):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def ptxas_resources(ptx: str, arch: int) -> dict:
+    """Registers, spill bytes and static shared memory of the one kernel in ``ptx``."""
+    gpu = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    ptxas = get_ptxas(arch).path  # the ptxas Triton itself picks for this arch
+    with tempfile.TemporaryDirectory() as d:
+        src = f"{d}/k.ptx"
+        with open(src, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([ptxas, "-lineinfo", "--fmad=false", "-v", "--regAllocOptLevel=2",
+                              f"--gpu-name={gpu}", src, "-o", f"{d}/k.o"],
+                             check=True, capture_output=True, text=True).stderr
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    spill_st = int(re.search(r"(\d+) bytes spill stores", log).group(1))
+    spill_ld = int(re.search(r"(\d+) bytes spill loads", log).group(1))
+    stack = re.search(r"(\d+) bytes stack frame", log)
+    return dict(regs=regs, spill_stores=spill_st, spill_loads=spill_ld,
+                stack=int(stack.group(1)) if stack else 0)
+
+
+def compile_variant(v: Variant, arch: int, cols: int) -> dict:
+    """Compile ``v`` for ``sm_<arch>``; returns its resources (raises if compilation fails)."""
+    src = ASTSource(fn=v.fn, signature=v.signature, constexprs=v.constexprs,
+                    attrs=_attrs(v.fn, v.signature, cols))
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                       options=dict(num_warps=v.num_warps, enable_fp_fusion=False))
+    res = ptxas_resources(k.asm["ptx"], arch)
+    res.update(shared=int(k.metadata.shared), num_warps=v.num_warps, chunk=v.constexprs["CHUNK"])
+    return res

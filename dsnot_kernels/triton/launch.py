@@ -1,0 +1,71 @@
+"""``refine_mask_triton``: the Triton backend of ``dsnot_kernels::refine_mask`` (spec §2-§3).
+
+Takes the op's 15 positional arguments (already validated by ``ops.refine_mask``) and runs two
+launches over rows: the initial selection (skipped when the caller gives ``initial_mask``), then
+the fused refinement. CUDA tensors run compiled; CPU tensors run under ``TRITON_INTERPRET=1``.
+"""
+import os
+
+import torch
+import triton
+
+from dsnot_kernels.triton.refine import refine
+from dsnot_kernels.triton.select_nm import select_nm
+from dsnot_kernels.triton.select_unstructured import select_unstructured
+
+POISON_ENV = "DSNOT_KERNELS_POISON"
+MASK_POISON = 0x5A  # uint8 view of the mask
+SWAPS_POISON = -777
+
+
+def launch_config(cols: int):
+    """(CHUNK, num_warps) for a row of ``cols`` columns.
+
+    One program per row (rows are independent and each runs a sequential swap loop; real layers
+    have >= 4096 rows, i.e. >= 30 programs per H200 SM). Every kernel sweeps its row in chunks of
+    ``CHUNK`` columns, so any width works with the same registers. 1024 columns over 8 warps (4 per
+    thread for each row quantity) keeps every kernel under 80 registers without spills on sm_80 and
+    sm_90 (benchmarks/RESULTS.md, "Triton kernel resources"); 2048 would need ~125.
+    """
+    chunk = max(min(triton.next_power_of_2(max(cols, 1)), 1024), 16)
+    return chunk, 8 if chunk >= 1024 else 4
+
+
+def _poison_on() -> bool:
+    return os.environ.get(POISON_ENV, "0") == "1"
+
+
+def refine_mask_triton(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
+                       sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
+                       pow_of_var_regrowing, same_sign, objective):
+    """Triton backend. weight (rows, cols) fp32/fp16/bf16 contiguous; stats (cols,) fp32;
+    initial_metric (rows, cols) fp32 or None; initial_mask (rows, cols) bool or None; mean (cols,)
+    fp32 for objective 1. Returns (mask (rows, cols) bool, swaps (rows,) int32)."""
+    rows, cols = weight.shape
+    dev = weight.device
+    out = torch.empty((rows, cols), dtype=torch.uint8, device=dev)
+    swaps = torch.empty((rows,), dtype=torch.int32, device=dev)
+    if _poison_on():
+        out.fill_(MASK_POISON)
+        swaps.fill_(SWAPS_POISON)
+    if rows == 0 or cols == 0:
+        return out.zero_().view(torch.bool), swaps.zero_()
+    chunk, num_warps = launch_config(cols)
+    nm = prune_n > 0
+    if initial_mask is not None:
+        src = initial_mask.view(torch.uint8)
+    else:
+        src = out
+        if nm:
+            select_nm(weight, scaler_row, initial_metric, out, prune_n, prune_m, chunk, num_warps)
+        else:
+            select_unstructured(weight, scaler_row, initial_metric, out, int(cols * sparsity),
+                                chunk, num_warps)
+    # var**p exactly as the contract (and the reference) computes it: pow in double, one rounding
+    p = float(pow_of_var_regrowing)
+    varp = var if p in (0.0, 1.0) else torch.pow(var.double(), p).float()
+    thr = float(torch.tensor(update_threshold, dtype=torch.float32))
+    refine(weight, sum_metric_row, varp, scaler_row, initial_metric, mean, var, src, out, swaps,
+           int(max_cycle_time), thr, prune_m if nm else 0, same_sign, objective, p != 0.0,
+           chunk, num_warps)
+    return out.view(torch.bool), swaps

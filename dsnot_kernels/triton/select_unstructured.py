@@ -1,0 +1,75 @@
+"""Initial unstructured selection (spec §2), linear per row: a bisection threshold select.
+
+Per row, the ``k`` smallest composite keys ``(metric, col)`` are pruned (contract "Orders"). Instead
+of sorting, the kernel bisects on the signed ordered key of the metric: ``T`` = the smallest value
+with at least ``k`` metrics ``<= T`` (about 32 counting passes over the row), then prunes every
+metric ``< T`` and the first ``k - count(< T)`` columns whose metric equals ``T`` (a running
+cumulative count: ties go to the lower column index). Cost O(32 * cols) per row, no sort.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from dsnot_kernels.triton._common import metric_at, ordered_key
+
+
+@triton.jit
+def _select_unstructured_kernel(w_ptr, scaler_ptr, metric_ptr, out_ptr, cols, k,
+                                HAS_METRIC: tl.constexpr, CHUNK: tl.constexpr):
+    """One program per row. Writes ``out[row, :]`` (uint8): 1 = pruned, 0 = kept."""
+    row = tl.program_id(0).to(tl.int64)
+    w_row = w_ptr + row * cols
+    metric_row = metric_ptr + row * cols
+    out_row = out_ptr + row * cols
+    idx = tl.arange(0, CHUNK)
+
+    # bisection range: [min, max] of the row's ordered keys (int64: no overflow at mid)
+    lo = tl.max(tl.full([CHUNK], 2147483647, tl.int64), axis=0)
+    hi = tl.min(tl.full([CHUNK], -2147483648, tl.int64), axis=0)
+    for base in range(0, cols, CHUNK):
+        offs = base + idx
+        m = offs < cols
+        o = ordered_key(metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC)).to(tl.int64)
+        lo = tl.minimum(lo, tl.min(tl.where(m, o, 2147483647), axis=0))
+        hi = tl.maximum(hi, tl.max(tl.where(m, o, -2147483648), axis=0))
+    # smallest T with count(o <= T) >= k; k == 0 leaves T = min and prunes nothing below
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        cnt = tl.sum(tl.zeros([CHUNK], tl.int32), axis=0)
+        for base in range(0, cols, CHUNK):
+            offs = base + idx
+            m = offs < cols
+            o = ordered_key(metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC)).to(tl.int64)
+            cnt += tl.sum((m & (o <= mid)).to(tl.int32), axis=0)
+        take = cnt >= k
+        hi = tl.where(take, mid, hi)
+        lo = tl.where(take, lo, mid + 1)
+    thr_key = lo.to(tl.int32)
+
+    below = tl.sum(tl.zeros([CHUNK], tl.int32), axis=0)
+    for base in range(0, cols, CHUNK):
+        offs = base + idx
+        m = offs < cols
+        o = ordered_key(metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC))
+        below += tl.sum((m & (o < thr_key)).to(tl.int32), axis=0)
+    ties_left = k - below  # ties at T pruned in column order
+
+    seen = tl.sum(tl.zeros([CHUNK], tl.int32), axis=0)
+    for base in range(0, cols, CHUNK):
+        offs = base + idx
+        m = offs < cols
+        o = ordered_key(metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC))
+        tie = (m & (o == thr_key)).to(tl.int32)
+        rank = tl.cumsum(tie, axis=0) + seen  # 1-based rank among the row's ties so far
+        pruned = (o < thr_key) | ((tie == 1) & (rank <= ties_left))
+        tl.store(out_row + offs, pruned.to(tl.uint8), mask=m)
+        seen += tl.sum(tie, axis=0)
+
+
+def select_unstructured(weight, scaler_row, metric, out, k, chunk, num_warps):
+    """Launch: weight (rows, cols) fp32/fp16/bf16; scaler_row (cols,) fp32; metric (rows, cols)
+    fp32 or None (wanda); out (rows, cols) uint8, written in full; k = pruned per row."""
+    rows, cols = weight.shape
+    _select_unstructured_kernel[(rows,)](
+        weight, scaler_row, metric if metric is not None else weight, out, cols, k,
+        HAS_METRIC=metric is not None, CHUNK=chunk, num_warps=num_warps, enable_fp_fusion=False)
