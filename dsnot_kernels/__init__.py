@@ -3,10 +3,12 @@ from dsnot_kernels import _extension  # noqa: F401  (loads the compiled ops when
 from dsnot_kernels.metrics import initial_metric, magnitude_metric, sparsegpt_metric, wanda_metric
 from dsnot_kernels.ops import available_backends, refine_mask
 from dsnot_kernels.stats import CalibrationStats
+from dsnot_kernels.sparse24 import check_nm, nm_violations, to_sparse_24
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationStats", "refine_mask", "available_backends", "initial_metric", "wanda_metric",
     "magnitude_metric", "sparsegpt_metric",
+    "nm_violations", "check_nm", "to_sparse_24",
 ]
