@@ -8,8 +8,16 @@
 namespace dsnot {
 namespace cuda {
 
+// Blocks per multiprocessor the register budget must allow: 6 on sm_90 (40 registers, no spills),
+// 4 on older chips, where ptxas spills at 40 (benchmarks/RESULTS.md, CUDA kernel resources).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define DSNOT_MIN_BLOCKS 6
+#else
+#define DSNOT_MIN_BLOCKS 4
+#endif
+
 template <int DT>
-__global__ void __launch_bounds__(kThreads) refine_mask_kernel(RefineParams p) {
+__global__ void __launch_bounds__(kThreads, DSNOT_MIN_BLOCKS) refine_mask_kernel(RefineParams p) {
   extern __shared__ __align__(16) char smem[];
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) refine_row<DT>(p, smem, row);
 }
