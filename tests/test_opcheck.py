@@ -1,0 +1,140 @@
+"""The registered op ``dsnot_kernels::refine_mask``: ``torch.library.opcheck`` on sample inputs,
+and its fake (meta) kernel under ``torch.compile(fullgraph=True)`` (issue 9, item 3).
+
+The op is deterministic (same inputs, same mask and swaps), which opcheck's comparisons need.
+Skipped where the compiled extension has no kernel for the device.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from dsnot_kernels import _extension
+from dsnot_kernels.ops import validate_arguments
+from test_fuzz import Case, build
+
+OP_NAME = "dsnot_kernels::refine_mask"
+
+
+def _devices():
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    return out
+
+
+def _need_kernel(device):
+    key = "CPU" if device == "cpu" else "CUDA"
+    if not _extension.has_kernel(key):
+        pytest.skip(f"the compiled extension has no {key} kernel here ({_extension.EXTENSION_ERROR})")
+
+
+def _case(**kw):
+    base = dict(rows=4, cols=32, prune_n=0, prune_m=0, sparsity=0.5, dtype="float32", weight_kind="normal",
+                sum_kind="normal", var_kind="calib", scaler_kind="positive", initial="wanda",
+                max_cycle_time=50, update_threshold=0.0, pow_of_var_regrowing=1.0, without_same_sign=True,
+                objective="dsnot", noncontiguous=False, seed=5)
+    base.update(kw)
+    return Case(**base)
+
+
+SAMPLES = {
+    "unstructured": _case(),
+    "same_sign_p2": _case(without_same_sign=False, pow_of_var_regrowing=2.0, sparsity=0.6),
+    "nm_2_4_fp16": _case(prune_n=2, prune_m=4, dtype="float16"),
+    "metric_bf16": _case(initial="metric", dtype="bfloat16"),
+    "initial_mask": _case(initial="mask"),
+    "mse": _case(objective="mse"),
+    "one_row": _case(rows=1, cols=8, max_cycle_time=3),
+}
+
+
+def op_args(case: Case, device="cpu"):
+    """The op's 15 positional arguments, canonicalised exactly as ``dk.refine_mask`` does."""
+    kw = build(case)
+    w, s, v, sc, metric, imask, mean = validate_arguments(
+        kw["weight"], kw["sum_metric_row"], kw["var"], kw["scaler_row"], kw.get("initial_metric"),
+        kw.get("initial_mask"), kw["sparsity"], kw["prune_n"], kw["prune_m"], kw["max_cycle_time"],
+        kw["update_threshold"], kw["pow_of_var_regrowing"], kw["objective"], kw.get("mean"))
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    nm = case.prune_n > 0
+    return (to(w), to(s), to(v), to(sc), to(metric), to(imask), to(mean),
+            0.0 if nm else float(case.sparsity), case.prune_n, case.prune_m, case.max_cycle_time,
+            float(case.update_threshold), float(case.pow_of_var_regrowing),
+            True if nm else not case.without_same_sign, 1 if case.objective == "mse" else 0)
+
+
+def _op():
+    return torch.ops.dsnot_kernels.refine_mask.default
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+@pytest.mark.parametrize("device", _devices())
+def test_opcheck(device, name):
+    _need_kernel(device)
+    args = op_args(SAMPLES[name], device)
+    first = _op()(*args)
+    again = _op()(*args)  # opcheck compares runs: the op must be deterministic
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    torch.library.opcheck(_op(), args)
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_opcheck_weight_requiring_grad(device):
+    """An nn.Parameter weight: no autograd formula, outputs are integer/bool (no grad)."""
+    _need_kernel(device)
+    args = list(op_args(SAMPLES["unstructured"], device))
+    args[0] = args[0].clone().requires_grad_()
+    torch.library.opcheck(_op(), tuple(args))
+    mask, swaps = _op()(*args)
+    assert not mask.requires_grad and not swaps.requires_grad
+
+
+def test_fake_kernel_shapes():
+    """The fake kernel alone: shape/dtype/device of both outputs under FakeTensorMode."""
+    _need_kernel("cpu")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = op_args(SAMPLES["nm_2_4_fp16"])
+    with FakeTensorMode() as mode:
+        fake_args = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        mask, swaps = _op()(*fake_args)
+    assert tuple(mask.shape) == tuple(args[0].shape) and mask.dtype == torch.bool
+    assert tuple(swaps.shape) == (args[0].shape[0],) and swaps.dtype == torch.int32
+
+
+def _compiled_equals_eager(backend, device):
+    args = op_args(SAMPLES["unstructured"], device)
+    tensors, scalars = args[:7], args[7:]
+
+    def f(w, s, v, sc, metric, imask, mean):
+        mask, swaps = torch.ops.dsnot_kernels.refine_mask.default(w, s, v, sc, metric, imask, mean, *scalars)
+        return mask, swaps
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
+    start = time.perf_counter()
+    got = compiled(*tensors)
+    elapsed = time.perf_counter() - start
+    ref = f(*tensors)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    # a second shape goes through the fake kernel again (recompile or dynamic shapes)
+    args2 = op_args(SAMPLES["one_row"], device)
+    assert torch.equal(compiled(*args2[:7])[0], torch.ops.dsnot_kernels.refine_mask.default(*args2[:7], *scalars)[0])
+    return elapsed
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_torch_compile_fullgraph_aot_eager(device):
+    """fullgraph tracing through the fake kernel (aot_eager: no code generation, a few seconds)."""
+    _need_kernel(device)
+    _compiled_equals_eager("aot_eager", device)
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_torch_compile_fullgraph_inductor(device):
+    """The same through Inductor (needs a C++ compiler on CPU, as the extension does; ~4 s)."""
+    _need_kernel(device)
+    _compiled_equals_eager("inductor", device)
