@@ -112,17 +112,18 @@ std::tuple<at::Tensor, at::Tensor> refine_mask_cpu(
 
   // Per-column constants, once per call (contract: sqrtf, var ** p in double then one rounding).
   at::Tensor sqrt_scaler = at::sqrt(scaler_row);
-  at::Tensor varp;
+  // Growth-key divisor (contract "growth key"): var (p == 1), float(pow(double var, p)), or 1 for
+  // p == 0 (x / 1.0f == x exactly, so the kernel divides unconditionally).
+  at::Tensor divisor = var;
   const double p = pow_of_var_regrowing;
   Problem P;
-  P.key_mode = p == 0.0 ? 0 : (p == 1.0 ? 1 : 2);
-  if (P.key_mode == 2) {
-    varp = at::empty({cols}, var.options());
+  if (p != 1.0) {
+    divisor = at::empty({cols}, var.options());
     const float* v = var.data_ptr<float>();
-    float* vp = varp.data_ptr<float>();
-    for (int64_t j = 0; j < cols; ++j) vp[j] = var_pow(v[j], p);
-    P.varp = vp;
+    float* dv = divisor.data_ptr<float>();
+    for (int64_t j = 0; j < cols; ++j) dv[j] = p == 0.0 ? 1.0f : var_pow(v[j], p);
   }
+  P.divisor = divisor.data_ptr<float>();
   P.rows = rows;
   P.cols = cols;
   P.weight = weight.data_ptr();

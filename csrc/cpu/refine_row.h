@@ -11,6 +11,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "dsnot_common.h"
@@ -25,7 +26,7 @@ struct Problem {
   const void* weight = nullptr;       // (rows, cols) scalar_t
   const float* dmul = nullptr;        // sum_metric_row (cols,)
   const float* var = nullptr;         // (cols,)
-  const float* varp = nullptr;        // var ** p (cols,), only for key_mode 2
+  const float* divisor = nullptr;     // growth-key divisor (cols,): var, var ** p, or 1 for p == 0
   const float* sqrt_scaler = nullptr; // sqrtf(scaler_row) (cols,)
   const float* metric = nullptr;      // initial_metric (rows, cols) or null (= wanda)
   const uint8_t* init_mask = nullptr; // initial_mask (rows, cols) or null
@@ -34,7 +35,6 @@ struct Problem {
   int prune_n = 0, prune_m = 0;
   int64_t max_cycles = 0;
   float thr = 0.f;                    // update_threshold rounded to float32
-  int key_mode = 1;                   // 0: p == 0, 1: p == 1, 2: general p (growth_key)
   bool same_sign = false;
   int objective = 0;
   uint8_t* mask_out = nullptr;        // (rows, cols) bool storage
@@ -45,25 +45,48 @@ enum List { kHi = 0, kLo = 1, kPlo = 2, kPhi = 3, kNone = 4 };
 
 struct RowScratch {
   std::vector<float> w, dm;
-  std::vector<uint32_t> mord, word, hist, hist2;
+  std::vector<uint32_t> mord, word, hist, hist2, cls, ukey;
   std::vector<uint8_t> pruned0;
-  std::vector<uint64_t> cand, lists;
-  TopList top[4];
-  int64_t keep = 0, cap = 0;
+  std::vector<uint64_t> cand;
+  std::vector<uint32_t> hist_lists;  // 5 * kListBins counters (uint16 or uint32)
+  CandList top[4];
+  int64_t keep = 0;
 
   explicit RowScratch(const Problem& p) {
     const int64_t c = p.cols;
     w.resize(c); dm.resize(c); mord.resize(c);
     if (p.metric != nullptr) word.resize(c);
     hist.resize(kHistBins); hist2.resize(kHist2Bins);
-    pruned0.resize(c);
+    pruned0.resize(c); cls.resize(c); ukey.resize(c);
     cand.resize(std::max<int64_t>(c, p.prune_m));
     keep = std::min<int64_t>(p.max_cycles, c);
-    // A list holds at most cols keys, so cap = cols + 1 never refills (large max_cycle_time).
-    cap = std::min<int64_t>(2 * keep + 128, c + 1);
-    lists.resize(4 * static_cast<size_t>(std::max<int64_t>(cap, 1)));
+    hist_lists.resize(5 * kListBins);
   }
 };
+
+// ord_key without a branch (vectorises): x + 0.0f maps -0.0 to +0.0, NaN gives some value.
+inline uint32_t ord_bits(float x) {
+  const uint32_t u = float_bits(x + 0.0f);
+  return u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);
+}
+
+// x if flag else +0.0, by masking the bits: no branch, and x * 0 would turn inf into NaN.
+inline float keep_if(float x, uint8_t flag) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  u &= 0u - static_cast<uint32_t>(flag != 0);
+  float r;
+  std::memcpy(&r, &u, sizeof(r));
+  return r;
+}
+inline double keep_if(double x, uint8_t flag) {
+  uint64_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  u &= 0ull - static_cast<uint64_t>(flag != 0);
+  double r;
+  std::memcpy(&r, &u, sizeof(r));
+  return r;
+}
 
 // Lane partial sums of the contract's fixed summation order, then the pairwise tree.
 template <typename T>
@@ -84,71 +107,100 @@ void refine_row(const Problem& P, int64_t i, RowScratch& S) {
   float* w = S.w.data();
   float* dm = S.dm.data();
   uint32_t* mord = S.mord.data();
-  const bool need_hist = !nm && P.init_mask == nullptr;
   const bool need_word = refine && !nm && mrow != nullptr;
 
-  // Pass 1 (spec §2, contract "Per-element quantities").
-  uint32_t* hist = S.hist.data();
-  if (need_hist) std::fill(hist, hist + kHistBins, 0u);
+  // Pass 1 (spec §2, contract "Per-element quantities"): branch-free so that it vectorises.
+  uint32_t* word = need_word ? S.word.data() : mord;
   for (int64_t j = 0; j < cols; ++j) {
     const float wj = static_cast<float>(wrow[j]);
     w[j] = wj;
     dm[j] = wj * P.dmul[j];
-    const float wanda = std::fabs(wj) * P.sqrt_scaler[j];
-    const uint32_t o = ord_key(mrow != nullptr ? mrow[j] : wanda);
-    mord[j] = o;
-    if (need_hist) hist[o >> kHistShift]++;
-    if (need_word) S.word[j] = ord_key(wanda);
   }
-  const uint32_t* word = need_word ? S.word.data() : mord;
+  if (mrow == nullptr) {
+    for (int64_t j = 0; j < cols; ++j) mord[j] = ord_bits(std::fabs(w[j]) * P.sqrt_scaler[j]);
+  } else {
+    for (int64_t j = 0; j < cols; ++j) mord[j] = ord_bits(mrow[j]);
+    if (need_word)
+      for (int64_t j = 0; j < cols; ++j) word[j] = ord_bits(std::fabs(w[j]) * P.sqrt_scaler[j]);
+  }
 
   // Pass 2: the initial mask as a predicate.
   const uint8_t* p0 = nullptr;          // explicit per-column flags (mask given or N:M)
-  uint64_t kth_excl = 0;                // unstructured: pruned iff (mord, j) < kth_excl
+  uint32_t kth_ord = 0, kth_col = 0;    // unstructured: pruned iff (mord, j) <= (kth_ord, kth_col)
+  bool any = false;
   if (P.init_mask != nullptr) {
     p0 = P.init_mask + i * cols;
   } else if (nm) {
     nm_select(mord, cols, P.prune_n, P.prune_m, S.pruned0.data(), S.cand.data());
     p0 = S.pruned0.data();
   } else if (P.k > 0) {
-    kth_excl = kth_composite(mord, cols, P.k, hist, S.cand.data(), S.hist2.data()) + 1;
+    uint32_t* hist = S.hist.data();
+    std::fill(hist, hist + kHistBins, 0u);
+    for (int64_t j = 0; j < cols; ++j) hist[mord[j] >> kHistShift]++;
+    const uint64_t kth = kth_composite(mord, cols, P.k, hist, S.cand.data(), S.hist2.data());
+    kth_ord = static_cast<uint32_t>(kth >> 32);
+    kth_col = static_cast<uint32_t>(kth);
+    any = true;
+  }
+  uint8_t* flags = S.pruned0.data();
+  if (p0 == nullptr) {  // materialise the unstructured predicate (vectorises)
+    for (int64_t j = 0; j < cols; ++j) {
+      const uint32_t o = mord[j];
+      flags[j] = any & ((o < kth_ord) | ((o == kth_ord) & (static_cast<uint32_t>(j) <= kth_col)));
+    }
+    p0 = flags;
   }
 
   if (!refine) {
-    for (int64_t j = 0; j < cols; ++j)
-      out[j] = p0 != nullptr ? p0[j] : static_cast<uint8_t>(pack(mord[j], static_cast<uint32_t>(j)) < kth_excl);
+    std::memcpy(out, p0, static_cast<size_t>(cols));
     P.swaps_out[i] = 0;
     return;
   }
+  std::memcpy(out, p0, static_cast<size_t>(cols));
 
-  // Pass 3: mask, error lanes, candidate filters (contract "Orders" and "fixed summation order").
-  TopList* top = S.top;
-  for (int l = 0; l < 4; ++l) top[l].reset(S.lists.data() + l * S.cap, S.keep, S.cap);
-  uint64_t thr[5] = {~0ull, ~0ull, ~0ull, ~0ull, 0ull};  // kNone never passes
-  if (nm) thr[kPlo] = thr[kPhi] = 0ull;                    // N:M picks q per group instead
+  // Pass 3a: the error lanes (contract "fixed summation order"), lane l takes j = l + 256 t.
   alignas(64) float part[kSumLanes];
   alignas(64) double epart[kSumLanes];
-  for (int l = 0; l < kSumLanes; ++l) { part[l] = 0.0f; epart[l] = 0.0; }
+  for (int l = 0; l < kSumLanes; ++l) part[l] = 0.0f;
   const bool mse = P.objective == 1;
-  for (int64_t j = 0; j < cols; ++j) {
-    const uint32_t col = static_cast<uint32_t>(j);
-    const bool p = p0 != nullptr ? p0[j] != 0 : pack(mord[j], col) < kth_excl;
-    out[j] = p;
-    const float d = dm[j];
-    part[j & (kSumLanes - 1)] += p ? d : 0.0f;
-    if (mse) epart[j & (kSumLanes - 1)] += p ? mse_a(w[j], P.mean[j]) : 0.0;
-    const float key = growth_key(d, P.var[j], P.key_mode == 2 ? P.varp[j] : 0.0f, P.key_mode);
-    const uint32_t ko = ord_key(key == key ? key : 0.0f);  // NaN keys are no candidates anyway
-    const int gcls = key > 0.0f ? kHi : (key < 0.0f ? kLo : kNone);
-    const int pcls = d < 0.0f ? kPlo : (d > 0.0f ? kPhi : kNone);
-    const int cls = p ? gcls : pcls;
-    // hi is descending in (key, col): ascending in the complement of the composite key.
-    const uint64_t ck = cls == kHi ? ~pack(ko, col) : pack(p ? ko : word[j], col);
-    if (ck < thr[cls]) {
-      top[cls].push(ck);
-      thr[cls] = top[cls].thr;
+  for (int64_t base = 0; base < cols; base += kSumLanes) {
+    const int n = static_cast<int>(std::min<int64_t>(kSumLanes, cols - base));
+    const float* d = dm + base;
+    const uint8_t* f = p0 + base;
+    for (int l = 0; l < n; ++l) part[l] += keep_if(d[l], f[l]);
+  }
+  if (mse) {
+    for (int l = 0; l < kSumLanes; ++l) epart[l] = 0.0;
+    for (int64_t base = 0; base < cols; base += kSumLanes) {
+      const int n = static_cast<int>(std::min<int64_t>(kSumLanes, cols - base));
+      for (int l = 0; l < n; ++l)
+        epart[l] += keep_if(mse_a(w[base + l], P.mean[base + l]), p0[base + l]);
     }
   }
+
+  // Pass 3b: each column's candidate list and 32-bit ascending key (contract "Orders"), branch-free.
+  // hi is descending in (key, col), i.e. ascending in the complement of the composite key.
+  uint32_t* cls = S.cls.data();
+  uint32_t* ukey = S.ukey.data();
+  for (int64_t j = 0; j < cols; ++j) {
+    const float d = dm[j];
+    const float key = d / P.divisor[j];  // growth_key: divisor is var, var ** p or 1 (p == 0)
+    const uint32_t ko = ord_bits(key);
+    const uint32_t m = 0u - static_cast<uint32_t>(p0[j] != 0);   // all ones if pruned
+    const uint32_t kgt = key > 0.0f, klt = key < 0.0f;            // NaN: neither
+    const uint32_t dlt = d < 0.0f, dgt = d > 0.0f;
+    const uint32_t gcls = kNone - (kNone - kHi) * kgt - (kNone - kLo) * klt;
+    const uint32_t pcls = kNone - (kNone - kPlo) * dlt - (kNone - kPhi) * dgt;
+    cls[j] = (gcls & m) | (pcls & ~m);
+    ukey[j] = ((ko ^ (0u - kgt)) & m) | (word[j] & ~m);
+  }
+  // Pass 3c: the candidate lists, each cut to (a prefix holding) its max_cycle_time smallest keys.
+  CandList* top = S.top;
+  const int nlists = nm ? 2 : 4;  // N:M picks q per group instead of plo/phi
+  if (cols < 65536)
+    build_lists(cls, ukey, cols, S.keep, nlists, reinterpret_cast<uint16_t*>(S.hist_lists.data()), S.cand.data(), top);
+  else
+    build_lists(cls, ukey, cols, S.keep, nlists, S.hist_lists.data(), S.cand.data(), top);
   float err = lane_tree(part);
   double e = mse ? lane_tree(epart) : 0.0;
 

@@ -1,0 +1,94 @@
+"""Shared helpers of the benchmark scripts: synthetic layers with realistic statistics, timing,
+machine description and the RESULTS.md section writer."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import statistics
+import time
+
+import torch
+
+import dsnot_kernels as dk
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_MD = os.path.join(HERE, "RESULTS.md")
+RESULTS_DIR = os.path.join(HERE, "results")
+
+# LLaMA-7B/13B and LLaMA-3-8B linear-layer shapes (out_features, in_features).
+LLAMA_SHAPES = {
+    "4096x4096": (4096, 4096),      # 7B q/k/v/o
+    "11008x4096": (11008, 4096),    # 7B gate/up
+    "4096x11008": (4096, 11008),    # 7B down
+    "14336x4096": (14336, 4096),    # 8B gate/up
+    "4096x14336": (4096, 14336),    # 8B down
+}
+
+
+def synthetic_layer(rows: int, cols: int, seed: int = 0, samples: int = 4, tokens: int = 64,
+                    dtype=torch.float32):
+    """A weight (rows, cols) and its ``CalibrationStats`` from synthetic LLM-like inputs.
+
+    Inputs: per-channel nonzero means, log-normal channel scales and a few outlier channels, so that
+    ``sum_metric_row`` has a real mean and the reconstruction error is far above the threshold
+    (rows actually swap). Deterministic for a seed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.exp(0.5 * torch.randn(cols, generator=g))
+    scale[torch.randperm(cols, generator=g)[: max(1, cols // 200)]] *= 20.0   # outlier channels
+    mu = 0.3 * torch.randn(cols, generator=g) * scale
+    stats = dk.CalibrationStats(cols)
+    x = mu + scale * torch.randn(samples, tokens, cols, generator=g)
+    stats.add_batch(x)
+    weight = (0.02 * torch.randn(rows, cols, generator=g)).to(dtype)
+    return weight, stats
+
+
+def time_call(fn, repeats: int, warmup: int = 1):
+    """Run ``fn`` warmup + repeats times; return the list of wall-clock seconds of the repeats."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} logical CPUs (nproc), {model}, torch threads {torch.get_num_threads()}"
+
+
+def header(command: str) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"- date: {now}\n- machine: {machine()}\n- torch {torch.__version__}, "
+            f"python {platform.python_version()}\n- command: `{command}`\n")
+
+
+def write_section(name: str, body: str, path: str = RESULTS_MD) -> None:
+    """Replace (or append) the section ``## name`` of RESULTS.md with ``body``."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    block = f"<!-- section:{name} -->\n## {name}\n\n{body.rstrip()}\n<!-- /section:{name} -->\n"
+    pattern = re.compile(rf"<!-- section:{re.escape(name)} -->.*?<!-- /section:{re.escape(name)} -->\n?", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    with open(path, "w") as f:
+        f.write(text)
