@@ -81,11 +81,11 @@ def header(command: str) -> str:
             f"python {platform.python_version()}\n- command: `{command}`\n")
 
 
-def write_section(name: str, body: str, path: str = RESULTS_MD) -> None:
-    """Replace (or append) the section ``## name`` of RESULTS.md with ``body``."""
+def write_section(key: str, title: str, body: str, path: str = RESULTS_MD) -> None:
+    """Replace (or append) the section between ``<!-- key:begin -->`` and ``<!-- key:end -->``."""
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    block = f"<!-- section:{name} -->\n## {name}\n\n{body.rstrip()}\n<!-- /section:{name} -->\n"
-    pattern = re.compile(rf"<!-- section:{re.escape(name)} -->.*?<!-- /section:{re.escape(name)} -->\n?", re.S)
+    block = f"<!-- {key}:begin -->\n## {title}\n\n{body.rstrip()}\n<!-- {key}:end -->\n"
+    pattern = re.compile(rf"<!-- {re.escape(key)}:begin -->.*?<!-- {re.escape(key)}:end -->\n?", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
     else:
