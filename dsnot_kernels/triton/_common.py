@@ -63,20 +63,20 @@ def pair_tree_256(x):
 
 
 @triton.jit
-def wanda_at(w_row, scaler_ptr, offs, m):
-    """``|w| * sqrt(scaler_row)`` (float32, correctly rounded sqrt) at columns ``offs``."""
+def wanda_at(w_row, sqrt_s_ptr, offs, m):
+    """``|w| * sqrt(scaler_row)`` (float32) at columns ``offs``; ``sqrt_s_ptr`` holds the
+    correctly rounded ``sqrt(scaler_row)`` (computed once per call by the launcher)."""
     w = tl.load(w_row + offs, mask=m, other=0.0).to(tl.float32)
-    s = tl.load(scaler_ptr + offs, mask=m, other=0.0)
-    return tl.abs(w) * tl.sqrt_rn(s)
+    return tl.abs(w) * tl.load(sqrt_s_ptr + offs, mask=m, other=0.0)
 
 
 @triton.jit
-def metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC: tl.constexpr):
+def metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC: tl.constexpr):
     """The initial metric (spec §2) at columns ``offs``: the caller's, else wanda."""
     if HAS_METRIC:
         return tl.load(metric_row + offs, mask=m, other=0.0)
     else:
-        return wanda_at(w_row, scaler_ptr, offs, m)
+        return wanda_at(w_row, sqrt_s_ptr, offs, m)
 
 
 @triton.jit

@@ -37,31 +37,41 @@ def _sig(fn, types: dict, constexprs: dict) -> dict:
     return {a: ("constexpr" if a in constexprs else types[a]) for a in fn.arg_names}
 
 
-def variants(cols: int, wdtype: str = "fp16"):
-    """The specialisations real layers hit: default unstructured/N:M/mse paths, with and without a
-    caller metric. ``wdtype``: the weight's Triton type (fp16, bf16, fp32)."""
+def variants(cols: int):
+    """The specialisations real layers hit: the default unstructured, N:M and mse paths (fp16
+    weights), the default unstructured path for fp32 and bf16 weights, and a caller metric."""
     chunk, nw = launch_config(cols)
-    w = "*" + wdtype
-    sel_t = dict(w_ptr=w, scaler_ptr="*fp32", metric_ptr="*fp32", out_ptr="*u8", cols="i32", k="i32")
-    ref_t = dict(w_ptr=w, smr_ptr="*fp32", varp_ptr="*fp32", scaler_ptr="*fp32", metric_ptr="*fp32",
-                 mean_ptr="*fp32", var_ptr="*fp32", src_ptr="*u8", out_ptr="*u8", swaps_ptr="*i32",
-                 cols="i32", max_cycles="i32", thr="fp32")
     out = []
-    for has_metric in (False, True):
-        c = dict(HAS_METRIC=has_metric, CHUNK=chunk)
-        out.append(Variant(f"select_unstructured{'_metric' if has_metric else ''}",
-                           _select_unstructured_kernel, _sig(_select_unstructured_kernel, sel_t, c), c, nw))
+
+    def types(wdtype):
+        w = "*" + wdtype
+        sel = dict(w_ptr=w, sqrt_s_ptr="*fp32", metric_ptr="*fp32", out_ptr="*u8", cols="i32", k="i32")
+        ref = dict(w_ptr=w, smr_ptr="*fp32", varp_ptr="*fp32", sqrt_s_ptr="*fp32", metric_ptr="*fp32",
+                   mean_ptr="*fp32", var_ptr="*fp32", src_ptr="*u8", out_ptr="*u8", swaps_ptr="*i32",
+                   cols="i32", max_cycles="i32", thr="fp32")
+        return sel, ref
+
+    def add(name, fn, t, c):
+        c = dict(c, CHUNK=chunk)
+        out.append(Variant(name, fn, _sig(fn, t, c), c, nw))
+
+    for wd in ("fp16", "bf16", "fp32"):
+        sel_t, ref_t = types(wd)
+        add(f"select_unstructured[{wd}]", _select_unstructured_kernel, sel_t, dict(HAS_METRIC=False))
+        add(f"refine_unstructured[{wd}]", _refine_kernel, ref_t, _refine_c(False, 1, 0, False, False))
+    sel_t, ref_t = types("fp16")
+    add("select_unstructured_metric[fp16]", _select_unstructured_kernel, sel_t, dict(HAS_METRIC=True))
     for n, m in ((2, 4), (4, 8)):
-        c = dict(PRUNE_N=n, PRUNE_M=m, HAS_METRIC=False, CHUNK=chunk)
-        out.append(Variant(f"select_nm_{n}_{m}", _select_nm_kernel, _sig(_select_nm_kernel, sel_t, c), c, nw))
-    for name, nm, m, obj, same, has_metric in (("refine_unstructured", False, 1, 0, False, False),
-                                               ("refine_unstructured_mse", False, 1, 1, False, False),
-                                               ("refine_2_4", True, 4, 0, True, False),
-                                               ("refine_4_8_mse_metric", True, 8, 1, True, True)):
-        c = dict(NM=nm, PRUNE_M=m, M_POW2=triton.next_power_of_2(m), SAME_SIGN=same, OBJECTIVE=obj,
-                 HAS_METRIC=has_metric, DIV=True, COPY_SRC=False, CHUNK=chunk)
-        out.append(Variant(name, _refine_kernel, _sig(_refine_kernel, ref_t, c), c, nw))
+        add(f"select_nm_{n}_{m}[fp16]", _select_nm_kernel, sel_t, dict(PRUNE_N=n, PRUNE_M=m, HAS_METRIC=False))
+    add("refine_unstructured_mse[fp16]", _refine_kernel, ref_t, _refine_c(False, 1, 1, False, False))
+    add("refine_2_4[fp16]", _refine_kernel, ref_t, _refine_c(True, 4, 0, True, False))
+    add("refine_4_8_mse_metric[fp16]", _refine_kernel, ref_t, _refine_c(True, 8, 1, True, True))
     return out
+
+
+def _refine_c(nm, m, objective, same_sign, has_metric):
+    return dict(NM=nm, PRUNE_M=m, M_POW2=triton.next_power_of_2(m), SAME_SIGN=same_sign,
+                OBJECTIVE=objective, HAS_METRIC=has_metric, DIV=True, COPY_SRC=False)
 
 
 def _attrs(fn, signature: dict, cols: int) -> dict:

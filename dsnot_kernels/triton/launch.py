@@ -52,20 +52,21 @@ def refine_mask_triton(weight, sum_metric_row, var, scaler_row, initial_metric, 
         return out.zero_().view(torch.bool), swaps.zero_()
     chunk, num_warps = launch_config(cols)
     nm = prune_n > 0
+    sqrt_scaler = torch.sqrt(scaler_row)  # correctly rounded, as the reference's wanda metric
     if initial_mask is not None:
         src = initial_mask.view(torch.uint8)
     else:
         src = out
         if nm:
-            select_nm(weight, scaler_row, initial_metric, out, prune_n, prune_m, chunk, num_warps)
+            select_nm(weight, sqrt_scaler, initial_metric, out, prune_n, prune_m, chunk, num_warps)
         else:
-            select_unstructured(weight, scaler_row, initial_metric, out, int(cols * sparsity),
+            select_unstructured(weight, sqrt_scaler, initial_metric, out, int(cols * sparsity),
                                 chunk, num_warps)
     # var**p exactly as the contract (and the reference) computes it: pow in double, one rounding
     p = float(pow_of_var_regrowing)
     varp = var if p in (0.0, 1.0) else torch.pow(var.double(), p).float()
     thr = float(torch.tensor(update_threshold, dtype=torch.float32))
-    refine(weight, sum_metric_row, varp, scaler_row, initial_metric, mean, var, src, out, swaps,
+    refine(weight, sum_metric_row, varp, sqrt_scaler, initial_metric, mean, var, src, out, swaps,
            int(max_cycle_time), thr, prune_m if nm else 0, same_sign, objective, p != 0.0,
            chunk, num_warps)
     return out.view(torch.bool), swaps

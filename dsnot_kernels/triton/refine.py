@@ -24,7 +24,7 @@ from dsnot_kernels.triton._common import (KEY_MAX, KEY_MIN, composite_key, dm_at
 
 
 @triton.jit
-def _refine_kernel(w_ptr, smr_ptr, varp_ptr, scaler_ptr, metric_ptr, mean_ptr, var_ptr,
+def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, var_ptr,
                    src_ptr, out_ptr, swaps_ptr, cols, max_cycles, thr,
                    NM: tl.constexpr, PRUNE_M: tl.constexpr, M_POW2: tl.constexpr,
                    SAME_SIGN: tl.constexpr, OBJECTIVE: tl.constexpr, HAS_METRIC: tl.constexpr,
@@ -91,7 +91,7 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, scaler_ptr, metric_ptr, mean_ptr, v
             r_best = tl.maximum(r_best, tl.where(grow & (v < r_lim), v, KEY_MIN))
             if not NM:
                 shrink = m & (~init_pruned) & tl.where(use_phi, dm > 0, dm < 0)
-                u = composite_key(wanda_at(w_row, scaler_ptr, offs, m), offs)
+                u = composite_key(wanda_at(w_row, sqrt_s_ptr, offs, m), offs)
                 q_best = tl.minimum(q_best, tl.where(shrink & (u > q_last), u, KEY_MAX))
         r_key = tl.max(r_best, axis=0)
         r_ok = r_key != KEY_MIN
@@ -103,7 +103,7 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, scaler_ptr, metric_ptr, mean_ptr, v
             g = (r - r % PRUNE_M) + tl.arange(0, M_POW2)
             gm = tl.arange(0, M_POW2) < PRUNE_M
             gcode = tl.load(out_row + g, mask=gm, other=1)
-            gmet = metric_at(w_row, scaler_ptr, metric_row, g, gm, HAS_METRIC)
+            gmet = metric_at(w_row, sqrt_s_ptr, metric_row, g, gm, HAS_METRIC)
             cand = gm & (gcode == 0) & (gmet < float("inf"))
             q_key = tl.min(tl.where(cand, composite_key(gmet, g), KEY_MAX), axis=0)
         else:
@@ -147,16 +147,16 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, scaler_ptr, metric_ptr, mean_ptr, v
     tl.store(swaps_ptr + row, swaps)
 
 
-def refine(weight, sum_metric_row, varp, scaler_row, metric, mean, var, src, out, swaps,
+def refine(weight, sum_metric_row, varp, sqrt_scaler, metric, mean, var, src, out, swaps,
            max_cycles, thr, prune_m, same_sign, objective, div, chunk, num_warps):
-    """Launch over rows. weight (rows, cols) fp32/fp16/bf16; sum_metric_row, varp, scaler_row,
-    var, mean (cols,) fp32 (mean only for objective 1); metric (rows, cols) fp32 or None; src
-    (rows, cols) uint8 0/1 initial mask (may be ``out``); out (rows, cols) uint8; swaps (rows,)
-    int32; thr the float32 threshold; prune_m 0 for unstructured."""
+    """Launch over rows. weight (rows, cols) fp32/fp16/bf16; sum_metric_row, varp, sqrt_scaler
+    (= sqrt(scaler_row)), var, mean (cols,) fp32 (mean only for objective 1); metric (rows, cols)
+    fp32 or None; src (rows, cols) uint8 0/1 initial mask (may be ``out``); out (rows, cols)
+    uint8; swaps (rows,) int32; thr the float32 threshold; prune_m 0 for unstructured."""
     rows, cols = weight.shape
     nm = prune_m > 0
     _refine_kernel[(rows,)](
-        weight, sum_metric_row, varp, scaler_row, metric if metric is not None else weight,
+        weight, sum_metric_row, varp, sqrt_scaler, metric if metric is not None else weight,
         mean if mean is not None else sum_metric_row, var, src, out, swaps, cols, max_cycles, thr,
         NM=nm, PRUNE_M=max(prune_m, 1), M_POW2=triton.next_power_of_2(max(prune_m, 1)),
         SAME_SIGN=bool(same_sign), OBJECTIVE=int(objective), HAS_METRIC=metric is not None,

@@ -11,7 +11,7 @@ from dsnot_kernels.triton._common import composite_key, metric_at
 
 
 @triton.jit
-def _select_nm_kernel(w_ptr, scaler_ptr, metric_ptr, out_ptr, cols,
+def _select_nm_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols,
                       PRUNE_N: tl.constexpr, PRUNE_M: tl.constexpr,
                       HAS_METRIC: tl.constexpr, CHUNK: tl.constexpr):
     """One program per row. Writes ``out[row, :]`` (uint8): 1 = pruned, 0 = kept."""
@@ -23,21 +23,22 @@ def _select_nm_kernel(w_ptr, scaler_ptr, metric_ptr, out_ptr, cols,
     for base in range(0, cols, CHUNK):
         offs = base + idx
         m = offs < cols
-        mine = composite_key(metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC), offs)
+        mine = composite_key(metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC), offs)
         start = offs - offs % PRUNE_M
         rank = tl.zeros([CHUNK], tl.int32)
         for t in tl.static_range(PRUNE_M):
-            other = composite_key(metric_at(w_row, scaler_ptr, metric_row, start + t, m, HAS_METRIC),
+            other = composite_key(metric_at(w_row, sqrt_s_ptr, metric_row, start + t, m, HAS_METRIC),
                                   start + t)
             rank += (other < mine).to(tl.int32)
         tl.store(out_row + offs, (rank < PRUNE_N).to(tl.uint8), mask=m)
 
 
-def select_nm(weight, scaler_row, metric, out, prune_n, prune_m, chunk, num_warps):
-    """Launch: weight (rows, cols) fp32/fp16/bf16, cols % prune_m == 0; scaler_row (cols,) fp32;
+def select_nm(weight, sqrt_scaler, metric, out, prune_n, prune_m, chunk, num_warps):
+    """Launch: weight (rows, cols) fp32/fp16/bf16, cols % prune_m == 0;
+    sqrt_scaler (cols,) fp32 = sqrt(scaler_row);
     metric (rows, cols) fp32 or None (wanda); out (rows, cols) uint8, written in full."""
     rows, cols = weight.shape
     _select_nm_kernel[(rows,)](
-        weight, scaler_row, metric if metric is not None else weight, out, cols,
+        weight, sqrt_scaler, metric if metric is not None else weight, out, cols,
         PRUNE_N=prune_n, PRUNE_M=prune_m, HAS_METRIC=metric is not None, CHUNK=chunk,
         num_warps=num_warps, enable_fp_fusion=False)

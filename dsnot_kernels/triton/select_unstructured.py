@@ -14,7 +14,12 @@ from dsnot_kernels.triton._common import metric_at, ordered_key
 
 
 @triton.jit
-def _select_unstructured_kernel(w_ptr, scaler_ptr, metric_ptr, out_ptr, cols, k,
+def _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC: tl.constexpr):
+    return ordered_key(metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC))
+
+
+@triton.jit
+def _select_unstructured_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols, k,
                                 HAS_METRIC: tl.constexpr, CHUNK: tl.constexpr):
     """One program per row. Writes ``out[row, :]`` (uint8): 1 = pruned, 0 = kept."""
     row = tl.program_id(0).to(tl.int64)
@@ -24,41 +29,43 @@ def _select_unstructured_kernel(w_ptr, scaler_ptr, metric_ptr, out_ptr, cols, k,
     idx = tl.arange(0, CHUNK)
 
     # bisection range: [min, max] of the row's ordered keys (int64: no overflow at mid)
-    lo = tl.max(tl.full([CHUNK], 2147483647, tl.int64), axis=0)
-    hi = tl.min(tl.full([CHUNK], -2147483648, tl.int64), axis=0)
+    vmin = tl.full([CHUNK], 2147483647, tl.int32)
+    vmax = tl.full([CHUNK], -2147483648, tl.int32)
     for base in range(0, cols, CHUNK):
         offs = base + idx
         m = offs < cols
-        o = ordered_key(metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC)).to(tl.int64)
-        lo = tl.minimum(lo, tl.min(tl.where(m, o, 2147483647), axis=0))
-        hi = tl.maximum(hi, tl.max(tl.where(m, o, -2147483648), axis=0))
-    # smallest T with count(o <= T) >= k; k == 0 leaves T = min and prunes nothing below
+        o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC)
+        vmin = tl.minimum(vmin, tl.where(m, o, 2147483647))
+        vmax = tl.maximum(vmax, tl.where(m, o, -2147483648))
+    lo = tl.min(vmin, axis=0).to(tl.int64)
+    hi = tl.max(vmax, axis=0).to(tl.int64)
+    # smallest T with count(o <= T) >= k (k == 0: T = min, nothing is below it)
     while lo < hi:
         mid = lo + (hi - lo) // 2
-        cnt = tl.sum(tl.zeros([CHUNK], tl.int32), axis=0)
+        cnt = tl.zeros([CHUNK], tl.int32)  # per-lane counts, one reduction per pass
         for base in range(0, cols, CHUNK):
             offs = base + idx
             m = offs < cols
-            o = ordered_key(metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC)).to(tl.int64)
-            cnt += tl.sum((m & (o <= mid)).to(tl.int32), axis=0)
-        take = cnt >= k
+            o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC)
+            cnt += (m & (o.to(tl.int64) <= mid)).to(tl.int32)
+        take = tl.sum(cnt, axis=0) >= k
         hi = tl.where(take, mid, hi)
         lo = tl.where(take, lo, mid + 1)
     thr_key = lo.to(tl.int32)
 
-    below = tl.sum(tl.zeros([CHUNK], tl.int32), axis=0)
+    below = tl.zeros([CHUNK], tl.int32)
     for base in range(0, cols, CHUNK):
         offs = base + idx
         m = offs < cols
-        o = ordered_key(metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC))
-        below += tl.sum((m & (o < thr_key)).to(tl.int32), axis=0)
-    ties_left = k - below  # ties at T pruned in column order
+        o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC)
+        below += (m & (o < thr_key)).to(tl.int32)
+    ties_left = k - tl.sum(below, axis=0)  # ties at T are pruned in column order
 
     seen = tl.sum(tl.zeros([CHUNK], tl.int32), axis=0)
     for base in range(0, cols, CHUNK):
         offs = base + idx
         m = offs < cols
-        o = ordered_key(metric_at(w_row, scaler_ptr, metric_row, offs, m, HAS_METRIC))
+        o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC)
         tie = (m & (o == thr_key)).to(tl.int32)
         rank = tl.cumsum(tie, axis=0) + seen  # 1-based rank among the row's ties so far
         pruned = (o < thr_key) | ((tie == 1) & (rank <= ties_left))
@@ -66,10 +73,10 @@ def _select_unstructured_kernel(w_ptr, scaler_ptr, metric_ptr, out_ptr, cols, k,
         seen += tl.sum(tie, axis=0)
 
 
-def select_unstructured(weight, scaler_row, metric, out, k, chunk, num_warps):
-    """Launch: weight (rows, cols) fp32/fp16/bf16; scaler_row (cols,) fp32; metric (rows, cols)
-    fp32 or None (wanda); out (rows, cols) uint8, written in full; k = pruned per row."""
+def select_unstructured(weight, sqrt_scaler, metric, out, k, chunk, num_warps):
+    """Launch: weight (rows, cols) fp32/fp16/bf16; sqrt_scaler (cols,) fp32 = sqrt(scaler_row);
+    metric (rows, cols) fp32 or None (wanda); out (rows, cols) uint8, written in full; k = pruned per row."""
     rows, cols = weight.shape
     _select_unstructured_kernel[(rows,)](
-        weight, scaler_row, metric if metric is not None else weight, out, cols, k,
+        weight, sqrt_scaler, metric if metric is not None else weight, out, cols, k,
         HAS_METRIC=metric is not None, CHUNK=chunk, num_warps=num_warps, enable_fp_fusion=False)
