@@ -36,7 +36,7 @@ INC_MODULE = "neural_compressor.compression.pruner.dsnot"
 
 def _layer_weight(layer, shape) -> torch.Tensor:
     """The layer's weight as (rows, cols) = (out, in), matching ``initial_metric``'s ``shape``."""
-    weight = layer.weight.data if isinstance(layer.weight, torch.nn.Parameter) else layer.weight
+    weight = layer.weight.detach()
     is_conv1d = type(layer).__name__ == "Conv1D" and type(layer).__module__.startswith("transformers")
     if is_conv1d or (tuple(weight.shape) != tuple(shape) and tuple(weight.t().shape) == tuple(shape)):
         weight = weight.t()

@@ -24,7 +24,6 @@ ratios: ``[{"tensor_fqn": "0.weight", "sparsity_level": 0.55}, ...]``. Options: 
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.ao.pruning import BaseSparsifier
 
