@@ -136,3 +136,25 @@ def test_step_without_calibration_is_a_clear_error():
 def test_bad_pattern_is_refused_at_prepare():
     with pytest.raises(ValueError, match="divisible"):
         DSnoTSparsifier(prune_n=2, prune_m=5).prepare(small_model(), None)
+
+
+def test_keyword_input_reaches_the_hooks():
+    class KwModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(32, 16)
+
+        def forward(self, x):
+            return self.proj(input=x)
+
+    model, data = KwModel(), calibration()
+    weight = model.proj.weight.detach().clone()
+    sparsifier = DSnoTSparsifier(sparsity_level=0.5)
+    sparsifier.prepare(model, None)
+    stats = dk.CalibrationStats(32)
+    with torch.no_grad():
+        for x in data:
+            model(x)
+            stats.add_batch(x)
+    sparsifier.step()
+    assert torch.equal(model.proj.parametrizations.weight[0].mask == 0, expected_mask(weight, stats, sparsity=0.5))

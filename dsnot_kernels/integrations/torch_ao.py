@@ -78,11 +78,11 @@ class DSnoTSparsifier(BaseSparsifier):
             device = self.stats_device if self.stats_device is not None else weight.device
             self.stats[fqn] = CalibrationStats(weight.shape[1], device=device,
                                                hessian=group["initial"] == "sparsegpt")
-            self._hooks[fqn] = module.register_forward_pre_hook(self._make_hook(fqn))
+            self._hooks[fqn] = module.register_forward_pre_hook(self._make_hook(fqn), with_kwargs=True)
 
     def _make_hook(self, fqn):
-        def hook(module, args):
-            x = args[0]
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["input"]
             if x.dim() > 3:
                 x = x.reshape(-1, x.shape[-2], x.shape[-1])
             self.stats[fqn].add_batch(x)
