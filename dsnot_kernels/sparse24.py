@@ -245,7 +245,7 @@ def to_sparse_24(model: nn.Module, dtype=None, min_size: int = 512, dry_run: boo
         bad = _bad_groups(weight, 2, 4)
         nbad = int(bad.sum())
         if nbad == bad.numel() and skip_dense:
-            _skip(report, name, shape, "not pruned: no group of 4 has 2 zeros (skip_dense=True)")
+            _skip(report, name, shape, "not pruned: no group of 4 has 2 or more zeros (skip_dense=True)")
         elif nbad:
             broken.append(nm_report(weight, 2, 4, name=f"{name}.weight", max_rows=3))
         else:
