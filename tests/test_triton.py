@@ -153,3 +153,24 @@ def test_wider_rows(dtype):
     check(args, sparsity=0.6, update_threshold=0.001)
     check(args, prune_n=4, prune_m=8, update_threshold=0.001)
     check(args, objective="mse", mean=mean, update_threshold=0.0, max_cycle_time=80)
+
+
+@pytest.mark.parametrize("chunk", [32, pytest.param(16, marks=pytest.mark.slow)])
+def test_multi_chunk_rows(monkeypatch, chunk):
+    """Real rows span many CHUNK-column chunks (1024 columns each); force small chunks so the
+    carries across chunks (tie ranks, cursor reductions, group loads) are exercised here."""
+    import dsnot_kernels.triton.launch as launch
+
+    monkeypatch.setattr(launch, "launch_config", lambda cols: (chunk, 1))
+    args, mean = make(2, 96, seed=11, ties=True)
+    check(args, sparsity=0.5, update_threshold=0.0, max_cycle_time=20)
+    check(args, prune_n=2, prune_m=4, update_threshold=0.0, max_cycle_time=20)
+    check(args, prune_n=4, prune_m=8, objective="mse", mean=mean, update_threshold=0.0,
+          max_cycle_time=20)
+
+
+def test_more_than_256_columns():
+    # several steps of the 256-lane error sum, a partial last lane block
+    args, mean = make(2, 300, seed=12)
+    check(args, sparsity=0.5, update_threshold=0.01, max_cycle_time=20)
+    check(args, objective="mse", mean=mean, update_threshold=0.0, max_cycle_time=20)

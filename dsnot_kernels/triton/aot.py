@@ -13,11 +13,10 @@ from typing import NamedTuple
 
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
 from dsnot_kernels.triton.launch import launch_config
-from dsnot_kernels.triton.refine import _refine_kernel
+from dsnot_kernels.triton.refine import _refine_kernel, n_chunks
 from dsnot_kernels.triton.select_nm import _select_nm_kernel
 from dsnot_kernels.triton.select_unstructured import _select_unstructured_kernel
 
@@ -52,7 +51,7 @@ def variants(cols: int):
         return sel, ref
 
     def add(name, fn, t, c):
-        c = dict(c, CHUNK=chunk)
+        c = dict(c, CHUNK=chunk, **({"N_CHUNKS": n_chunks(cols, chunk)} if fn is _refine_kernel else {}))
         out.append(Variant(name, fn, _sig(fn, t, c), c, nw))
 
     for wd in ("fp16", "bf16", "fp32"):
@@ -84,10 +83,19 @@ def _attrs(fn, signature: dict, cols: int) -> dict:
     return attrs
 
 
+def _ptxas_path(arch: int) -> str:
+    """The ptxas Triton itself uses for ``arch`` (its helper moved between Triton versions)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(arch).path
+    except (ImportError, TypeError, AttributeError):
+        return triton.knobs.nvidia.ptxas.path
+
+
 def ptxas_resources(ptx: str, arch: int) -> dict:
     """Registers, spill bytes and static shared memory of the one kernel in ``ptx``."""
     gpu = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
-    ptxas = get_ptxas(arch).path  # the ptxas Triton itself picks for this arch
+    ptxas = _ptxas_path(arch)
     with tempfile.TemporaryDirectory() as d:
         src = f"{d}/k.ptx"
         with open(src, "w") as f:

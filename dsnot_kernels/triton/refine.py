@@ -4,13 +4,20 @@ Per row, in one program:
   1. a lane pass: ``err`` (float32) and, for ``objective == 1``, ``e`` (float64) as the contract's
      256 lane partials plus pairwise tree, over the initially pruned columns; the initial mask is
      copied into the output on the way when it comes from the caller;
-  2. the swap loop: each cycle takes the next growth candidate ``r`` (``hi``: max composite
-     ``(key, col)`` below the cursor; ``lo``: min above it) and, unstructured, the next prune
-     candidate ``q`` (``plo``/``phi``: min composite ``(wanda, col)`` above the cursor), all in a
-     single sweep over the row: a cursor is its last composite key, so only the consumed
-     candidates are ever selected (no sort; O(cols) per cycle, at most ``max_cycle_time`` cycles).
-     N:M takes ``q`` from ``r``'s group (M loads);
-  3. a final pass that turns the working codes into the bool mask.
+  2. candidate selection without sorting: the four candidate lists of the contract ("Orders":
+     ``hi``, ``lo``, and unstructured ``plo``, ``phi``) are kept as a tournament over the row's
+     CHUNK-column chunks: for each list, the best not-yet-taken member of every chunk. One sweep
+     builds it; taking a list's next candidate is a max over the chunk bests, then a rescan of that
+     one chunk. So the swap loop touches only the candidates it takes (at most ``max_cycle_time``
+     per list) and costs O(cols + cycles * CHUNK) per row;
+  3. the swap loop (N:M takes ``q`` from ``r``'s group, M loads), then a final pass that turns the
+     working codes into the bool mask.
+
+Every list is a max in a "flipped" composite key ``v = s * ((ord(x) << 32) | col)``: ``hi`` takes
+the largest ``(key, col)`` (s = 1); ``lo`` the smallest key and ``plo``/``phi`` the smallest
+``(wanda, col)`` (s = -1). A composite key is never KEY_MIN, so ``-key`` cannot overflow and KEY_MIN
+means "no member". Within a list, the members not yet taken are exactly those below the last
+taken ``v``, which is why a rescan needs no other state.
 
 Working codes in ``out`` (uint8) while the row runs: 0 kept, 1 pruned (as initially), 2 initially
 kept and now pruned (``q``), 3 initially pruned and now regrown (``r``). Bit 0 is the initial mask,
@@ -24,13 +31,48 @@ from dsnot_kernels.triton._common import (KEY_MAX, KEY_MIN, composite_key, dm_at
 
 
 @triton.jit
+def _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, go_hi, DIV: tl.constexpr):
+    """Flipped keys of the ``hi`` (``go_hi``) or ``lo`` list at ``offs``; KEY_MIN off the list.
+
+    Members: initially pruned with growth key ``dm / var**p`` > 0 (hi) or < 0 (lo); NaN never."""
+    init_pruned = (tl.load(out_row + offs, mask=m, other=0) & 1) == 1
+    dm = dm_at(w_row, smr_ptr, offs, m)
+    if DIV:
+        key = tl.math.div_rn(dm, tl.load(varp_ptr + offs, mask=m, other=1.0))
+    else:
+        key = dm
+    member = m & init_pruned & tl.where(go_hi, key > 0, key < 0)
+    flip = tl.where(go_hi, 1, -1).to(tl.int64)
+    return tl.where(member, composite_key(key, offs) * flip, KEY_MIN)
+
+
+@triton.jit
+def _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, use_phi):
+    """Flipped keys of the ``phi`` (``use_phi``) or ``plo`` list at ``offs``; KEY_MIN off the list.
+
+    Members: initially kept with ``dm > 0`` (phi) or ``dm < 0`` (plo), by ``(wanda, col)`` ascending."""
+    init_kept = (tl.load(out_row + offs, mask=m, other=1) & 1) == 0
+    dm = dm_at(w_row, smr_ptr, offs, m)
+    member = m & init_kept & tl.where(use_phi, dm > 0, dm < 0)
+    return tl.where(member, -composite_key(wanda_at(w_row, sqrt_s_ptr, offs, m), offs), KEY_MIN)
+
+
+@triton.jit
+def _chunk_best(values, limit):
+    """The largest of ``values`` below ``limit`` (KEY_MIN if none)."""
+    return tl.max(tl.where(values < limit, values, KEY_MIN), axis=0)
+
+
+@triton.jit
 def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, var_ptr,
                    src_ptr, out_ptr, swaps_ptr, cols, max_cycles, thr,
                    NM: tl.constexpr, PRUNE_M: tl.constexpr, M_POW2: tl.constexpr,
                    SAME_SIGN: tl.constexpr, OBJECTIVE: tl.constexpr, HAS_METRIC: tl.constexpr,
-                   DIV: tl.constexpr, COPY_SRC: tl.constexpr, CHUNK: tl.constexpr):
+                   DIV: tl.constexpr, COPY_SRC: tl.constexpr, CHUNK: tl.constexpr,
+                   N_CHUNKS: tl.constexpr):
     """Row ``program_id(0)``: reads ``src`` (uint8 0/1 initial mask), writes ``out`` (uint8 0/1,
-    True = pruned) and ``swaps[row]`` (int32). ``varp`` = ``var**p`` (fp32, used when ``DIV``)."""
+    True = pruned) and ``swaps[row]`` (int32). ``varp`` = ``var**p`` (fp32, used when ``DIV``);
+    ``N_CHUNKS`` >= cdiv(cols, CHUNK), a power of two."""
     row = tl.program_id(0).to(tl.int64)
     w_row = w_ptr + row * cols
     metric_row = metric_ptr + row * cols
@@ -38,6 +80,7 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
     out_row = out_ptr + row * cols
     lanes = tl.arange(0, 256)
     idx = tl.arange(0, CHUNK)
+    chunk_ids = tl.arange(0, N_CHUNKS)
 
     # 1. err (and e) in the contract's fixed order: lane l adds columns l, l+256, ... in turn
     acc = tl.zeros([256], tl.float32)
@@ -59,12 +102,27 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
     sign0 = sign_of(err)
     tl.debug_barrier()  # the copied codes are read by other threads below
 
-    # 2. the swap loop. Growth cursors live in a "flipped" domain so both are a max below a limit:
-    #    hi: v = key, lo: v = -key (composite keys are never KEY_MIN, so -key cannot overflow).
-    hi_lim = tl.max(tl.full([2], KEY_MAX, tl.int64), axis=0)
-    lo_lim = hi_lim
-    plo_last = tl.min(tl.full([2], KEY_MIN, tl.int64), axis=0)  # prune cursors: min above last
-    phi_last = plo_last
+    # 2. the tournament: best member of each chunk, per list (built only if a cycle can run)
+    top_hi = tl.full([N_CHUNKS], KEY_MIN, tl.int64)
+    top_lo = top_hi
+    top_plo = top_hi
+    top_phi = top_hi
+    if (max_cycles > 0) & (tl.abs(err) > thr):
+        for c in range(0, tl.cdiv(cols, CHUNK)):
+            offs = c * CHUNK + idx
+            m = offs < cols
+            here = chunk_ids == c
+            top_hi = tl.where(here, _chunk_best(
+                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, True, DIV), KEY_MAX), top_hi)
+            top_lo = tl.where(here, _chunk_best(
+                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, False, DIV), KEY_MAX), top_lo)
+            if not NM:
+                top_phi = tl.where(here, _chunk_best(
+                    _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, True), KEY_MAX), top_phi)
+                top_plo = tl.where(here, _chunk_best(
+                    _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, False), KEY_MAX), top_plo)
+
+    # 3. the swap loop (contract "The swap loop" / objective 1)
     swaps = tl.sum(tl.zeros([2], tl.int32), axis=0)
     alive = swaps == 0
     cycle = swaps
@@ -72,32 +130,18 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
         cycle += 1
         go_hi = err > 0
         use_phi = err < 0
-        r_lim = tl.where(go_hi, hi_lim, lo_lim)
-        flip = tl.where(go_hi, 1, -1).to(tl.int64)
-        q_last = tl.where(use_phi, phi_last, plo_last)
-        r_best = KEY_MIN + tl.zeros([CHUNK], tl.int64)
-        q_best = KEY_MAX + tl.zeros([CHUNK], tl.int64)
-        for base in range(0, cols, CHUNK):
-            offs = base + idx
-            m = offs < cols
-            init_pruned = (tl.load(out_row + offs, mask=m, other=0) & 1) == 1
-            dm = dm_at(w_row, smr_ptr, offs, m)
-            if DIV:
-                key = tl.math.div_rn(dm, tl.load(varp_ptr + offs, mask=m, other=1.0))
-            else:
-                key = dm
-            grow = m & init_pruned & tl.where(go_hi, key > 0, key < 0)  # NaN keys never grow
-            v = composite_key(key, offs) * flip
-            r_best = tl.maximum(r_best, tl.where(grow & (v < r_lim), v, KEY_MIN))
-            if not NM:
-                shrink = m & (~init_pruned) & tl.where(use_phi, dm > 0, dm < 0)
-                u = composite_key(wanda_at(w_row, sqrt_s_ptr, offs, m), offs)
-                q_best = tl.minimum(q_best, tl.where(shrink & (u > q_last), u, KEY_MAX))
-        r_key = tl.max(r_best, axis=0)
-        r_ok = r_key != KEY_MIN
-        hi_lim = tl.where(go_hi & r_ok, r_key, hi_lim)
-        lo_lim = tl.where((~go_hi) & r_ok, r_key, lo_lim)
-        r = key_column(tl.where(r_ok, r_key, 0) * flip)
+        # r = next(hi) if err > 0 else next(lo); taking it rescans its chunk below it
+        tops = tl.where(go_hi, top_hi, top_lo)
+        r_v = tl.max(tops, axis=0)
+        r_ok = r_v != KEY_MIN
+        r = key_column(tl.where(r_ok, r_v, 0) * tl.where(go_hi, 1, -1).to(tl.int64))
+        c = r // CHUNK
+        offs = c * CHUNK + idx
+        nxt = _chunk_best(_growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, offs < cols,
+                                         go_hi, DIV), r_v)
+        tops = tl.where((chunk_ids == c) & r_ok, nxt, tops)
+        top_hi = tl.where(go_hi, tops, top_hi)
+        top_lo = tl.where(go_hi, top_lo, tops)
         if NM:
             # q: the kept, not yet chosen column of r's group with the smallest (metric, col)
             g = (r - r % PRUNE_M) + tl.arange(0, M_POW2)
@@ -106,12 +150,21 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
             gmet = metric_at(w_row, sqrt_s_ptr, metric_row, g, gm, HAS_METRIC)
             cand = gm & (gcode == 0) & (gmet < float("inf"))
             q_key = tl.min(tl.where(cand, composite_key(gmet, g), KEY_MAX), axis=0)
+            q_ok = q_key != KEY_MAX
+            q = key_column(tl.where(q_ok, q_key, 0))
         else:
-            q_key = tl.min(q_best, axis=0)
-            phi_last = tl.where(use_phi & (q_key != KEY_MAX), q_key, phi_last)
-            plo_last = tl.where((~use_phi) & (q_key != KEY_MAX), q_key, plo_last)
-        q_ok = q_key != KEY_MAX
-        q = key_column(tl.where(q_ok, q_key, 0))
+            # q = next(phi) if err < 0 else next(plo)
+            ptops = tl.where(use_phi, top_phi, top_plo)
+            q_v = tl.max(ptops, axis=0)
+            q_ok = q_v != KEY_MIN
+            q = key_column(-tl.where(q_ok, q_v, 0))
+            cq = q // CHUNK
+            offs = cq * CHUNK + idx
+            nxt = _chunk_best(_prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, offs < cols,
+                                            use_phi), q_v)
+            ptops = tl.where((chunk_ids == cq) & q_ok, nxt, ptops)
+            top_phi = tl.where(use_phi, ptops, top_phi)
+            top_plo = tl.where(use_phi, top_plo, ptops)
         dq = (tl.load(w_row + q).to(tl.float32)) * tl.load(smr_ptr + q)
         dr = (tl.load(w_row + r).to(tl.float32)) * tl.load(smr_ptr + r)
         after = (err + dq) - dr
@@ -138,7 +191,7 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
         swaps += ok.to(tl.int32)
         tl.debug_barrier()  # the codes just stored are read by every thread next cycle
 
-    # 3. codes -> mask: pruned = 1 (kept pruned) or 2 (newly pruned)
+    # 4. codes -> mask: pruned = 1 (kept pruned) or 2 (newly pruned)
     for base in range(0, cols, CHUNK):
         offs = base + idx
         m = offs < cols
@@ -161,4 +214,9 @@ def refine(weight, sum_metric_row, varp, sqrt_scaler, metric, mean, var, src, ou
         NM=nm, PRUNE_M=max(prune_m, 1), M_POW2=triton.next_power_of_2(max(prune_m, 1)),
         SAME_SIGN=bool(same_sign), OBJECTIVE=int(objective), HAS_METRIC=metric is not None,
         DIV=bool(div), COPY_SRC=src.data_ptr() != out.data_ptr(), CHUNK=chunk,
-        num_warps=num_warps, enable_fp_fusion=False)
+        N_CHUNKS=n_chunks(cols, chunk), num_warps=num_warps, enable_fp_fusion=False)
+
+
+def n_chunks(cols: int, chunk: int) -> int:
+    """The tournament's size: chunks per row, rounded up to a power of two."""
+    return triton.next_power_of_2(triton.cdiv(cols, chunk))
