@@ -110,9 +110,9 @@ def control_bytes() -> "int | None":
         return int(subprocess.run([exe], capture_output=True, text=True).stdout.strip())
 
 
-def dynamic_smem(control: int, cols: int, elem: int, staged: bool) -> int:
+def dynamic_smem(control: int, cols: int, elem: int, staged: bool, cached: bool) -> int:
     r16 = lambda x: (x + 15) // 16 * 16  # noqa: E731  (mirrors smem_layout in dsnot_launch.h)
-    return r16(control) + r16(cols) + (r16(cols * elem) if staged else 0)
+    return r16(control) + r16(cols) + (r16(cols * 4) if cached else 0) + (r16(cols * elem) if staged else 0)
 
 
 def markdown(rows, cmd, version, control) -> str:
@@ -128,14 +128,19 @@ def markdown(rows, cmd, version, control) -> str:
         out.append(f"| {r['kernel']} | {r['dtype']} | {r['arch']} | {r['registers']} | {r['barriers']} | {r['stack']} | "
                    f"{r['spill_stores']} | {r['spill_loads']} | {r['smem_static']} |")
     out.append("")
-    out.append("256 threads per block (one row per block). Dynamic shared memory per block = control area "
-               f"({control if control is not None else '?'} B) + one flag byte per column + the staged weight row; "
-               "the launcher reads the row from global memory instead when staging does not fit.")
+    out.append("256 threads per block (one row per block), at least 4 blocks per multiprocessor by registers. "
+               f"Dynamic shared memory per block = control area ({control if control is not None else '?'} B) "
+               "+ one flag byte per column + optionally a 4-byte key cache per column + optionally the staged "
+               "weight row; the launcher takes the option with the most resident blocks (ties: more cached).")
     if control is not None:
-        out += ["", "| cols | fp32 staged (KiB) | fp16/bf16 staged (KiB) | unstaged (KiB) |", "|---|---|---|---|"]
+        out += ["", "| cols | keys + fp16 row (KiB) | keys + fp32 row (KiB) | keys only (KiB) | fp16 row only (KiB) | neither (KiB) |",
+                "|---|---|---|---|---|---|"]
         for cols in (4096, 11008, 14336, 28672, 32768):
-            out.append(f"| {cols} | {dynamic_smem(control, cols, 4, True) / 1024:.1f} | "
-                       f"{dynamic_smem(control, cols, 2, True) / 1024:.1f} | {dynamic_smem(control, cols, 2, False) / 1024:.1f} |")
+            out.append(f"| {cols} | {dynamic_smem(control, cols, 2, True, True) / 1024:.1f} | "
+                       f"{dynamic_smem(control, cols, 4, True, True) / 1024:.1f} | "
+                       f"{dynamic_smem(control, cols, 2, False, True) / 1024:.1f} | "
+                       f"{dynamic_smem(control, cols, 2, True, False) / 1024:.1f} | "
+                       f"{dynamic_smem(control, cols, 2, False, False) / 1024:.1f} |")
     out.append(END)
     return "\n".join(out) + "\n"
 

@@ -2,7 +2,8 @@
 
 Helper for tests/test_cuda_emulated.py; builds csrc/cuda/simt_host_harness.cpp with the host C++
 compiler once per process (in a temporary folder). ``refine_mask_emulated`` takes the op's
-positional arguments, like every backend, plus ``stage_weight``.
+positional arguments, like every backend, plus the shared-memory options ``stage_weight`` and
+``cache_keys`` that the CUDA launcher chooses per device.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def load():
         lib = ctypes.CDLL(build())
         f = lib.dsnot_simt_refine_mask
         P, I32, I64, D = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_double
-        f.argtypes = [P, I32, P, P, P, P, P, P, P, P, P, I64, I32, D, I32, I32, I32, D, D, I32, I32, I32,
+        f.argtypes = [P, I32, P, P, P, P, P, P, P, P, P, I64, I32, D, I32, I32, I32, D, D, I32, I32, I32, I32,
                       ctypes.c_char_p, I32]
         f.restype = ctypes.c_int
         _LIB = lib
@@ -55,7 +56,7 @@ def _ptr(t):
 
 def refine_mask_emulated(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
                          sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
-                         pow_of_var_regrowing, same_sign, objective, stage_weight=True):
+                         pow_of_var_regrowing, same_sign, objective, stage_weight=True, cache_keys=True):
     lib = load()
     rows, cols = weight.shape
     weight = weight.contiguous()
@@ -71,7 +72,7 @@ def refine_mask_emulated(weight, sum_metric_row, var, scaler_row, initial_metric
         _ptr(weight), DTYPES[weight.dtype], _ptr(sum_metric_row), _ptr(var), _ptr(varp), _ptr(scaler_row),
         _ptr(initial_metric), _ptr(im), _ptr(mean), _ptr(mask), _ptr(swaps), rows, cols, float(sparsity),
         int(prune_n), int(prune_m), int(max_cycle_time), float(update_threshold), p, int(bool(same_sign)),
-        int(objective), int(bool(stage_weight)), err, 512)
+        int(objective), int(bool(stage_weight)), int(bool(cache_keys)), err, 512)
     if rc != 0:
         raise RuntimeError(f"emulated kernel failed: {err.value.decode()}")
     assert bool(((mask == 0) | (mask == 1)).all()), "mask has unwritten (poisoned) bytes"

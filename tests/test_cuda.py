@@ -126,6 +126,18 @@ def test_poisoned_outputs_are_fully_written(monkeypatch):
     check(W, smr, var, scaler)
 
 
+@pytest.mark.parametrize("layout", ["0", "1", "2", "3"])
+def test_shared_memory_layouts(layout, monkeypatch):
+    # Every shared-memory layout the launcher may pick gives the reference's masks.
+    monkeypatch.setenv("DSNOT_KERNELS_CUDA_LAYOUT", layout)
+    W, smr, var, scaler, mean = make_inputs(40, 2048, dtype=torch.float16, seed=22)
+    check(W, smr, var, scaler, sparsity=0.6, update_threshold=0.0, max_cycle_time=150)
+    check(W, smr, var, scaler, prune_n=2, prune_m=4, update_threshold=0.0)
+    check(W, smr, var, scaler, objective="mse", mean=mean, update_threshold=0.0, max_cycle_time=100)
+    W, smr, var, scaler, _ = make_inputs(4, 28672, dtype=torch.float32, seed=23)
+    check(W, smr, var, scaler, sparsity=0.5)
+
+
 def test_runs_on_the_current_stream():
     W, smr, var, scaler, _ = make_inputs(64, 2048, seed=17)
     ref = dk.refine_mask(W, smr, var, scaler, backend="torch")

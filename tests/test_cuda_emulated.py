@@ -32,10 +32,10 @@ def make_inputs(rows, cols, dtype=torch.float32, seed=0, mean=False):
 
 def run_both(W, smr, var, scaler, *, initial_metric=None, initial_mask=None, mean=None, sparsity=0.5,
              prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1, p=1.0, same_sign=False,
-             objective=0, stage_weight=True):
+             objective=0, stage_weight=True, cache_keys=True):
     args = (W, smr, var, scaler, initial_metric, initial_mask, mean, sparsity if prune_n == 0 else 0.0,
             prune_n, prune_m, max_cycle_time, update_threshold, p, True if prune_n else same_sign, objective)
-    mask, swaps = cuda_emulation.refine_mask_emulated(*args, stage_weight=stage_weight)
+    mask, swaps = cuda_emulation.refine_mask_emulated(*args, stage_weight=stage_weight, cache_keys=cache_keys)
     ref_mask, ref_swaps = refine_mask_reference(*args)
     bad = (mask != ref_mask).any(1).nonzero().flatten().tolist()
     assert not bad, f"rows {bad[:8]} differ from the reference"
@@ -128,6 +128,23 @@ def test_weight_read_from_global_memory():
     W, smr, var, scaler, _ = make_inputs(3, 776, torch.float16, seed=12)
     run_both(W, smr, var, scaler, stage_weight=False, update_threshold=0.0)
     run_both(W, smr, var, scaler, stage_weight=False, prune_n=2, prune_m=4, update_threshold=0.0)
+
+
+@pytest.mark.parametrize("stage_weight,cache_keys", [(True, False), (False, True), (False, False)])
+def test_shared_memory_options(stage_weight, cache_keys):
+    # The launcher picks per device whether the row and the key cache live in shared memory;
+    # every choice must give the same masks (the default, both on, runs in every other test).
+    opts = dict(stage_weight=stage_weight, cache_keys=cache_keys, update_threshold=0.0)
+    W, smr, var, scaler, mu = make_inputs(3, 300, torch.bfloat16, seed=21, mean=True)
+    run_both(W, smr, var, scaler, max_cycle_time=150, **opts)
+    run_both(W, smr, var, scaler, prune_n=2, prune_m=4, max_cycle_time=150, **opts)
+    run_both(W, smr, var, scaler, mean=mu, objective=1, max_cycle_time=150, **opts)
+    run_both(W, smr, var, scaler, mean=mu, objective=1, prune_n=2, prune_m=4, **opts)
+    g = torch.Generator().manual_seed(2)
+    metric = torch.randn(3, 300, generator=g)
+    metric[:, ::5] = float("inf")
+    run_both(W, smr, var, scaler, initial_metric=metric, prune_n=2, prune_m=4, **opts)
+    run_both(W, smr, var, scaler, initial_mask=torch.rand(3, 300, generator=g) < 0.5, **opts)
 
 
 def test_misaligned_rows():

@@ -183,6 +183,35 @@ def main(argv=None):
             line = "  ".join(f"{r['backend']}={r.get('seconds', float('nan')) * 1e3:.3f}ms"
                              + ("" if r.get("mask_equal", True) else "(MISMATCH)") for r in rows_out)
             print(f"{rows}x{cols} {pname}: {line}", flush=True)
+    # Shared-memory layouts of the CUDA kernel (DSNOT_KERNELS_CUDA_LAYOUT, read at each call):
+    # 0 = key cache + staged row, 1 = key cache, 2 = staged row, 3 = neither; auto = the launcher's pick.
+    if "cuda" in backends and not args.dry_run:
+        for rows, cols in [(4096, 4096), (4096, 11008), (8192, 28672)]:
+            if expired():
+                out["skipped"].append(f"layout sweep {rows}x{cols}: deadline")
+                continue
+            w, smr, var, scaler = layer(rows, cols, dtype, dev)
+            ref = dk.refine_mask(w, smr, var, scaler, backend="cuda", sparsity=0.5)
+            for layout in ["auto", "0", "1", "2", "3"]:
+                rec = {"shape": f"{rows}x{cols}", "layout": layout}
+                try:
+                    if layout == "auto":
+                        os.environ.pop("DSNOT_KERNELS_CUDA_LAYOUT", None)
+                    else:
+                        os.environ["DSNOT_KERNELS_CUDA_LAYOUT"] = layout
+                    m = dk.refine_mask(w, smr, var, scaler, backend="cuda", sparsity=0.5)
+                    rec["mask_equal_auto"] = bool(torch.equal(m, ref))
+                    rec["seconds"], rec["reps"] = time_fn(
+                        lambda: dk.refine_mask(w, smr, var, scaler, backend="cuda", sparsity=0.5), dev, budget_s=0.3)
+                except Exception as exc:
+                    rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                finally:
+                    os.environ.pop("DSNOT_KERNELS_CUDA_LAYOUT", None)
+                out.setdefault("layout_sweep", []).append(rec)
+            flush()
+            print(f"layouts {rows}x{cols}: " + "  ".join(
+                f"{r['layout']}={r.get('seconds', float('nan')) * 1e3:.3f}ms" for r in out["layout_sweep"][-5:]), flush=True)
+            del w
     if not args.skip_scaling:
         srows = 64 if args.dry_run else 4096
         scols = [256, 512] if args.dry_run else SCALING_COLS

@@ -90,6 +90,13 @@ def refine_tables(refine):
                   "| cols | backend | ms | x floor |", "|---|---|---|---|"]
         for r in refine["scaling"]:
             lines.append(f"| {r['cols']} | {r['backend']} | {ms(r.get('seconds'))} | {fnum(r.get('x_floor'), '{:.2f}')} |")
+    if refine.get("layout_sweep"):
+        lines += ["", "CUDA shared-memory layouts (50% unstructured; 0 = key cache + staged row, 1 = key cache, "
+                  "2 = staged row, 3 = neither, auto = the launcher's pick; DSNOT_KERNELS_CUDA_LAYOUT):", "",
+                  "| shape | layout | ms | same mask as auto |", "|---|---|---|---|"]
+        for r in refine["layout_sweep"]:
+            lines.append(f"| {r['shape']} | {r['layout']} | {ms(r.get('seconds'))} | "
+                         f"{r.get('mask_equal_auto', r.get('error', '—'))} |")
     if refine.get("skipped"):
         lines += ["", "Not run (time budget): " + "; ".join(refine["skipped"])]
     return lines

@@ -8,16 +8,13 @@
 namespace dsnot {
 namespace cuda {
 
-// Blocks per multiprocessor the register budget must allow: 6 on sm_90 (40 registers, no spills),
-// 4 on older chips, where ptxas spills at 40 (benchmarks/RESULTS.md, CUDA kernel resources).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define DSNOT_MIN_BLOCKS 6
-#else
-#define DSNOT_MIN_BLOCKS 4
-#endif
+// At least 4 resident blocks per multiprocessor: 64 registers per thread, where ptxas spills on
+// neither sm_80 nor sm_90 (at 48 it spills on sm_90; benchmarks/RESULTS.md, CUDA kernel resources).
+// Shared memory usually allows no more than 4-5 blocks anyway (the launcher picks the layout).
+constexpr int kMinBlocksPerSM = 4;
 
 template <int DT>
-__global__ void __launch_bounds__(kThreads, DSNOT_MIN_BLOCKS) refine_mask_kernel(RefineParams p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) refine_mask_kernel(RefineParams p) {
   extern __shared__ __align__(16) char smem[];
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) refine_row<DT>(p, smem, row);
 }
@@ -26,24 +23,51 @@ template __global__ void refine_mask_kernel<kF32>(RefineParams);
 template __global__ void refine_mask_kernel<kF16>(RefineParams);
 template __global__ void refine_mask_kernel<kBF16>(RefineParams);
 
-size_t refine_smem_bytes(int32_t cols, int32_t dtype, bool stage_weight) {
-  return smem_layout(sizeof(RowShared), cols, dtype, stage_weight).total;
+size_t refine_smem_bytes(int32_t cols, int32_t dtype, bool stage_weight, bool cache_keys) {
+  return smem_layout(sizeof(RowShared), cols, dtype, stage_weight, cache_keys).total;
 }
 
 template <int DT>
-static cudaError_t launch_typed(const RefineParams& p, size_t smem, cudaStream_t stream) {
-  if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(refine_mask_kernel<DT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem));
+static cudaError_t launch_typed(RefineParams p, int optin, int layout, cudaStream_t stream) {
+  const auto kernel = refine_mask_kernel<DT>;
+  // Shared-memory options, most cached first: key cache + staged row, key cache, staged row, none.
+  // Take the one with the most resident blocks per multiprocessor (ties: the earlier one).
+  const bool options[4][2] = {{true, true}, {false, true}, {true, false}, {false, false}};
+  int best = -1;
+  int best_blocks = 0;
+  size_t best_smem = 0;
+  for (int i = 0; i < 4; ++i) {
+    const size_t smem = refine_smem_bytes(p.cols, DT, options[i][0], options[i][1]);
+    if (smem > static_cast<size_t>(optin)) continue;
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
+    int blocks = 0;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, smem);
+    if (e != cudaSuccess) return e;
+    if (layout == i && blocks > 0) {  // forced and it fits
+      best = i;
+      best_blocks = blocks;
+      best_smem = smem;
+      break;
+    }
+    if (blocks > best_blocks) {
+      best = i;
+      best_blocks = blocks;
+      best_smem = smem;
+    }
   }
+  if (best < 0) return cudaErrorInvalidValue;
+  p.stage_weight = options[best][0] ? 1 : 0;
+  p.cache_keys = options[best][1] ? 1 : 0;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(best_smem));
+  if (e != cudaSuccess) return e;
   // One block per row; a grid-stride loop covers more rows than a grid can hold.
   const int64_t grid = p.rows < (int64_t{1} << 30) ? p.rows : (int64_t{1} << 30);
-  refine_mask_kernel<DT><<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(p);
+  kernel<<<static_cast<unsigned>(grid), kThreads, best_smem, stream>>>(p);
   return cudaGetLastError();
 }
 
-int launch_refine_mask(RefineParams p, void* stream) {
+int launch_refine_mask(RefineParams p, void* stream, int layout) {
   if (p.rows <= 0 || p.cols <= 0) return cudaSuccess;
   if (p.cols > kMaxCols || p.dtype < kF32 || p.dtype > kBF16) return cudaErrorInvalidValue;
   int dev = 0;
@@ -52,17 +76,11 @@ int launch_refine_mask(RefineParams p, void* stream) {
   int optin = 0;
   e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (e != cudaSuccess) return e;
-  // Stage the weight row when it fits; otherwise read it from global memory (through L1/L2).
-  const size_t staged = refine_smem_bytes(p.cols, p.dtype, true);
-  const size_t unstaged = refine_smem_bytes(p.cols, p.dtype, false);
-  p.stage_weight = staged <= static_cast<size_t>(optin) ? 1 : 0;
-  const size_t smem = p.stage_weight ? staged : unstaged;
-  if (smem > static_cast<size_t>(optin)) return cudaErrorInvalidValue;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
-    case kF32: return launch_typed<kF32>(p, smem, s);
-    case kF16: return launch_typed<kF16>(p, smem, s);
-    default: return launch_typed<kBF16>(p, smem, s);
+    case kF32: return launch_typed<kF32>(p, optin, layout, s);
+    case kF16: return launch_typed<kF16>(p, optin, layout, s);
+    default: return launch_typed<kBF16>(p, optin, layout, s);
   }
 }
 

@@ -8,7 +8,9 @@
 //
 // Per row, with 256 threads (thread l is lane l of the contract's error sum):
 //   1. stage the weight row in shared memory (when it fits) and set per-column flags
-//      (bit 1 = initially pruned, bit 0 = pruned now);
+//      (bit 1 = initially pruned, bit 0 = pruned now); with the key cache, compute each column's
+//      ord(metric) once, and later its list and list key once, so that selection passes read
+//      4 bytes of shared memory per column instead of recomputing sqrt / division;
 //   2. initial selection: block radix select over composite keys (ord(metric) << 32 | col),
 //      8 bits per pass from the top, stopping as soon as the k-th key's bucket is taken whole;
 //      N:M ranks each column inside its group;
@@ -35,6 +37,7 @@ namespace cuda {
 
 enum ListId : int { kHi = 0, kLo = 1, kPlo = 2, kPhi = 3 };
 enum SelState : int32_t { kSelNone = 0, kSelRun = 1, kSelDone = 2, kSelAll = 3 };
+constexpr uint32_t kOrdPosInf = 0xFF800000u;  // ord_key(+inf); larger ords are NaNs
 
 // The control area of a block's shared memory.
 struct RowShared {
@@ -187,7 +190,8 @@ struct RowCtx {
   const RefineParams* p;
   const void* w;            // weight row, shared or global memory
   const float* im;          // initial_metric row or nullptr
-  uint8_t* flags;           // shared, bit 1 = initially pruned, bit 0 = pruned now
+  uint8_t* flags;           // shared, bit 0 = pruned now, bit 1 = initially pruned, bits 2-4 = list + 1
+  uint32_t* kc;             // shared key cache (nullptr: recompute): ord(metric), then list keys
   int32_t cols;
 
   DSNOT_DEV float wv(int32_t j) const { return weight_at<DT>(w, j); }
@@ -204,9 +208,25 @@ struct RowCtx {
   DSNOT_DEV double a(int32_t j) const { return mse_a(wv(j), ld_stat(p->mean + j)); }
   DSNOT_DEV double b(int32_t j) const { return mse_b(wv(j), ld_stat(p->var + j)); }
 
+  // Order key of the initial selection: ord(metric) (cached when kc is there).
+  DSNOT_DEV uint32_t metric_ord(int32_t j) const { return kc != nullptr ? kc[j] : ord_key(metric(j)); }
+
   // The cursor list of column j and its order key (ascending = the order the cursor takes):
   // hi: (gkey, j) descending, lo: (gkey, j) ascending, plo/phi: (wanda, j) ascending.
+  // With the key cache, refine_row has stored the list in the flags and the key's top half in kc.
   DSNOT_DEV int classify(int32_t j, uint64_t* lkey) const {
+    if (kc != nullptr) {
+      const int L = ((flags[j] >> 2) & 7) - 1;
+      if (L >= 0) {
+        const uint32_t lo32 = L == kHi ? ~static_cast<uint32_t>(j) : static_cast<uint32_t>(j);
+        *lkey = (static_cast<uint64_t>(kc[j]) << 32) | lo32;
+      }
+      return L;
+    }
+    return classify_compute(j, lkey);
+  }
+
+  DSNOT_DEV int classify_compute(int32_t j, uint64_t* lkey) const {
     const uint8_t f = flags[j];
     const float d = dm(j);
     if (f & 2) {
@@ -406,9 +426,10 @@ DSNOT_DEV int32_t nm_pick(const Ctx& ctx, int32_t r, int lane) {
   uint64_t best = ~0ull;
   for (int32_t c = start + lane; c < start + m; c += 32) {
     if ((ctx.flags[c] & 3) == 0) {
-      const float mt = ctx.metric(c);
-      if (mt < INFINITY) {
-        const uint64_t k = composite_key(mt, c);
+      // Kept columns of an N:M row are in no list, so the cache still holds ord(metric) there.
+      const uint32_t mo = ctx.metric_ord(c);
+      if (mo < kOrdPosInf) {  // metric < +inf
+        const uint64_t k = (static_cast<uint64_t>(mo) << 32) | static_cast<uint32_t>(c);
         best = k < best ? k : best;
       }
     }
@@ -504,7 +525,7 @@ DSNOT_DEV void refine_row(const RefineParams& p, char* smem, int64_t row) {
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int32_t cols = p.cols;
-  const SmemLayout lay = smem_layout(sizeof(RowShared), cols, p.dtype, p.stage_weight != 0);
+  const SmemLayout lay = smem_layout(sizeof(RowShared), cols, p.dtype, p.stage_weight != 0, p.cache_keys != 0);
   RowShared* S = reinterpret_cast<RowShared*>(smem);
   uint8_t* flags = reinterpret_cast<uint8_t*>(smem + lay.flags);
   const size_t row_bytes = static_cast<size_t>(cols) * weight_elem_size(DT);
@@ -514,6 +535,7 @@ DSNOT_DEV void refine_row(const RefineParams& p, char* smem, int64_t row) {
   ctx.p = &p;
   ctx.cols = cols;
   ctx.flags = flags;
+  ctx.kc = p.cache_keys ? reinterpret_cast<uint32_t*>(smem + lay.keys) : nullptr;
   ctx.im = p.initial_metric != nullptr ? p.initial_metric + row * cols : nullptr;
   ctx.w = wglobal;
 
@@ -548,25 +570,38 @@ DSNOT_DEV void refine_row(const RefineParams& p, char* smem, int64_t row) {
   }
   simt::sync_block();
 
+  // Metric order keys, once: the initial selection and the N:M choice of q read them.
+  const bool need_metric = p.initial_mask == nullptr || p.prune_n > 0;
+  if (ctx.kc != nullptr && need_metric) {
+    uint32_t* kc = ctx.kc;
+    ctx.kc = nullptr;  // compute, not read, below
+    for (int32_t j = tid; j < cols; j += kThreads) kc[j] = ctx.metric_ord(j);
+    ctx.kc = kc;
+    simt::sync_block();
+  }
+  auto metric_key = [&](int32_t j) -> uint64_t {
+    return (static_cast<uint64_t>(ctx.metric_ord(j)) << 32) | static_cast<uint32_t>(j);
+  };
+
   // 2. Initial selection (§2).
   if (p.initial_mask == nullptr) {
     if (p.prune_n > 0) {
       const int32_t m = p.prune_m;
       for (int32_t j = tid; j < cols; j += kThreads) {
         const int32_t start = j - j % m;
-        const uint64_t mine = composite_key(ctx.metric(j), j);
+        const uint64_t mine = metric_key(j);
         int32_t rank = 0;
-        for (int32_t c = start; c < start + m; ++c) rank += composite_key(ctx.metric(c), c) < mine ? 1 : 0;
+        for (int32_t c = start; c < start + m; ++c) rank += metric_key(c) < mine ? 1 : 0;
         if (rank < p.prune_n) flags[j] = 3;
       }
     } else {
       auto by_metric = [&](int32_t j, uint64_t* lk) -> int {
-        *lk = composite_key(ctx.metric(j), j);
+        *lk = metric_key(j);
         return 0;
       };
       block_select(S, 1, cols, by_metric);
       for (int32_t j = tid; j < cols; j += kThreads) {
-        if (sel_member(S, 0, composite_key(ctx.metric(j), j))) flags[j] = 3;
+        if (sel_member(S, 0, metric_key(j))) flags[j] = 3;
       }
     }
     simt::sync_block();
@@ -622,6 +657,20 @@ DSNOT_DEV void refine_row(const RefineParams& p, char* smem, int64_t row) {
   }
 
   // 4-5. Cursor lists, then the swap loop with on-demand refills.
+  if (refine && ctx.kc != nullptr) {
+    // Classify every column once: its list in flags bits 2-4, the top half of its key in kc
+    // (the bottom half is the column, or its complement for hi). Kept N:M columns are in no
+    // list and keep ord(metric) for nm_pick.
+    for (int32_t j = tid; j < cols; j += kThreads) {
+      uint64_t lk = 0;
+      const int L = ctx.classify_compute(j, &lk);
+      if (L >= 0) {
+        ctx.kc[j] = static_cast<uint32_t>(lk >> 32);
+        flags[j] = static_cast<uint8_t>(flags[j] | ((L + 1) << 2));
+      }
+    }
+    simt::sync_block();
+  }
   if (refine) {
     auto by_list = [&](int32_t j, uint64_t* lk) -> int { return ctx.classify(j, lk); };
     block_select(S, kLists, cols, by_list);

@@ -51,6 +51,7 @@ struct RefineParams {
   int32_t same_sign;             // objective 0 only
   int32_t objective;             // 0 = dsnot, 1 = mse
   int32_t stage_weight;          // 1 = copy the weight row into shared memory
+  int32_t cache_keys;            // 1 = keep one 32-bit order key per column in shared memory
 };
 
 DSNOT_LAUNCH_HD int32_t weight_elem_size(int32_t dtype) { return dtype == kF32 ? 4 : 2; }
@@ -63,33 +64,41 @@ inline void set_scalar_params(RefineParams& p, double sparsity, double update_th
   p.key_mode = pow_of_var == 0.0 ? 0 : (pow_of_var == 1.0 ? 1 : 2);
 }
 
-// Shared memory of one block: a fixed control area, the per-column flags and, when staged, the
-// weight row. Offsets are multiples of 16 bytes.
+// Shared memory of one block: a fixed control area, the per-column flags, optionally the
+// per-column key cache and the staged weight row. Offsets are multiples of 16 bytes.
 struct SmemLayout {
-  size_t control;  // bytes of the control area (RowShared, see dsnot_kernels.cuh)
-  size_t flags;    // offset of the flags
-  size_t weight;   // offset of the staged weight row
-  size_t total;
+  uint32_t control;  // bytes of the control area (RowShared, see dsnot_kernels.cuh)
+  uint32_t flags;    // offset of the flags (1 byte per column)
+  uint32_t keys;     // offset of the key cache (4 bytes per column), when cached
+  uint32_t weight;   // offset of the staged weight row, when staged
+  uint32_t total;
 };
 
-DSNOT_LAUNCH_HD size_t round_up16(size_t x) { return (x + 15) & ~static_cast<size_t>(15); }
+// 32-bit arithmetic: cols <= kMaxCols keeps every size far below 2**32 (and keeps the kernel's
+// register use down).
+DSNOT_LAUNCH_HD uint32_t round_up16(uint32_t x) { return (x + 15u) & ~15u; }
 
-DSNOT_LAUNCH_HD SmemLayout smem_layout(size_t control_bytes, int32_t cols, int32_t dtype, bool stage_weight) {
+DSNOT_LAUNCH_HD SmemLayout smem_layout(uint32_t control_bytes, int32_t cols, int32_t dtype, bool stage_weight,
+                                       bool cache_keys) {
+  const uint32_t n = static_cast<uint32_t>(cols);
   SmemLayout s;
   s.control = round_up16(control_bytes);
   s.flags = s.control;
-  s.weight = s.flags + round_up16(static_cast<size_t>(cols));
-  s.total = s.weight + (stage_weight ? round_up16(static_cast<size_t>(cols) * weight_elem_size(dtype)) : 0);
+  s.keys = s.flags + round_up16(n);
+  s.weight = s.keys + (cache_keys ? round_up16(n * 4u) : 0u);
+  s.total = s.weight + (stage_weight ? round_up16(n * static_cast<uint32_t>(weight_elem_size(dtype))) : 0u);
   return s;
 }
 
 // Host entry points, defined in dsnot_kernels.cu (nvcc). `stream` is a cudaStream_t.
-// Bytes of shared memory a block needs (stage_weight as given).
-size_t refine_smem_bytes(int32_t cols, int32_t dtype, bool stage_weight);
-// Launches the kernel on `stream`; returns a cudaError_t value (0 = success). Sets
-// p.stage_weight from the device's shared-memory limit; fails with cudaErrorInvalidValue when
-// even the flags do not fit.
-int launch_refine_mask(RefineParams p, void* stream);
+// Bytes of shared memory a block needs.
+size_t refine_smem_bytes(int32_t cols, int32_t dtype, bool stage_weight, bool cache_keys);
+// Launches the kernel on `stream`; returns a cudaError_t value (0 = success). Chooses
+// p.stage_weight and p.cache_keys for the most resident blocks per multiprocessor (ties: more
+// cached); fails with cudaErrorInvalidValue when even the flags do not fit. `layout` forces one
+// option when it fits (0 = key cache + staged row, 1 = key cache, 2 = staged row, 3 = neither;
+// -1 = choose): the refine benchmark times each of them.
+int launch_refine_mask(RefineParams p, void* stream, int layout = -1);
 
 }  // namespace cuda
 }  // namespace dsnot

@@ -35,6 +35,14 @@ void check_matrix(const at::Tensor& t, const char* name, const at::Tensor& weigh
   TORCH_CHECK(t.is_contiguous(), "dsnot_kernels cuda: ", name, " must be contiguous");
 }
 
+// DSNOT_KERNELS_CUDA_LAYOUT=0..3 forces a shared-memory layout (see launch_refine_mask), for the
+// benchmark's layout sweep; unset or anything else: the launcher chooses.
+int forced_layout() {
+  const char* v = std::getenv("DSNOT_KERNELS_CUDA_LAYOUT");
+  if (v == nullptr || v[0] < '0' || v[0] > '3' || v[1] != 0) return -1;
+  return v[0] - '0';
+}
+
 bool poison_outputs() {
   const char* v = std::getenv("DSNOT_KERNELS_POISON");
   return v != nullptr && std::strcmp(v, "1") == 0;
@@ -93,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> refine_mask_cuda(
   const int32_t dtype = wt == at::kFloat ? dsnot::cuda::kF32 : (wt == at::kHalf ? dsnot::cuda::kF16 : dsnot::cuda::kBF16);
   const int64_t smem_optin = at::cuda::getDeviceProperties(dev.index())->sharedMemPerBlockOptin;
   const size_t smem_min = dsnot::cuda::refine_smem_bytes(static_cast<int32_t>(std::min<int64_t>(cols, dsnot::cuda::kMaxCols)),
-                                                         dtype, false);
+                                                         dtype, false, false);
   TORCH_CHECK(cols <= dsnot::cuda::kMaxCols && smem_min <= static_cast<size_t>(smem_optin),
               "dsnot_kernels cuda: rows of ", cols, " columns are too long for the cuda backend on this device (",
               smem_min, " bytes of shared memory per block needed, ", smem_optin,
@@ -128,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> refine_mask_cuda(
   p.same_sign = same_sign ? 1 : 0;
   p.objective = static_cast<int32_t>(objective);
   dsnot::cuda::set_scalar_params(p, sparsity, update_threshold, pow_of_var_regrowing);
-  const int rc = dsnot::cuda::launch_refine_mask(p, stream);
+  const int rc = dsnot::cuda::launch_refine_mask(p, stream, forced_layout());
   TORCH_CHECK(rc == 0, "dsnot_kernels cuda: kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
   return {mask, swaps};
 }

@@ -19,7 +19,7 @@ extern "C" int dsnot_simt_refine_mask(const void* weight, int32_t dtype, const f
                                       int32_t* swaps_out, int64_t rows, int32_t cols, double sparsity, int32_t prune_n,
                                       int32_t prune_m, int32_t max_cycle_time, double update_threshold,
                                       double pow_of_var, int32_t same_sign, int32_t objective, int32_t stage_weight,
-                                      char* errbuf, int32_t errlen) {
+                                      int32_t cache_keys, char* errbuf, int32_t errlen) {
   RefineParams p{};
   p.weight = weight;
   p.sum_metric_row = sum_metric_row;
@@ -40,8 +40,10 @@ extern "C" int dsnot_simt_refine_mask(const void* weight, int32_t dtype, const f
   p.same_sign = same_sign;
   p.objective = objective;
   p.stage_weight = stage_weight;
+  p.cache_keys = cache_keys;
   dsnot::cuda::set_scalar_params(p, sparsity, update_threshold, pow_of_var);
-  const auto lay = dsnot::cuda::smem_layout(sizeof(dsnot::cuda::RowShared), cols, dtype, stage_weight != 0);
+  const auto lay = dsnot::cuda::smem_layout(sizeof(dsnot::cuda::RowShared), cols, dtype, stage_weight != 0,
+                                             cache_keys != 0);
   // 16-byte aligned shared memory, filled with a pattern so that reads of unwritten bytes show.
   std::vector<uint64_t> smem_store((lay.total + 15) / 8 + 2);
   char* smem = reinterpret_cast<char*>(smem_store.data());
