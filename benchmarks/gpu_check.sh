@@ -127,7 +127,7 @@ else
 fi
 
 # ---- CUDA parity tests ---------------------------------------------------------------------------
-stage tests_cuda 150 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -x tests/test_cuda.py
+stage tests_cuda 150 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE tests/test_cuda.py
 
 # ---- refine benchmark ----------------------------------------------------------------------------
 bench_refine() {
@@ -169,7 +169,7 @@ fi
 if [ "$DRY" = 1 ]; then
   record tests_triton skipped 0 "dry run (the interpreter suite runs in CI)"
 else
-  stage tests_triton 120 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -x -m "not slow" tests/test_triton.py
+  stage tests_triton 120 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE -m "not slow" tests/test_triton.py
 fi
 
 # ---- 2:4 sparse vs dense linear ------------------------------------------------------------------

@@ -3,6 +3,11 @@
 // glue lives in refine_mask_cuda.cu.
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <utility>
+
 #include "dsnot_kernels.cuh"
 
 namespace dsnot {
@@ -27,20 +32,32 @@ size_t refine_smem_bytes(int32_t cols, int32_t dtype, bool stage_weight, bool ca
   return smem_layout(sizeof(RowShared), cols, dtype, stage_weight, cache_keys).total;
 }
 
+// The layout choice and the kernel's dynamic shared-memory limit, per device, dtype, row length
+// and forced layout: decided once (occupancy queries cost microseconds), then reused.
+struct LayoutChoice {
+  int option;
+  uint32_t smem;
+};
+static std::mutex g_layout_mutex;
+static std::map<std::tuple<int, int, int32_t, int>, LayoutChoice> g_layouts;
+static std::map<std::pair<int, int>, uint32_t> g_smem_limit_set;  // (device, dtype) -> attribute value
+
 template <int DT>
-static cudaError_t launch_typed(RefineParams p, int optin, int layout, cudaStream_t stream) {
+static cudaError_t choose_layout(int dev, int32_t cols, int optin, int layout, LayoutChoice* out) {
   const auto kernel = refine_mask_kernel<DT>;
   // Shared-memory options, most cached first: key cache + staged row, key cache, staged row, none.
   // Take the one with the most resident blocks per multiprocessor (ties: the earlier one).
   const bool options[4][2] = {{true, true}, {false, true}, {true, false}, {false, false}};
   int best = -1;
   int best_blocks = 0;
-  size_t best_smem = 0;
+  uint32_t best_smem = 0;
+  uint32_t last_set = 0;
   for (int i = 0; i < 4; ++i) {
-    const size_t smem = refine_smem_bytes(p.cols, DT, options[i][0], options[i][1]);
-    if (smem > static_cast<size_t>(optin)) continue;
+    const uint32_t smem = static_cast<uint32_t>(refine_smem_bytes(cols, DT, options[i][0], options[i][1]));
+    if (smem > static_cast<uint32_t>(optin)) continue;
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
+    last_set = smem;
     int blocks = 0;
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, smem);
     if (e != cudaSuccess) return e;
@@ -57,13 +74,38 @@ static cudaError_t launch_typed(RefineParams p, int optin, int layout, cudaStrea
     }
   }
   if (best < 0) return cudaErrorInvalidValue;
-  p.stage_weight = options[best][0] ? 1 : 0;
-  p.cache_keys = options[best][1] ? 1 : 0;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(best_smem));
-  if (e != cudaSuccess) return e;
+  // The attribute must cover every launch of this kernel on this device: keep it at the maximum.
+  uint32_t& limit = g_smem_limit_set[{dev, DT}];
+  limit = limit > best_smem ? limit : best_smem;
+  if (last_set != limit) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit));
+    if (e != cudaSuccess) return e;
+  }
+  out->option = best;
+  out->smem = best_smem;
+  return cudaSuccess;
+}
+
+template <int DT>
+static cudaError_t launch_typed(RefineParams p, int dev, int optin, int layout, cudaStream_t stream) {
+  LayoutChoice choice{};
+  {
+    std::lock_guard<std::mutex> lock(g_layout_mutex);
+    const auto key = std::make_tuple(dev, DT, p.cols, layout);
+    const auto it = g_layouts.find(key);
+    if (it != g_layouts.end()) {
+      choice = it->second;
+    } else {
+      const cudaError_t e = choose_layout<DT>(dev, p.cols, optin, layout, &choice);
+      if (e != cudaSuccess) return e;
+      g_layouts[key] = choice;
+    }
+  }
+  p.stage_weight = (choice.option == 0 || choice.option == 2) ? 1 : 0;
+  p.cache_keys = choice.option <= 1 ? 1 : 0;
   // One block per row; a grid-stride loop covers more rows than a grid can hold.
   const int64_t grid = p.rows < (int64_t{1} << 30) ? p.rows : (int64_t{1} << 30);
-  kernel<<<static_cast<unsigned>(grid), kThreads, best_smem, stream>>>(p);
+  refine_mask_kernel<DT><<<static_cast<unsigned>(grid), kThreads, choice.smem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -78,9 +120,9 @@ int launch_refine_mask(RefineParams p, void* stream, int layout) {
   if (e != cudaSuccess) return e;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
-    case kF32: return launch_typed<kF32>(p, optin, layout, s);
-    case kF16: return launch_typed<kF16>(p, optin, layout, s);
-    default: return launch_typed<kBF16>(p, optin, layout, s);
+    case kF32: return launch_typed<kF32>(p, dev, optin, layout, s);
+    case kF16: return launch_typed<kF16>(p, dev, optin, layout, s);
+    default: return launch_typed<kBF16>(p, dev, optin, layout, s);
   }
 }
 
