@@ -4,11 +4,13 @@ from dsnot_kernels.metrics import initial_metric, magnitude_metric, sparsegpt_me
 from dsnot_kernels.ops import available_backends, refine_mask
 from dsnot_kernels.stats import CalibrationStats
 from dsnot_kernels.sparse24 import check_nm, nm_violations, to_sparse_24
+from dsnot_kernels.pruning import PruneConfig, prune_model
+from dsnot_kernels.eval import perplexity
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationStats", "refine_mask", "available_backends", "initial_metric", "wanda_metric",
-    "magnitude_metric", "sparsegpt_metric",
+    "magnitude_metric", "sparsegpt_metric", "prune_model", "PruneConfig", "perplexity",
     "nm_violations", "check_nm", "to_sparse_24",
 ]

@@ -1,0 +1,90 @@
+"""``PruneConfig``: every knob of the layer-by-layer driver (spec §4), with validation."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+PATTERNS_HELP = '"unstructured" or "N:M" (e.g. "2:4", "4:8")'
+INITIAL_METHODS = ("wanda", "magnitude", "sparsegpt")
+SKIP_CHOICES = ("mlp", "none", "self_attn")
+
+
+@dataclass
+class PruneConfig:
+    """What ``prune_model`` does.
+
+    sparsity: unstructured ratio in [0, 1) (ignored for N:M patterns, which prune N of every M).
+    pattern: "unstructured" or "N:M".
+    initial: initial metric, "wanda" | "magnitude" | "sparsegpt" (spec §2).
+    refine: False = the initial mask alone (no §3 swaps anywhere).
+    skip: which sub-layers get the initial mask only: "mlp" (the authors' default), "self_attn",
+        or "none" (refine every linear sub-layer).
+    skip_sublayers: extra sub-layer names (last name component, e.g. "down_proj") that are not
+        refined (the authors' ``--skip_sub_layer``).
+    max_cycle_time, update_threshold, pow_of_var_regrowing, without_same_sign: spec §3.
+    objective: "dsnot" (the authors' rule) or "mse" (swap only when the row's mean² + variance
+        output error drops; uses ``CalibrationStats.mean``).
+    backend: refine_mask backend (None = best for the device).
+    batch_size: calibration samples per forward pass (statistics do not depend on it).
+    device: where each block is computed (None = where the model is). Only the current block and
+        the calibration activations live there; the rest of the model stays where it was.
+    record_error: also record each sub-layer's output error before/after refinement (needs a
+        (cols, cols) second-moment matrix per sub-layer).
+    progress: show a tqdm bar over blocks.
+    """
+
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    initial: str = "wanda"
+    refine: bool = True
+    skip: str = "mlp"
+    skip_sublayers: tuple = ()
+    max_cycle_time: int = 50
+    update_threshold: float = 0.1
+    pow_of_var_regrowing: float = 1.0
+    without_same_sign: bool = True
+    objective: str = "dsnot"
+    backend: "str | None" = None
+    batch_size: int = 8
+    device: "str | None" = None
+    record_error: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.skip == "no_skip":  # the authors' spelling
+            self.skip = "none"
+        if self.skip not in SKIP_CHOICES:
+            raise ValueError(f"skip must be one of {SKIP_CHOICES}, got {self.skip!r}")
+        if self.initial not in INITIAL_METHODS:
+            raise ValueError(f"initial must be one of {INITIAL_METHODS}, got {self.initial!r}")
+        if self.objective not in ("dsnot", "mse"):
+            raise ValueError(f'objective must be "dsnot" or "mse", got {self.objective!r}')
+        self.prune_n, self.prune_m = parse_pattern(self.pattern)
+        if self.prune_n == 0 and not (0.0 <= float(self.sparsity) < 1.0):
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.skip_sublayers = tuple(self.skip_sublayers or ())
+
+    @property
+    def target_sparsity(self) -> float:
+        return self.prune_n / self.prune_m if self.prune_n else float(self.sparsity)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["skip_sublayers"] = list(d["skip_sublayers"])
+        return d
+
+
+def parse_pattern(pattern: str):
+    """``"unstructured"`` -> (0, 0); ``"2:4"`` -> (2, 4)."""
+    if pattern == "unstructured":
+        return 0, 0
+    try:
+        n, m = (int(v) for v in str(pattern).split(":"))
+    except ValueError:
+        raise ValueError(f"pattern must be {PATTERNS_HELP}, got {pattern!r}") from None
+    if not 0 < n < m:
+        raise ValueError(f"an N:M pattern needs 0 < N < M, got {pattern!r}")
+    return n, m

@@ -1,0 +1,219 @@
+"""``prune_model``: layer-by-layer DSnoT pruning of a whole model (spec §4).
+
+Per block: hook its linear sub-layers, run the block on every calibration batch to gather
+``CalibrationStats`` (accumulated per sample, so the batch size does not change them), compute
+every sub-layer's mask with ``refine_mask``, zero the pruned weights, run the block again to get
+the next block's inputs. Masks of a block are all computed before any weight is zeroed, so an
+error leaves that block untouched; the error names the block, the sub-layer and the stage.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from dsnot_kernels.metrics import initial_metric
+from dsnot_kernels.ops import refine_mask
+from dsnot_kernels.pruning.adapters import (find_blocks, find_sublayers, is_refined, sublayer_kind,
+                                            weight_view)
+from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, move_outside,
+                                           restore_devices, snapshot_devices)
+from dsnot_kernels.pruning.config import PruneConfig
+from dsnot_kernels.pruning.output_error import output_error, second_moment
+from dsnot_kernels.stats import CalibrationStats
+
+
+class PruningError(RuntimeError):
+    """``prune_model`` failed; ``block``, ``sublayer``, ``stage`` say where, ``report`` what was done."""
+
+    def __init__(self, message, block=None, sublayer=None, stage=None, report=None):
+        super().__init__(message)
+        self.block, self.sublayer, self.stage, self.report = block, sublayer, stage, report
+
+
+def _check_calibration(calibration) -> torch.Tensor:
+    if not isinstance(calibration, torch.Tensor) or calibration.dtype not in (torch.long, torch.int):
+        raise TypeError("calibration must be an integer tensor of token ids, shape (nsamples, seqlen)")
+    if calibration.dim() == 1:
+        calibration = calibration.unsqueeze(0)
+    if calibration.dim() != 2 or calibration.shape[0] == 0 or calibration.shape[1] < 2:
+        raise ValueError(f"calibration must be (nsamples, seqlen) with seqlen >= 2, got {tuple(calibration.shape)}")
+    return calibration.long()
+
+
+def _run_block(block, inputs, calls, state):
+    outs = []
+    for x, call in zip(inputs, calls):
+        state["batch"] = x.shape[0]
+        outs.append(block_output(block(x, *call.args, **call.kwargs)))
+    return outs
+
+
+def _sublayer_mask(name, module, stats, config, want_error):
+    """(mask, swaps, entry) of one sub-layer; the weight is not modified."""
+    W = weight_view(module)
+    refined = is_refined(name, config)
+    metric = None if config.initial == "wanda" else initial_metric(config.initial, W, stats)
+    common = dict(initial_metric=metric, sparsity=config.sparsity, prune_n=config.prune_n,
+                  prune_m=config.prune_m, update_threshold=config.update_threshold,
+                  pow_of_var_regrowing=config.pow_of_var_regrowing,
+                  without_same_sign=config.without_same_sign, backend=config.backend, return_swaps=True)
+    t0 = time.perf_counter()
+    if refined:
+        mse = config.objective == "mse"
+        mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
+                                  max_cycle_time=config.max_cycle_time, objective=config.objective,
+                                  mean=stats.mean if mse else None, **common)
+    else:
+        mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
+                                  max_cycle_time=0, **common)
+    mask_time = time.perf_counter() - t0
+    entry = {"name": name, "kind": sublayer_kind(name), "shape": list(W.shape), "refined": refined,
+             "sparsity": float(mask.float().mean()), "swaps": int(swaps.sum()),
+             "rows_swapped": int((swaps > 0).sum()), "mask_time_s": mask_time}
+    if want_error:
+        moment = second_moment(stats)
+        after = output_error(W, mask, stats, moment)
+        if refined and config.max_cycle_time > 0:
+            initial, _ = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
+                                     max_cycle_time=0, **common)
+            before = output_error(W, initial, stats, moment)
+        else:
+            before = dict(after)
+        entry["error"] = {"initial": before, "refined": after}
+    return mask, entry
+
+
+def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfig | None" = None,
+                on_mask=None) -> dict:
+    """Prune ``model`` in place, block by block (spec §4). Returns a JSON-serialisable report.
+
+    Args:
+        model: a causal LM (Llama, Mistral, Qwen2, OPT, GPT-2 or laid out like them) called as
+            ``model(input_ids=...)``.
+        calibration: (nsamples, seqlen) token ids.
+        config: ``PruneConfig`` (default: 50 % unstructured, wanda + DSnoT, skip="mlp").
+        on_mask: optional ``fn(block_index, sublayer_name, mask)`` called with each (rows, cols)
+            bool mask (True = pruned) before it is applied.
+
+    Raises:
+        PruningError naming the block, sub-layer and stage. Blocks finished before the error are
+        pruned, the rest untouched, and every tensor is back on its original device.
+    """
+    config = config if config is not None else PruneConfig()
+    calibration = _check_calibration(calibration)
+    path, blocks = find_blocks(model)
+    first = next(model.parameters())
+    device = torch.device(config.device) if config.device else first.device
+    need_hessian = config.initial == "sparsegpt" or config.record_error
+
+    report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
+              "calibration": list(calibration.shape), "config": config.to_dict(),
+              "device": str(device), "sublayers": [], "blocks": [], "completed": False}
+    snapshot = snapshot_devices(model)
+    cfg = getattr(model, "config", None)
+    use_cache = getattr(cfg, "use_cache", None)
+    was_training = model.training
+    where = {"block": None, "sublayer": None, "stage": "capture"}
+    hooks = []
+    state = {"batch": 1, "stats": {}}
+    t_start = time.perf_counter()
+    try:
+        if use_cache is not None:
+            cfg.use_cache = False
+        model.eval()
+        with torch.no_grad():
+            move_outside(model, blocks, device)
+            t0 = time.perf_counter()
+            captured = capture_block_calls(model, blocks, calibration.split(config.batch_size), device)
+            report["capture_time_s"] = time.perf_counter() - t0
+            restore_devices(model, snapshot)
+            inputs = captured.inputs
+            try:
+                from tqdm.auto import tqdm
+                bar = tqdm(range(len(blocks)), desc="pruning blocks", disable=not config.progress)
+            except ImportError:  # tqdm is a dependency, but a bar is not worth failing for
+                bar = range(len(blocks))
+            for i in bar:
+                where.update(block=i, sublayer=None, stage="statistics")
+                block = blocks[i].to(device)
+                calls = [c[i] for c in captured.calls]
+                subs = find_sublayers(block)
+                state["stats"] = {name: CalibrationStats(weight_view(m).shape[1], device=device,
+                                                         hessian=need_hessian)
+                                  for name, m in subs.items()}
+                timing = {"stats_s": 0.0}
+
+                def make_hook(name):
+                    def hook(module, inp, out):
+                        t = time.perf_counter()
+                        x = inp[0]
+                        state["stats"][name].add_batch(x.reshape(state["batch"], -1, x.shape[-1]))
+                        timing["stats_s"] += time.perf_counter() - t
+                    return hook
+
+                hooks = [m.register_forward_hook(make_hook(name)) for name, m in subs.items()]
+                t0 = time.perf_counter()
+                _run_block(block, inputs, calls, state)
+                t_pass1 = time.perf_counter() - t0
+                for h in hooks:
+                    h.remove()
+                hooks = []
+
+                where["stage"] = "mask"
+                masks = {}
+                for name, module in subs.items():
+                    where["sublayer"] = name
+                    mask, entry = _sublayer_mask(name, module, state["stats"][name], config,
+                                                 config.record_error)
+                    entry["block"] = i
+                    masks[name] = (mask, entry)
+                state["stats"] = {}
+                where.update(sublayer=None, stage="apply")
+                for name, (mask, entry) in masks.items():
+                    if on_mask is not None:
+                        on_mask(i, name, mask)
+                    W = weight_view(subs[name])
+                    W[mask] = 0
+                    entry["zeros"] = float((W == 0).float().mean())
+                    report["sublayers"].append(entry)
+                del masks
+
+                where["stage"] = "forward"
+                t0 = time.perf_counter()
+                inputs = _run_block(block, inputs, calls, state)
+                t_pass2 = time.perf_counter() - t0
+                restore_devices(model, snapshot)
+                report["blocks"].append({
+                    "block": i, "forward_s": t_pass1 + t_pass2 - timing["stats_s"],
+                    "stats_s": timing["stats_s"],
+                    "mask_time_s": sum(e["mask_time_s"] for e in report["sublayers"] if e["block"] == i)})
+    except Exception as exc:
+        blk, sub, stage = where["block"], where["sublayer"], where["stage"]
+        at = "while capturing the first block's inputs" if blk is None else \
+            f"at block {blk} ({path}.{blk})" + (f", sub-layer {sub}" if sub else "") + f", stage {stage}"
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        raise PruningError(f"prune_model failed {at}: {type(exc).__name__}: {exc}",
+                           block=blk, sublayer=sub, stage=stage, report=report) from exc
+    finally:
+        for h in hooks:
+            h.remove()
+        restore_devices(model, snapshot)
+        if use_cache is not None:
+            cfg.use_cache = use_cache
+        model.train(was_training)
+    _summarise(report, time.perf_counter() - t_start)
+    return report
+
+
+def _summarise(report, total_time):
+    subs = report["sublayers"]
+    numel = sum(e["shape"][0] * e["shape"][1] for e in subs)
+    report["sparsity"] = sum(e["sparsity"] * e["shape"][0] * e["shape"][1] for e in subs) / max(numel, 1)
+    report["swaps"] = sum(e["swaps"] for e in subs)
+    report["mask_time_s"] = sum(e["mask_time_s"] for e in subs)
+    report["forward_time_s"] = sum(b["forward_s"] for b in report["blocks"])
+    report["stats_time_s"] = sum(b["stats_s"] for b in report["blocks"])
+    report["total_time_s"] = total_time
+    report["completed"] = True
