@@ -277,6 +277,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         (rows, cols) bool mask, True = pruned, on the weight's device; with ``return_swaps``,
         ``(mask, swaps)``.
     """
+    if isinstance(without_same_sign, (str, bytes)) or without_same_sign not in (True, False):
+        raise TypeError(f"without_same_sign must be a bool, got {without_same_sign!r}")
     (weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean) = validate_arguments(
         weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, sparsity, prune_n,
         prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, objective, mean)

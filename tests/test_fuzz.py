@@ -190,6 +190,8 @@ def build(case: Case):
         kw["initial_metric"] = weight.float().abs()
     elif case.initial in ("metric", "metric_inf"):
         metric = torch.randint(0, 4, (R, C), generator=g).float() * torch.rand((), generator=g)
+        if bool(torch.rand((), generator=g) < 0.5):  # signed metrics: negatives, -0.0 ties +0.0
+            metric = metric * torch.where(torch.rand(R, C, generator=g) < 0.5, -1.0, 1.0)
         if case.initial == "metric_inf":  # +-inf metrics: legal, never an N:M q candidate when +inf
             metric[torch.rand(R, C, generator=g) < 0.2] = float("inf")
             metric[torch.rand(R, C, generator=g) < 0.1] = float("-inf")
@@ -291,7 +293,8 @@ def assert_same(got, ref, label):
 
 
 def _label_events(case, swaps):
-    event(f"pattern={'unstructured' if not case.prune_n else f'{case.prune_n}:{case.prune_m}'}")
+    nm = f"{case.prune_n}:{case.prune_m}"
+    event(f"pattern={'unstructured' if not case.prune_n else nm if nm in ('2:4', '4:8') else 'other N:M'}")
     event(f"objective={case.objective}")
     most = int(swaps.max()) if swaps.numel() else 0
     event("swaps: none" if most == 0 else "swaps: 1-2 in a row" if most < 3 else "swaps: >= 3 in a row")
@@ -391,6 +394,47 @@ test_fuzz_cpu_rows_independent = _fuzz_rows_independent("cpu", "cpu", "compiled"
 test_fuzz_triton_interpreter_rows_independent = _fuzz_rows_independent("triton", "cpu", "triton_interp")
 test_fuzz_cuda_rows_independent = _fuzz_rows_independent("cuda", "cuda", "compiled")
 test_fuzz_triton_cuda_rows_independent = _fuzz_rows_independent("triton", "cuda", "compiled")
+
+
+def _count_rounding_pairs(limit=12):
+    """(cols, sparsity) where ``int(cols * sparsity)`` in double differs from float32 arithmetic or
+    from the exact decimal product: a backend computing the count in float32 gets them wrong."""
+    from fractions import Fraction
+
+    import numpy as np
+    out = [(11008, 0.6)]  # the spec's own example: int(11008 * 0.6) == 6604
+    wrong_ways = (
+        lambda c, sp: int(np.float32(c) * np.float32(sp)),   # all float32
+        lambda c, sp: int(c * float(np.float32(sp))),         # sparsity rounded to float32 first
+        lambda c, sp: int(Fraction(c) * Fraction(sp)),        # exact product (no double rounding)
+    )
+    for wrong in wrong_ways:
+        for sp in (0.7, 0.6, 0.3, 0.9, 0.1, 0.55, 1 / 3, 0.35):
+            for cols in range(1, 257):
+                if int(cols * sp) != wrong(cols, sp):
+                    out.append((cols, sp))
+                    break
+    return sorted(set(out))[:limit]
+
+
+@pytest.mark.parametrize("cols,sparsity", _count_rounding_pairs())
+def test_sparsity_count_is_double_precision(cols, sparsity):
+    """Spec §3 input domain: the unstructured count is ``int(cols * sparsity)`` in double."""
+    g = torch.Generator().manual_seed(cols)
+    kw = dict(weight=torch.randn(2, cols, generator=g), sum_metric_row=torch.randn(cols, generator=g),
+              var=torch.rand(cols, generator=g) + 0.1, scaler_row=torch.rand(cols, generator=g),
+              sparsity=sparsity, prune_n=0, prune_m=0, max_cycle_time=4, update_threshold=0.0,
+              pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot")
+    k = int(cols * sparsity)
+    ref = call(kw, "torch")
+    assert bool((ref[0].sum(1) == k).all())
+    for backend in dk.available_backends("cpu") + (dk.available_backends("cuda") if torch.cuda.is_available() else []):
+        for device in ("cpu", "cuda"):
+            if not _serves(backend, device) or (backend == "triton" and device == "cpu" and cols > 256):
+                continue
+            got = call(_to(kw, device), backend)
+            assert int(got[0].sum(1).max()) == k == int(got[0].sum(1).min()), (backend, device)
+            assert_same(got, ref, f"{backend} on {device}, cols={cols}, sparsity={sparsity}")
 
 
 def test_planted_bug_is_caught():

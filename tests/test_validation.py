@@ -278,6 +278,13 @@ def test_pow_of_var_non_finite(value):
         _call(pow_of_var_regrowing=value)
 
 
+@pytest.mark.parametrize("value", ["False", None, 2, 0.5])
+def test_without_same_sign_not_a_bool(value):
+    # "False" would be truthy: a silent opposite of what the caller meant
+    with _raises(TypeError, "without_same_sign", "bool"):
+        _call(without_same_sign=value)
+
+
 @pytest.mark.parametrize("value", ["MSE", "wanda", ""])
 def test_objective_unknown(value):
     with _raises(ValueError, "objective"):
