@@ -32,6 +32,12 @@ try:  # the lead's per-row oracle (tests/oracle.py); the hook below skips withou
     from oracle import oracle as _oracle
 except ImportError:  # pragma: no cover
     _oracle = None
+try:  # the CUDA kernel body on a host SIMT emulation (tests/cuda_emulation.py): CUDA logic, no GPU
+    import cuda_emulation as _cuda_emulation
+    if _cuda_emulation.compiler() is None:
+        _cuda_emulation = None
+except ImportError:  # pragma: no cover
+    _cuda_emulation = None
 
 PROFILE = os.environ.get("DSNOT_FUZZ_PROFILE", "fast")
 if PROFILE not in ("fast", "long"):
@@ -40,14 +46,15 @@ LONG = PROFILE == "long"
 
 # examples per test, and the largest shapes drawn (rows, cols)
 EXAMPLES = {
-    "fast": dict(reference=150, oracle=100, compiled=400, triton_interp=10, permute=60),
-    "long": dict(reference=2000, oracle=600, compiled=4000, triton_interp=120, permute=600),
+    "fast": dict(reference=100, oracle=100, compiled=400, triton_interp=10, permute=60, emulated=40),
+    "long": dict(reference=2000, oracle=600, compiled=4000, triton_interp=120, permute=600, emulated=1500),
 }[PROFILE]
 MAX_SHAPE = {
     "reference": (8, 600) if not LONG else (24, 1200),
     "oracle": (3, 48) if not LONG else (4, 96),
     "compiled": (8, 600) if not LONG else (32, 2100),
     "triton_interp": (3, 64) if not LONG else (6, 256),
+    "emulated": (4, 600) if not LONG else (8, 2100),
 }
 
 
@@ -221,6 +228,19 @@ def _to(kw, device):
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
 
+def op_args(kw):
+    """The op's 15 positional arguments for ``kw``, canonicalised exactly as ``dk.refine_mask`` does."""
+    w, s, v, sc, metric, imask, mean = validate_arguments(
+        kw["weight"], kw["sum_metric_row"], kw["var"], kw["scaler_row"], kw.get("initial_metric"),
+        kw.get("initial_mask"), kw["sparsity"], kw["prune_n"], kw["prune_m"], kw["max_cycle_time"],
+        kw["update_threshold"], kw["pow_of_var_regrowing"], kw["objective"], kw.get("mean"))
+    nm = kw["prune_n"] > 0
+    return (w, s, v, sc, metric, imask, mean, 0.0 if nm else float(kw["sparsity"]), kw["prune_n"],
+            kw["prune_m"], kw["max_cycle_time"], float(kw["update_threshold"]),
+            float(kw["pow_of_var_regrowing"]), True if nm else not kw["without_same_sign"],
+            dk.ops.OBJECTIVES[kw["objective"]])
+
+
 def call(kw, backend):
     args = [kw[k] for k in ("weight", "sum_metric_row", "var", "scaler_row")]
     rest = {k: v for k, v in kw.items() if k not in ("weight", "sum_metric_row", "var", "scaler_row")}
@@ -333,10 +353,7 @@ def test_fuzz_reference_equals_oracle(case):
     """
     kw = build(case)
     ref = call(kw, "torch")
-    w, s, v, sc, metric, imask, mean = validate_arguments(
-        kw["weight"], kw["sum_metric_row"], kw["var"], kw["scaler_row"], kw.get("initial_metric"),
-        kw.get("initial_mask"), kw["sparsity"], kw["prune_n"], kw["prune_m"], kw["max_cycle_time"],
-        kw["update_threshold"], kw["pow_of_var_regrowing"], kw["objective"], kw.get("mean"))
+    w, s, v, sc, metric, imask, mean = op_args(kw)[:7]
     # oracle limit: it computes var**p with math.pow, which raises on 0 ** negative (C pow: +inf)
     assume(not (case.pow_of_var_regrowing < 0 and bool((v == 0).any())))
     got = _oracle(w, s, v, sc, initial_metric=metric, initial_mask=imask, mean=mean,
@@ -383,6 +400,18 @@ def _fuzz_rows_independent(backend, device, budget):
         got = call(sub, backend)
         assert_same(got, (full[0][keep].cpu(), full[1][keep].cpu()), f"{backend} rows {keep.tolist()}")
     return test
+
+
+@pytest.mark.skipif(_cuda_emulation is None, reason="tests/cuda_emulation.py or a C++ compiler is missing")
+@_settings(EXAMPLES["emulated"])
+@given(case=cases(*MAX_SHAPE["emulated"]), stage_weight=st.booleans(), cache_keys=st.booleans())
+def test_fuzz_cuda_kernel_emulated_equals_reference(case, stage_weight, cache_keys):
+    """The CUDA kernel body, run on the host SIMT emulation, with both shared-memory options."""
+    kw = build(case)
+    ref = call(kw, "torch")
+    got = _cuda_emulation.refine_mask_emulated(*op_args(kw), stage_weight=stage_weight, cache_keys=cache_keys)
+    assert_same(got, ref, f"emulated cuda (stage_weight={stage_weight}, cache_keys={cache_keys})")
+    _label_events(case, ref[1])
 
 
 test_fuzz_cpu_equals_reference = _fuzz_against_reference("cpu", "cpu", "compiled")

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dsnot_kernels import _extension
-from dsnot_kernels.ops import validate_arguments
 from test_fuzz import Case, build
+from test_fuzz import op_args as fuzz_op_args
 
 OP_NAME = "dsnot_kernels::refine_mask"
 
@@ -52,18 +52,8 @@ SAMPLES = {
 
 
 def op_args(case: Case, device="cpu"):
-    """The op's 15 positional arguments, canonicalised exactly as ``dk.refine_mask`` does."""
-    kw = build(case)
-    w, s, v, sc, metric, imask, mean = validate_arguments(
-        kw["weight"], kw["sum_metric_row"], kw["var"], kw["scaler_row"], kw.get("initial_metric"),
-        kw.get("initial_mask"), kw["sparsity"], kw["prune_n"], kw["prune_m"], kw["max_cycle_time"],
-        kw["update_threshold"], kw["pow_of_var_regrowing"], kw["objective"], kw.get("mean"))
-    to = lambda t: None if t is None else t.to(device)  # noqa: E731
-    nm = case.prune_n > 0
-    return (to(w), to(s), to(v), to(sc), to(metric), to(imask), to(mean),
-            0.0 if nm else float(case.sparsity), case.prune_n, case.prune_m, case.max_cycle_time,
-            float(case.update_threshold), float(case.pow_of_var_regrowing),
-            True if nm else not case.without_same_sign, 1 if case.objective == "mse" else 0)
+    """The op's 15 positional arguments for ``case`` on ``device``, canonicalised as ``dk.refine_mask`` does."""
+    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in fuzz_op_args(build(case)))
 
 
 def _op():
