@@ -159,9 +159,7 @@ def test_wider_rows(dtype):
 def test_multi_chunk_rows(monkeypatch, chunk):
     """Real rows span many CHUNK-column chunks (1024 columns each); force small chunks so the
     carries across chunks (tie ranks, cursor reductions, group loads) are exercised here."""
-    import dsnot_kernels.triton.launch as launch
-
-    monkeypatch.setattr(launch, "launch_config", lambda cols: (chunk, 1))
+    monkeypatch.setenv("DSNOT_TRITON_LAUNCH", f"{chunk}:1")
     args, mean = make(2, 96, seed=11, ties=True)
     check(args, sparsity=0.5, update_threshold=0.0, max_cycle_time=20)
     check(args, prune_n=2, prune_m=4, update_threshold=0.0, max_cycle_time=20)

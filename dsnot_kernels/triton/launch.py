@@ -16,19 +16,28 @@ from dsnot_kernels.triton.select_unstructured import select_unstructured
 POISON_ENV = "DSNOT_KERNELS_POISON"
 MASK_POISON = 0x5A  # uint8 view of the mask
 SWAPS_POISON = -777
+LAUNCH_ENV = "DSNOT_TRITON_LAUNCH"
 
 
 def launch_config(cols: int):
     """(CHUNK, num_warps) for a row of ``cols`` columns.
 
-    One program per row (rows are independent and each runs a sequential swap loop; real layers
-    have >= 4096 rows, i.e. >= 30 programs per H200 SM). Every kernel sweeps its row in chunks of
-    ``CHUNK`` columns, so any width works with the same registers. 1024 columns over 8 warps (4 per
-    thread for each row quantity) keeps every kernel under 80 registers without spills on sm_80 and
-    sm_90 (benchmarks/RESULTS.md, "Triton kernel resources"); 2048 would need ~125.
+    One program per row: rows are independent and each runs a sequential swap loop, whose cycles
+    are latency-bound (a chunk rescan, a few dependent loads, a barrier), so the GPU is filled by
+    many rows per SM rather than many threads per row; real layers have >= 4096 rows (>= 30 per
+    H200 SM). Every kernel sweeps its row in CHUNK-column chunks, so any width works with the same
+    registers. 512 columns over 4 warps keeps every kernel at <= 80 registers without spills on
+    sm_80/sm_90 (benchmarks/RESULTS.md, "Triton kernel resources"): 6 programs (rows) per SM.
+    ``DSNOT_TRITON_LAUNCH=CHUNK:WARPS`` overrides it (for tuning on a GPU).
     """
-    chunk = max(min(triton.next_power_of_2(max(cols, 1)), 1024), 16)
-    return chunk, 8 if chunk >= 1024 else 4
+    override = os.environ.get(LAUNCH_ENV)
+    if override:
+        chunk, warps = (int(x) for x in override.split(":"))
+        if chunk < 16 or chunk & (chunk - 1) or warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"{LAUNCH_ENV}={override!r}: CHUNK a power of two >= 16, WARPS 1..16")
+        return chunk, warps
+    chunk = max(min(triton.next_power_of_2(max(cols, 1)), 512), 16)
+    return chunk, max(1, min(4, chunk // 128))
 
 
 def _poison_on() -> bool:
