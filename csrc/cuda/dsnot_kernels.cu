@@ -111,7 +111,7 @@ static cudaError_t launch_typed(RefineParams p, int dev, int optin, int layout, 
 
 int launch_refine_mask(RefineParams p, void* stream, int layout) {
   if (p.rows <= 0 || p.cols <= 0) return cudaSuccess;
-  if (p.cols > kMaxCols || p.dtype < kF32 || p.dtype > kBF16) return cudaErrorInvalidValue;
+  if (p.cols > kMaxCols || p.rows > INT32_MAX || p.dtype < kF32 || p.dtype > kBF16) return cudaErrorInvalidValue;
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return e;

@@ -56,6 +56,7 @@ struct RowShared {
   uint64_t list_key[kLists][kListChunk];
   int32_t raw_col[kLists][kListChunk];
   int32_t list_col[kLists][kListChunk];
+  float list_dm[kLists][kListChunk];  // dm of each staged candidate, for the swap loop
   int32_t list_n[kLists];        // staged candidates
   int32_t list_pos[kLists];      // next staged candidate
   int32_t list_tot[kLists];      // candidates of the whole list
@@ -189,7 +190,7 @@ template <int DT>
 struct RowCtx {
   const RefineParams* p;
   const void* w;            // weight row, shared or global memory
-  const float* im;          // initial_metric row or nullptr
+  int32_t row;              // rows < 2**31 (checked by the launcher): one register, not a pointer
   uint8_t* flags;           // shared, bit 0 = pruned now, bit 1 = initially pruned, bits 2-4 = list + 1
   uint32_t* kc;             // shared key cache (nullptr: recompute): ord(metric), then list keys
   int32_t cols;
@@ -199,7 +200,9 @@ struct RowCtx {
   DSNOT_DEV float wanda(int32_t j) const {
     return mul_rn(fabsf(wv(j)), sqrt_rn(ld_stat(p->scaler_row + j)));
   }
-  DSNOT_DEV float metric(int32_t j) const { return im != nullptr ? ld_stat(im + j) : wanda(j); }
+  DSNOT_DEV float metric(int32_t j) const {
+    return p->initial_metric != nullptr ? ld_stat(p->initial_metric + static_cast<int64_t>(row) * cols + j) : wanda(j);
+  }
   DSNOT_DEV float gkey(float d, int32_t j) const {
     const float v = ld_stat(p->var + j);
     const float vp = p->key_mode == 2 ? ld_stat(p->varp + j) : 0.0f;
@@ -387,8 +390,10 @@ DSNOT_DEV void gather_lists(RowShared* S, const Ctx& ctx) {
       const uint64_t mine = S->raw_key[L][a];
       int rank = 0;
       for (int bidx = 0; bidx < n; ++bidx) rank += S->raw_key[L][bidx] < mine ? 1 : 0;
+      const int32_t col = S->raw_col[L][a];
       S->list_key[L][rank] = mine;
-      S->list_col[L][rank] = S->raw_col[L][a];
+      S->list_col[L][rank] = col;
+      S->list_dm[L][rank] = ctx.dm(col);
     }
   }
   if (tid < kLists && ((fill >> tid) & 1)) {
@@ -400,21 +405,13 @@ DSNOT_DEV void gather_lists(RowShared* S, const Ctx& ctx) {
 
 // ---- the swap loop (warp 0) ------------------------------------------------------------------
 
-// 0: a staged candidate is there; 1: the list is exhausted; 2: more must be selected first.
-DSNOT_DEV int list_status(const RowShared* S, int L) {
-  if (S->list_pos[L] < S->list_n[L]) return 0;
-  return S->list_used[L] >= S->list_tot[L] ? 1 : 2;
-}
-
-DSNOT_DEV int32_t list_take(RowShared* S, int L, int lane) {
-  const int32_t col = S->list_col[L][S->list_pos[L]];
-  simt::sync_warp();
-  if (lane == 0) {
-    S->list_pos[L] += 1;
-    S->list_used[L] += 1;
-  }
-  simt::sync_warp();
-  return col;
+// 0: the cursor (next staged position pos of list L) has a staged candidate; 1: the list is
+// exhausted; 2: more must be selected first. list_n/list_pos/list_used/list_tot are fixed during
+// one run_swaps call (positions live in registers until it returns).
+DSNOT_DEV int cursor_status(const RowShared* S, int L, int32_t pos) {
+  const int32_t n = S->list_n[L];
+  if (pos < n) return 0;
+  return S->list_used[L] + (n - S->list_pos[L]) < S->list_tot[L] ? 2 : 1;
 }
 
 // N:M (§3 step 1): the kept, not yet chosen column of r's group with the smallest (metric, col)
@@ -451,6 +448,10 @@ DSNOT_DEV void run_swaps(RowShared* S, const Ctx& ctx, int lane) {
   int32_t cycle = S->cycle;
   int32_t swaps = S->swaps;
   const int32_t sign0 = S->sign0;
+  // Cursor positions in registers (no shared-memory writes or warp barriers per cycle); the staged
+  // candidates' columns and dm values are read from shared memory.
+  int32_t pos_hi = S->list_pos[kHi], pos_lo = S->list_pos[kLo];
+  int32_t pos_plo = S->list_pos[kPlo], pos_phi = S->list_pos[kPhi];
   int32_t done = 0;
   int32_t refill = 0;
   for (;;) {
@@ -458,10 +459,14 @@ DSNOT_DEV void run_swaps(RowShared* S, const Ctx& ctx, int lane) {
       done = 1;
       break;
     }
-    const int Lr = err > 0.0f ? kHi : kLo;
-    const int Lq = nm ? -1 : (err < 0.0f ? kPhi : kPlo);
-    const int sr = list_status(S, Lr);
-    const int sq = Lq >= 0 ? list_status(S, Lq) : 0;
+    const bool r_hi = err > 0.0f;   // regrow from hi, else lo
+    const bool q_phi = err < 0.0f;  // unstructured: prune from phi, else plo
+    const int Lr = r_hi ? kHi : kLo;
+    const int Lq = q_phi ? kPhi : kPlo;
+    const int32_t pr = r_hi ? pos_hi : pos_lo;
+    const int32_t pq = q_phi ? pos_phi : pos_plo;
+    const int sr = cursor_status(S, Lr, pr);
+    const int sq = nm ? 0 : cursor_status(S, Lq, pq);
     if (sr == 1 || sq == 1) {  // a cursor without candidates of its sign stops the row
       done = 1;
       break;
@@ -470,8 +475,19 @@ DSNOT_DEV void run_swaps(RowShared* S, const Ctx& ctx, int lane) {
       refill = (sr == 2 ? (1 << Lr) : 0) | (sq == 2 ? (1 << Lq) : 0);
       break;
     }
-    const int32_t r = list_take(S, Lr, lane);
-    const int32_t q = nm ? nm_pick(ctx, r, lane) : list_take(S, Lq, lane);
+    const int32_t r = S->list_col[Lr][pr];
+    const float dr = S->list_dm[Lr][pr];
+    if (r_hi) ++pos_hi; else ++pos_lo;
+    int32_t q;
+    float dq = 0.0f;
+    if (nm) {
+      q = nm_pick(ctx, r, lane);
+      if (q >= 0) dq = ctx.dm(q);
+    } else {
+      q = S->list_col[Lq][pq];
+      dq = S->list_dm[Lq][pq];
+      if (q_phi) ++pos_phi; else ++pos_plo;
+    }
     if (q < 0) {  // N:M group without a candidate
       if (p.objective == 0) {
         done = 1;
@@ -480,7 +496,7 @@ DSNOT_DEV void run_swaps(RowShared* S, const Ctx& ctx, int lane) {
       ++cycle;  // mse: the pair is rejected, r is consumed
       continue;
     }
-    const float after = error_after(err, ctx.dm(q), ctx.dm(r));
+    const float after = error_after(err, dq, dr);
     bool accept;
     if (p.objective == 0) {
       if (!dsnot_accept(after, sign0, p.same_sign != 0)) {
@@ -499,14 +515,20 @@ DSNOT_DEV void run_swaps(RowShared* S, const Ctx& ctx, int lane) {
         ctx.flags[q] = static_cast<uint8_t>(ctx.flags[q] | 1);
         ctx.flags[r] = static_cast<uint8_t>(ctx.flags[r] & ~1);
       }
-      simt::sync_warp();
+      if (nm) simt::sync_warp();  // nm_pick reads the flags
       err = after;
       ++swaps;
     }
     ++cycle;
   }
-  simt::sync_warp();
+  simt::sync_warp();  // every lane has read the list state before lane 0 rewrites it
   if (lane == 0) {
+    const int32_t pos[kLists] = {pos_hi, pos_lo, pos_plo, pos_phi};
+#pragma unroll
+    for (int L = 0; L < kLists; ++L) {
+      S->list_used[L] += pos[L] - S->list_pos[L];
+      S->list_pos[L] = pos[L];
+    }
     S->err = err;
     S->e = e;
     S->cycle = cycle;
@@ -536,7 +558,7 @@ DSNOT_DEV void refine_row(const RefineParams& p, char* smem, int64_t row) {
   ctx.cols = cols;
   ctx.flags = flags;
   ctx.kc = p.cache_keys ? reinterpret_cast<uint32_t*>(smem + lay.keys) : nullptr;
-  ctx.im = p.initial_metric != nullptr ? p.initial_metric + row * cols : nullptr;
+  ctx.row = static_cast<int32_t>(row);
   ctx.w = wglobal;
 
   // 1. Stage the row (16-byte pieces where both ends are aligned) and the initial-mask flags.

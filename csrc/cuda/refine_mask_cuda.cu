@@ -62,6 +62,7 @@ std::tuple<at::Tensor, at::Tensor> refine_mask_cuda(
   const int64_t rows = weight.size(0);
   const int64_t cols = weight.size(1);
   const at::Device dev = weight.device();
+  TORCH_CHECK(rows < (int64_t{1} << 31), "dsnot_kernels cuda: at most 2**31 - 1 rows, got ", rows);
   check_stat(sum_metric_row, "sum_metric_row", cols, dev);
   check_stat(var, "var", cols, dev);
   check_stat(scaler_row, "scaler_row", cols, dev);
