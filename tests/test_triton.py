@@ -172,3 +172,12 @@ def test_more_than_256_columns():
     args, mean = make(2, 300, seed=12)
     check(args, sparsity=0.5, update_threshold=0.01, max_cycle_time=20)
     check(args, objective="mse", mean=mean, update_threshold=0.0, max_cycle_time=20)
+
+
+@pytest.mark.slow
+def test_llama3_70b_width():
+    # one row as wide as Llama-3-70B's down_proj input (28672) rounded up to 32768: 64 chunks
+    args, mean = make(1, 32768, dtype=torch.bfloat16, seed=13)
+    check(args, sparsity=0.6, update_threshold=0.01)
+    check(args, prune_n=2, prune_m=4, update_threshold=0.01)
+    check(args, objective="mse", mean=mean, update_threshold=0.0)

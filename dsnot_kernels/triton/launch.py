@@ -4,6 +4,7 @@ Takes the op's 15 positional arguments (already validated by ``ops.refine_mask``
 launches over rows: the initial selection (skipped when the caller gives ``initial_mask``), then
 the fused refinement. CUDA tensors run compiled; CPU tensors run under ``TRITON_INTERPRET=1``.
 """
+import contextlib
 import os
 
 import torch
@@ -62,20 +63,23 @@ def refine_mask_triton(weight, sum_metric_row, var, scaler_row, initial_metric, 
     chunk, num_warps = launch_config(cols)
     nm = prune_n > 0
     sqrt_scaler = torch.sqrt(scaler_row)  # correctly rounded, as the reference's wanda metric
-    if initial_mask is not None:
-        src = initial_mask.view(torch.uint8)
-    else:
-        src = out
-        if nm:
-            select_nm(weight, sqrt_scaler, initial_metric, out, prune_n, prune_m, chunk, num_warps)
-        else:
-            select_unstructured(weight, sqrt_scaler, initial_metric, out, int(cols * sparsity),
-                                chunk, num_warps)
-    # var**p exactly as the contract (and the reference) computes it: pow in double, one rounding
+    # var**p as the contract computes it: pow in double, one rounding. For p not in {0, 1} it is
+    # computed on the CPU, the same libm as the CPU reference, then copied (a (cols,) vector).
     p = float(pow_of_var_regrowing)
-    varp = var if p in (0.0, 1.0) else torch.pow(var.double(), p).float()
-    thr = float(torch.tensor(update_threshold, dtype=torch.float32))
-    refine(weight, sum_metric_row, varp, sqrt_scaler, initial_metric, mean, var, src, out, swaps,
-           int(max_cycle_time), thr, prune_m if nm else 0, same_sign, objective, p != 0.0,
-           chunk, num_warps)
+    varp = var if p in (0.0, 1.0) else torch.pow(var.cpu().double(), p).float().to(dev)
+    thr = float(torch.tensor(update_threshold, dtype=torch.float32))  # contract: float32 thr
+    with (torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()):
+        if initial_mask is not None:
+            src = initial_mask.view(torch.uint8)
+        else:
+            src = out
+            if nm:
+                select_nm(weight, sqrt_scaler, initial_metric, out, prune_n, prune_m, chunk,
+                          num_warps)
+            else:
+                select_unstructured(weight, sqrt_scaler, initial_metric, out,
+                                    int(cols * sparsity), chunk, num_warps)
+        refine(weight, sum_metric_row, varp, sqrt_scaler, initial_metric, mean, var, src, out,
+               swaps, int(max_cycle_time), thr, prune_m if nm else 0, same_sign, objective,
+               p != 0.0, chunk, num_warps)
     return out.view(torch.bool), swaps
