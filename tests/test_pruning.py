@@ -21,8 +21,8 @@ def _masks(model, calib, config):
     return masks, report
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("unstructured", 0.7), ("2:4", 0.5)])
+@pytest.mark.parametrize("family,pattern,sparsity", [(f, "unstructured", 0.7) for f in FAMILIES]
+                         + [(f, "2:4", 0.5) for f in ("llama", "opt", "gpt2")])
 def test_target_sparsity_and_nm(family, pattern, sparsity):
     model = tiny_model(family)
     masks, report = _masks(model, calibration(), PruneConfig(sparsity=sparsity, pattern=pattern, skip="none", **FAST))
@@ -93,7 +93,7 @@ def test_masks_equal_refine_mask_on_own_statistics(family, initial, objective, p
 def test_batch_size_does_not_change_the_result(family):
     calib = calibration(nsamples=7)
     results = []
-    for bs in (1, 3, 7):
+    for bs in (1, 3):
         model = tiny_model(family)
         masks, report = _masks(model, calib, PruneConfig(sparsity=0.6, skip="none", batch_size=bs, **FAST))
         results.append((masks, [p.detach().clone() for p in model.parameters()]))
@@ -103,8 +103,8 @@ def test_batch_size_does_not_change_the_result(family):
         assert all(torch.equal(a, b) for a, b in zip(params, results[0][1]))
 
 
-@pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])
-@pytest.mark.parametrize("skip", ["mlp", "self_attn", "none"])
+@pytest.mark.parametrize("family,skip", [("llama", "mlp"), ("opt", "self_attn"), ("gpt2", "none"),
+                                         ("gpt2", "mlp"), ("opt", "mlp")])
 def test_skip_rules(family, skip):
     model = tiny_model(family)
     report = dk.prune_model(model, calibration(), PruneConfig(sparsity=0.6, skip=skip, **FAST))

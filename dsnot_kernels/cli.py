@@ -1,0 +1,175 @@
+"""``dsnot-prune``: prune a causal LM layer by layer and compare perplexities (API.md).
+
+With no ``--model`` it runs offline on the embedded SmolLM2-135M-Instruct and the standard
+library's pydoc_data.topics text (first half calibrates, second half evaluates). It prints a table
+(dense, initial-only and refined perplexity, times) and, with ``--json``, writes the same as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsnot-prune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="Hugging Face folder or name, or a .gguf file "
+                   "(default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--sparsity", type=float, default=0.5, help="unstructured sparsity ratio")
+    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
+    p.add_argument("--initial", default="wanda", choices=["wanda", "magnitude", "sparsegpt"])
+    p.add_argument("--no-refine", action="store_true", help="the initial method alone (no DSnoT)")
+    p.add_argument("--skip", default="mlp", choices=["mlp", "none", "self_attn"],
+                   help="sub-layers that get the initial mask only (default mlp, the authors' default)")
+    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse"])
+    p.add_argument("--max-cycle-time", type=int, default=50)
+    p.add_argument("--update-threshold", type=float, default=0.1)
+    p.add_argument("--pow-of-var-regrowing", type=float, default=1.0)
+    p.add_argument("--nsamples", type=int, default=32, help="calibration samples")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sample and eval window")
+    p.add_argument("--eval-windows", type=int, default=16,
+                   help="evaluate on the first N windows of the evaluation text (0 = all)")
+    p.add_argument("--calib", default=None, help="calibration text file (default: pydoc_data.topics, first half)")
+    p.add_argument("--eval", dest="eval_file", default=None,
+                   help="evaluation text file (default: pydoc_data.topics, second half)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass")
+    p.add_argument("--device", default=None, help="where blocks are computed (default: where the model is)")
+    p.add_argument("--backend", default=None, help="refine_mask backend (default: best available)")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense evaluation")
+    p.add_argument("--record-error", action="store_true",
+                   help="record each sub-layer's output error before/after refinement")
+    p.add_argument("--plot", default=None, metavar="FILE", help="PNG of the per-layer output error "
+                   "(implies --record-error)")
+    p.add_argument("--save", default=None, metavar="DIR", help="write the pruned model (safetensors), atomically")
+    p.add_argument("--json", default=None, metavar="REPORT.json")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _label(initial, refine, objective, skip):
+    name = {"wanda": "Wanda", "magnitude": "Magnitude", "sparsegpt": "SparseGPT"}[initial]
+    if not refine:
+        return name
+    return f"{name} + DSnoT" + (" (mse)" if objective == "mse" else "") + f" [skip={skip}]"
+
+
+def plot_errors(report, path):
+    """Per-sub-layer output error (mean² and total MSE), initial vs refined mask, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subs = [e for e in report["sublayers"] if "error" in e]
+    if not subs:
+        raise ValueError("the report has no recorded errors (prune with record_error=True)")
+    x = range(len(subs))
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, len(subs) * 0.12), 7), sharex=True)
+    for ax, key, title in ((axes[0], "mean_sq", "mean² of the output error"),
+                           (axes[1], "mse", "total output MSE (mean² + variance)")):
+        ax.semilogy(x, [e["error"]["initial"][key] for e in subs], ".-", lw=0.8, label="initial mask")
+        ax.semilogy(x, [e["error"]["refined"][key] for e in subs], ".-", lw=0.8, label="refined mask")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ticks = [k for k, e in enumerate(subs) if k == 0 or e["block"] != subs[k - 1]["block"]]
+    axes[1].set_xticks(ticks)
+    axes[1].set_xticklabels([str(subs[k]["block"]) for k in ticks], fontsize=7)
+    axes[1].set_xlabel("block (sub-layers in order within each block)")
+    cfg = report["config"]
+    fig.suptitle(f"{report['model']}: {cfg['pattern']} {cfg['sparsity']}, initial {cfg['initial']}, "
+                 f"objective {cfg['objective']}, skip {cfg['skip']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> dict:
+    import dsnot_kernels as dk
+    from dsnot_kernels.data import calibration_windows, load_texts, tokenize
+    from dsnot_kernels.models import load_model, save_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record_error = args.record_error or bool(args.plot)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    model, tokenizer, model_desc = load_model(args.model)
+    load_s = time.perf_counter() - t0
+    say(f"loaded {model_desc} in {load_s:.1f} s")
+    cal_text, eval_text, text_desc = load_texts(args.calib, args.eval_file)
+    calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed)
+    eval_ids = tokenize(tokenizer, eval_text)
+    windows = args.eval_windows or None
+    n_windows = min(eval_ids.numel() // args.seqlen, windows or 10**9)
+
+    def ppl():
+        t = time.perf_counter()
+        return dk.perplexity(model, eval_ids, args.seqlen, max_windows=windows), time.perf_counter() - t
+
+    result = {"model": model_desc, "calibration": f"{args.nsamples} x {args.seqlen} tokens: {text_desc['calibration']}",
+              "evaluation": f"{n_windows} x {args.seqlen} tokens: {text_desc['evaluation']}",
+              "load_time_s": load_s, "rows": [], "reports": []}
+    if not args.no_dense:
+        value, dt = ppl()
+        result["rows"].append({"method": "dense", "ppl": value, "prune_time_s": 0.0, "mask_time_s": 0.0,
+                               "eval_time_s": dt, "sparsity": 0.0, "swaps": 0})
+        say(f"dense perplexity {value:.3f}")
+    dense = {k: v.detach().clone() for k, v in model.state_dict().items()} if not args.no_refine else None
+    runs = [False] + ([] if args.no_refine else [True])
+    for refine in runs:
+        if refine:
+            model.load_state_dict(dense)
+            dense = None
+        config = dk.PruneConfig(
+            sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=args.skip,
+            objective=args.objective, max_cycle_time=args.max_cycle_time, update_threshold=args.update_threshold,
+            pow_of_var_regrowing=args.pow_of_var_regrowing, backend=args.backend, batch_size=args.batch_size,
+            device=args.device, record_error=record_error and (refine or args.no_refine),
+            progress=not args.quiet)
+        label = _label(args.initial, refine, args.objective, args.skip)
+        say(f"pruning: {label}")
+        report = dk.prune_model(model, calib, config)
+        value, dt = ppl()
+        say(f"{label}: perplexity {value:.3f}")
+        result["rows"].append({"method": label, "ppl": value, "prune_time_s": report["total_time_s"],
+                               "mask_time_s": report["mask_time_s"], "eval_time_s": dt,
+                               "sparsity": report["sparsity"], "swaps": report["swaps"]})
+        result["reports"].append(report)
+    print(format_table(result))
+    if args.plot:
+        plot_errors(result["reports"][-1], args.plot)
+        say(f"wrote {args.plot}")
+    if args.save:
+        say(f"saved {save_model(model, tokenizer, args.save)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        say(f"wrote {args.json}")
+    return result
+
+
+def format_table(result) -> str:
+    lines = [f"model: {result['model']}", f"calibration: {result['calibration']}",
+             f"evaluation: {result['evaluation']}", "",
+             f"| {'method':<40} | {'perplexity':>10} | {'sparsity':>8} | {'swaps':>8} | "
+             f"{'prune s':>8} | {'masks s':>8} |",
+             f"|{'-' * 42}|{'-' * 12}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 10}|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']:<40} | {r['ppl']:>10.3f} | {r['sparsity']:>8.4f} | {r['swaps']:>8d} | "
+                     f"{r['prune_time_s']:>8.1f} | {r['mask_time_s']:>8.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
