@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-call GPU check of dsnot_kernels, for a lent GPU machine (run from the repo root):
 #
-#   bash benchmarks/gpu_check.sh              # everything, within GPU_CHECK_BUDGET seconds (default 470)
+#   bash benchmarks/gpu_check.sh              # everything, within GPU_CHECK_BUDGET seconds (default 480)
 #   bash benchmarks/gpu_check.sh --quick      # three LLaMA shapes, no Triton sanitizer run
 #   bash benchmarks/gpu_check.sh --dry-run    # on a machine without a GPU: test the script itself
 #
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DRY=0
 QUICK=0
-BUDGET=${GPU_CHECK_BUDGET:-470}
+BUDGET=${GPU_CHECK_BUDGET:-480}
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
@@ -111,7 +111,17 @@ stage env 30 "$LOG" env_json
 # ---- build ---------------------------------------------------------------------------------------
 build_ext() {
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-  export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
+  local nvcc site d
+  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$nvcc")")}
+  export PATH=$CUDA_HOME/bin:$PATH
+  # Library headers that torch's CUDA headers include (cublas, cusparse, ...) from the pip CUDA
+  # packages, as a fallback after the toolkit's own include folder.
+  site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  for d in "$site"/nvidia/cu13/include "$site"/nvidia/*/include; do
+    [ -d "$d" ] && export CPATH=${CPATH:+$CPATH:}$d
+  done
+  echo "CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
   "$PY" setup.py build_ext --inplace || return $?
   "$PY" -c "
 from dsnot_kernels import _extension as e
@@ -127,7 +137,7 @@ else
 fi
 
 # ---- CUDA parity tests ---------------------------------------------------------------------------
-stage tests_cuda 150 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE tests/test_cuda.py
+stage tests_cuda 120 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE tests/test_cuda.py
 
 # ---- refine benchmark ----------------------------------------------------------------------------
 bench_refine() {
@@ -137,7 +147,7 @@ bench_refine() {
   BENCH_DEADLINE=$STAGE_DEADLINE "$PY" benchmarks/gpu/bench_refine.py --out "$WORK/refine.json" "${extra[@]}"
 }
 export -f bench_refine
-stage bench_refine 200 "$LOG" bench_refine
+stage bench_refine 170 "$LOG" bench_refine
 
 # ---- compute-sanitizer on the CUDA kernel --------------------------------------------------------
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
@@ -161,15 +171,15 @@ if [ -z "$SANITIZER" ] || [ "$DRY" = 1 ]; then
   done
   echo "--- [sanitizer] skipped (dry run or no compute-sanitizer)" | tee -a "$LOG"
 else
-  stage memcheck_cuda 75 "$SAN" sanitize memcheck cuda ""
-  stage racecheck_cuda 75 "$SAN" sanitize racecheck cuda --small
+  stage memcheck_cuda 60 "$SAN" sanitize memcheck cuda ""
+  stage racecheck_cuda 60 "$SAN" sanitize racecheck cuda --small
 fi
 
 # ---- Triton parity tests -------------------------------------------------------------------------
 if [ "$DRY" = 1 ]; then
   record tests_triton skipped 0 "dry run (the interpreter suite runs in CI)"
 else
-  stage tests_triton 120 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE -m "not slow" tests/test_triton.py
+  stage tests_triton 90 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE -m "not slow" tests/test_triton.py
 fi
 
 # ---- 2:4 sparse vs dense linear ------------------------------------------------------------------
@@ -179,10 +189,10 @@ bench_sparse() {
   BENCH_DEADLINE=$STAGE_DEADLINE "$PY" benchmarks/gpu/bench_sparse24.py --out "$WORK/sparse24.json" "${extra[@]}"
 }
 export -f bench_sparse
-stage sparse24 75 "$LOG" bench_sparse
+stage sparse24 60 "$LOG" bench_sparse
 
 if [ -n "$SANITIZER" ] && [ "$DRY" = 0 ] && [ "$QUICK" = 0 ]; then
-  stage memcheck_triton 90 "$SAN" sanitize memcheck triton --small
+  stage memcheck_triton 60 "$SAN" sanitize memcheck triton --small
 fi
 
 # ---- report --------------------------------------------------------------------------------------

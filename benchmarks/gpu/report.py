@@ -58,35 +58,46 @@ def refine_tables(refine):
     lines = []
     cases = refine.get("cases", [])
     by = {}
+    names = []
     for r in cases:
         by.setdefault((r["shape"], r["pattern"]), {})[r["backend"]] = r
+        if r["backend"] not in names:
+            names.append(r["backend"])
+    fast = [n for n in names if n != "torch"]
     lines += [f"Copy bandwidth measured: {refine.get('copy_bandwidth_GBps', 0):.0f} GB/s (device-to-device, read + write). "
               f"Weights {refine.get('dtype')}; max_cycle_time 50, threshold 0.1, LLM-like statistics "
               "(benchmarks/_common.synthetic_layer). Times: median of CUDA-event timings, ms. "
               "floor = (W read + statistics + bool mask write) / copy bandwidth. "
-              "x floor = time / floor; speedup = reference time / time. match = masks and swap counts equal the reference's.",
+              "x floor = time / floor; speedup = reference (torch) time / time. "
+              "match = masks and swap counts equal the reference's.",
               "",
-              "| shape | pattern | floor ms | torch ms | triton ms | cuda ms | cuda speedup | cuda x floor | triton speedup | triton x floor | match cuda/triton | mean swaps |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (shape, pattern), d in by.items():
-        t, tr, cu = d.get("torch", {}), d.get("triton", {}), d.get("cuda", {})
-        floor = next((x.get("floor_seconds") for x in d.values() if x.get("floor_seconds")), None)
+              "| shape | pattern | floor ms | " + " | ".join(f"{n} ms" for n in names) + " | "
+              + " | ".join(f"{n} speedup | {n} x floor | {n} match" for n in fast) + " | mean swaps |",
+              "|" + "---|" * (3 + len(names) + 3 * len(fast) + 1)]
 
-        def match(x):
-            if not x:
-                return "—"
-            if "error" in x:
-                return "error"
-            return "yes" if x.get("mask_equal") and x.get("swaps_equal") else ("—" if "mask_equal" not in x else "NO")
-        lines.append(f"| {shape} | {pattern} | {ms(floor)} | {ms(t.get('seconds'))} | {ms(tr.get('seconds'))} | "
-                     f"{ms(cu.get('seconds'))} | {fnum(cu.get('speedup_vs_torch'))} | {fnum(cu.get('x_floor'), '{:.2f}')} | "
-                     f"{fnum(tr.get('speedup_vs_torch'))} | {fnum(tr.get('x_floor'), '{:.2f}')} | {match(cu)}/{match(tr)} | "
-                     f"{fnum(t.get('mean_swaps') or cu.get('mean_swaps'))} |")
+    def match(x):
+        if not x:
+            return "—"
+        if "error" in x:
+            return "error"
+        if "mask_equal" not in x:
+            return "—"
+        return "yes" if x.get("mask_equal") and x.get("swaps_equal") else "NO"
+
+    for (shape, pattern), d in by.items():
+        floor = next((x.get("floor_seconds") for x in d.values() if x.get("floor_seconds")), None)
+        swaps = next((x.get("mean_swaps") for x in d.values() if x.get("mean_swaps") is not None), None)
+        cells = [shape, pattern, ms(floor)] + [ms(d.get(n, {}).get("seconds")) for n in names]
+        for n in fast:
+            x = d.get(n, {})
+            cells += [fnum(x.get("speedup_vs_torch")), fnum(x.get("x_floor"), "{:.2f}"), match(x)]
+        cells.append(fnum(swaps))
+        lines.append("| " + " | ".join(cells) + " |")
     errors = [f"- {r['shape']} {r['pattern']} {r['backend']}: {r['error']}" for r in cases if "error" in r]
     if errors:
         lines += ["", "Errors:"] + errors
     if refine.get("scaling"):
-        lines += ["", "Scaling in columns (4096 rows, 50% unstructured):", "",
+        lines += ["", f"Scaling in columns ({refine['scaling'][0]['rows']} rows, 50% unstructured):", "",
                   "| cols | backend | ms | x floor |", "|---|---|---|---|"]
         for r in refine["scaling"]:
             lines.append(f"| {r['cols']} | {r['backend']} | {ms(r.get('seconds'))} | {fnum(r.get('x_floor'), '{:.2f}')} |")
