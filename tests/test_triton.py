@@ -125,6 +125,19 @@ def test_initial_mask_and_metric():
     check(args, initial_mask=nm, prune_n=2, prune_m=4, update_threshold=0.0)
 
 
+def test_initial_selection_only():
+    # the threshold select alone: signed metrics, heavy ties, +-inf, -0.0, awkward k
+    args, _ = make(3, 50, seed=14)
+    g = torch.Generator().manual_seed(15)
+    metric = (torch.randint(-4, 5, (3, 50), generator=g).float() * 1e30)
+    metric[0, ::7] = float("-inf")
+    metric[1, ::5] = float("inf")
+    metric[2, metric[2] == 0] = -0.0
+    metric[2, :4] = torch.tensor([1e-45, -1e-45, 3.4e38, -3.4e38])  # subnormal and huge
+    for sparsity in (0.02, 0.37, 0.5, 0.73, 0.98):
+        check(args, initial_metric=metric.to(DEV), sparsity=sparsity, max_cycle_time=0)
+
+
 def test_poison_every_element_written(monkeypatch):
     from dsnot_kernels.triton import refine_mask_triton
 
