@@ -46,12 +46,19 @@ def wanda_metric(weight: torch.Tensor, scaler_row: torch.Tensor) -> torch.Tensor
     return weight.float().abs() * torch.sqrt(scaler_row.float()).unsqueeze(0)
 
 
+def var_power(var: torch.Tensor, p: float) -> torch.Tensor:
+    """``var ** p`` as the contract fixes it: ATen's CPU pow in float64, rounded once to float32,
+    returned on ``var``'s device. Every backend takes this one definition (p == 1: ``var``)."""
+    if p == 1:
+        return var
+    return torch.pow(var.detach().to("cpu", torch.float64), p).float().to(var.device)
+
+
 def growth_keys(dm: torch.Tensor, var: torch.Tensor, p: float) -> torch.Tensor:
     """``dm / var**p`` in float32 (contract: pow in double, one rounding; p = 0: no division)."""
     if p == 0:
         return dm
-    varp = var if p == 1 else torch.pow(var.double(), p).float()
-    return dm / varp.unsqueeze(0)
+    return dm / var_power(var, p).unsqueeze(0)
 
 
 def initial_selection(metric: torch.Tensor, sparsity: float, prune_n: int, prune_m: int) -> torch.Tensor:
