@@ -36,12 +36,32 @@ bool poison_requested() {
   return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
-template <typename scalar_t>
-void run_rows(const Problem& P) {
+// One body per weight dtype, compiled for AVX2 and for the baseline ISA; the loader picks one at
+// run time (GCC/Clang function multiversioning). Vector width changes no result: lanes of the
+// contract's sum are independent, division and sqrt are correctly rounded, and -ffp-contract=off
+// keeps FMA out of the AVX2 clone too.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define DSNOT_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DSNOT_CPU_CLONES
+#endif
+
+DSNOT_CPU_CLONES void rows_f32(const Problem& P, int64_t b, int64_t e, RowScratch& S) {
+  for (int64_t i = b; i < e; ++i) refine_row<float>(P, i, S);
+}
+DSNOT_CPU_CLONES void rows_f16(const Problem& P, int64_t b, int64_t e, RowScratch& S) {
+  for (int64_t i = b; i < e; ++i) refine_row<at::Half>(P, i, S);
+}
+DSNOT_CPU_CLONES void rows_bf16(const Problem& P, int64_t b, int64_t e, RowScratch& S) {
+  for (int64_t i = b; i < e; ++i) refine_row<at::BFloat16>(P, i, S);
+}
+
+template <typename Fn>
+void run_rows(const Problem& P, Fn rows) {
   // Grain: enough rows per task that a thread's scratch is set up once per call, not per row.
   at::parallel_for(0, P.rows, 16, [&](int64_t begin, int64_t end) {
     RowScratch scratch(P);
-    for (int64_t i = begin; i < end; ++i) refine_row<scalar_t>(P, i, scratch);
+    rows(P, begin, end, scratch);
   });
 }
 
@@ -143,9 +163,9 @@ std::tuple<at::Tensor, at::Tensor> refine_mask_cpu(
   P.mask_out = reinterpret_cast<uint8_t*>(mask.data_ptr<bool>());
   P.swaps_out = swaps.data_ptr<int32_t>();
 
-  if (wt == at::kFloat) run_rows<float>(P);
-  else if (wt == at::kHalf) run_rows<at::Half>(P);
-  else run_rows<at::BFloat16>(P);
+  if (wt == at::kFloat) run_rows(P, rows_f32);
+  else if (wt == at::kHalf) run_rows(P, rows_f16);
+  else run_rows(P, rows_bf16);
   return {mask, swaps};
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "dsnot_common.h"
+#include "lists.h"
 #include "select.h"
 
 namespace dsnot {
@@ -41,15 +42,16 @@ struct Problem {
   int32_t* swaps_out = nullptr;       // (rows,)
 };
 
-enum List { kHi = 0, kLo = 1, kPlo = 2, kPhi = 3, kNone = 4 };
 
 struct RowScratch {
   std::vector<float> w, dm;
-  std::vector<uint32_t> mord, word, hist, hist2, cls, ukey;
+  std::vector<uint32_t> mord, word, hist, hist2, ukey;
   std::vector<uint8_t> pruned0;
   std::vector<uint64_t> cand;
-  std::vector<uint32_t> hist_lists;  // 5 * kListBins counters (uint16 or uint32)
-  CandList top[4];
+  std::vector<uint8_t> flag;
+  std::vector<uint64_t> lbuf;        // 4 lists x cols keys
+  RowLists lists;
+  TinyTop tops[4];
   int64_t keep = 0;
 
   explicit RowScratch(const Problem& p) {
@@ -57,18 +59,12 @@ struct RowScratch {
     w.resize(c); dm.resize(c); mord.resize(c);
     if (p.metric != nullptr) word.resize(c);
     hist.resize(kHistBins); hist2.resize(kHist2Bins);
-    pruned0.resize(c); cls.resize(c); ukey.resize(c);
+    pruned0.resize(c); flag.resize(c); ukey.resize(c);
     cand.resize(std::max<int64_t>(c, p.prune_m));
     keep = std::min<int64_t>(p.max_cycles, c);
-    hist_lists.resize(5 * kListBins);
+    lbuf.resize(4 * static_cast<size_t>(c));
   }
 };
-
-// ord_key without a branch (vectorises): x + 0.0f maps -0.0 to +0.0, NaN gives some value.
-inline uint32_t ord_bits(float x) {
-  const uint32_t u = float_bits(x + 0.0f);
-  return u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);
-}
 
 // x if flag else +0.0, by masking the bits: no branch, and x * 0 would turn inf into NaN.
 inline float keep_if(float x, uint8_t flag) {
@@ -96,8 +92,10 @@ inline T lane_tree(T* part) {
   return part[0];
 }
 
+// always_inline: the caller (refine_mask_cpu.cpp) is compiled once per ISA (target_clones) and
+// the whole row must be compiled for it.
 template <typename scalar_t>
-void refine_row(const Problem& P, int64_t i, RowScratch& S) {
+__attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t i, RowScratch& S) {
   const int64_t cols = P.cols;
   const bool nm = P.prune_n > 0;
   const bool refine = P.max_cycles > 0;
@@ -158,17 +156,54 @@ void refine_row(const Problem& P, int64_t i, RowScratch& S) {
   }
   std::memcpy(out, p0, static_cast<size_t>(cols));
 
-  // Pass 3a: the error lanes (contract "fixed summation order"), lane l takes j = l + 256 t.
+  // Pass 3: list limits from a sample, then one vectorised pass for the error lanes (contract
+  // "fixed summation order": lane l takes j = l + 256 t), list membership counts and the flags of
+  // the members below the limits; a sparse scan of the flags fills the lists (lists.h).
+  RowLists& L = S.lists;
+  L.dm = dm; L.div = P.divisor; L.pruned = p0; L.word = word; L.prune_lists = !nm; L.cols = cols;
+  const int nlists = nm ? 2 : 4;  // N:M picks q per group instead of plo/phi
+  L.estimate(S.keep, S.lbuf.data(), cols, S.tops, nlists);
+  const uint32_t lim_hi = L.list[kHi].limit, lim_lo = L.list[kLo].limit;
+  const uint32_t lim_plo = L.list[kPlo].limit, lim_phi = L.list[kPhi].limit;
   alignas(64) float part[kSumLanes];
-  alignas(64) double epart[kSumLanes];
   for (int l = 0; l < kSumLanes; ++l) part[l] = 0.0f;
-  const bool mse = P.objective == 1;
+  uint8_t* flag = S.flag.data();
+  uint32_t* ukey = S.ukey.data();
+  uint32_t n_hi = 0, n_lo = 0, n_plo = 0, n_phi = 0;
+  const bool prune_lists = !nm;
   for (int64_t base = 0; base < cols; base += kSumLanes) {
     const int n = static_cast<int>(std::min<int64_t>(kSumLanes, cols - base));
     const float* d = dm + base;
+    const float* dv = P.divisor + base;
     const uint8_t* f = p0 + base;
-    for (int l = 0; l < n; ++l) part[l] += keep_if(d[l], f[l]);
+    const uint32_t* wo = word + base;
+    uint8_t* fl = flag + base;
+    uint32_t* uk = ukey + base;
+    for (int l = 0; l < n; ++l) {
+      const uint32_t pr = f[l] != 0;
+      part[l] += keep_if(d[l], f[l]);
+      const Cls k = classify(d[l], dv[l], pr, wo[l], prune_lists);
+      const uint32_t is_hi = k.id == kHi, is_lo = k.id == kLo, is_plo = k.id == kPlo, is_phi = k.id == kPhi;
+      n_hi += is_hi; n_lo += is_lo; n_plo += is_plo; n_phi += is_phi;
+      const uint32_t lim = (lim_hi & (0u - is_hi)) | (lim_lo & (0u - is_lo)) | (lim_plo & (0u - is_plo)) |
+                           (lim_phi & (0u - is_phi));
+      uk[l] = k.u;
+      fl[l] = static_cast<uint8_t>(((k.id != kNone) & (k.u <= lim)) * (k.id + 1));  // 0 or id + 1
+    }
   }
+  L.list[kHi].total = n_hi; L.list[kLo].total = n_lo; L.list[kPlo].total = n_plo; L.list[kPhi].total = n_phi;
+  for (int64_t j0 = 0; j0 < cols; j0 += 8) {  // sparse scan, 8 flags at a time
+    uint64_t wv = 0;
+    std::memcpy(&wv, flag + j0, static_cast<size_t>(std::min<int64_t>(8, cols - j0)));
+    while (wv != 0) {
+      const int b = __builtin_ctzll(wv) >> 3;
+      L.add(j0 + b, flag[j0 + b] - 1u, ukey[j0 + b]);
+      wv &= ~(0xFFull << (8 * b));
+    }
+  }
+  L.adapt(S.keep, nlists);
+  const bool mse = P.objective == 1;
+  alignas(64) double epart[kSumLanes];
   if (mse) {
     for (int l = 0; l < kSumLanes; ++l) epart[l] = 0.0;
     for (int64_t base = 0; base < cols; base += kSumLanes) {
@@ -177,30 +212,6 @@ void refine_row(const Problem& P, int64_t i, RowScratch& S) {
         epart[l] += keep_if(mse_a(w[base + l], P.mean[base + l]), p0[base + l]);
     }
   }
-
-  // Pass 3b: each column's candidate list and 32-bit ascending key (contract "Orders"), branch-free.
-  // hi is descending in (key, col), i.e. ascending in the complement of the composite key.
-  uint32_t* cls = S.cls.data();
-  uint32_t* ukey = S.ukey.data();
-  for (int64_t j = 0; j < cols; ++j) {
-    const float d = dm[j];
-    const float key = d / P.divisor[j];  // growth_key: divisor is var, var ** p or 1 (p == 0)
-    const uint32_t ko = ord_bits(key);
-    const uint32_t m = 0u - static_cast<uint32_t>(p0[j] != 0);   // all ones if pruned
-    const uint32_t kgt = key > 0.0f, klt = key < 0.0f;            // NaN: neither
-    const uint32_t dlt = d < 0.0f, dgt = d > 0.0f;
-    const uint32_t gcls = kNone - (kNone - kHi) * kgt - (kNone - kLo) * klt;
-    const uint32_t pcls = kNone - (kNone - kPlo) * dlt - (kNone - kPhi) * dgt;
-    cls[j] = (gcls & m) | (pcls & ~m);
-    ukey[j] = ((ko ^ (0u - kgt)) & m) | (word[j] & ~m);
-  }
-  // Pass 3c: the candidate lists, each cut to (a prefix holding) its max_cycle_time smallest keys.
-  CandList* top = S.top;
-  const int nlists = nm ? 2 : 4;  // N:M picks q per group instead of plo/phi
-  if (cols < 65536)
-    build_lists(cls, ukey, cols, S.keep, nlists, reinterpret_cast<uint16_t*>(S.hist_lists.data()), S.cand.data(), top);
-  else
-    build_lists(cls, ukey, cols, S.keep, nlists, S.hist_lists.data(), S.cand.data(), top);
   float err = lane_tree(part);
   double e = mse ? lane_tree(epart) : 0.0;
 
@@ -213,10 +224,10 @@ void refine_row(const Problem& P, int64_t i, RowScratch& S) {
     uint64_t rk;
     int64_t r;
     if (err > 0.0f) {
-      if (!top[kHi].next(&rk)) break;
+      if (!L.next(kHi, &rk)) break;
       r = key_column(~rk);
     } else {
-      if (!top[kLo].next(&rk)) break;
+      if (!L.next(kLo, &rk)) break;
       r = key_column(rk);
     }
     int64_t q = -1;
@@ -232,7 +243,7 @@ void refine_row(const Problem& P, int64_t i, RowScratch& S) {
       }
     } else {
       uint64_t qk;
-      if (!top[err < 0.0f ? kPhi : kPlo].next(&qk)) break;
+      if (!L.next(err < 0.0f ? kPhi : kPlo, &qk)) break;
       q = key_column(qk);
     }
     const float after = error_after(err, dm[q], dm[r]);
