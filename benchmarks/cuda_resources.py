@@ -128,7 +128,7 @@ def markdown(rows, cmd, version, control) -> str:
         out.append(f"| {r['kernel']} | {r['dtype']} | {r['arch']} | {r['registers']} | {r['barriers']} | {r['stack']} | "
                    f"{r['spill_stores']} | {r['spill_loads']} | {r['smem_static']} |")
     out.append("")
-    out.append("256 threads per block (one row per block), at least 4 blocks per multiprocessor by registers. "
+    out.append("256 threads per block (one row per block), at least 3 blocks per multiprocessor by registers (launch bounds). "
                f"Dynamic shared memory per block = control area ({control if control is not None else '?'} B) "
                "+ one flag byte per column + optionally a 4-byte key cache per column + optionally the staged "
                "weight row; the launcher takes the option with the most resident blocks (ties: more cached).")

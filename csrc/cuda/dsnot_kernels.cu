@@ -13,10 +13,11 @@
 namespace dsnot {
 namespace cuda {
 
-// At least 4 resident blocks per multiprocessor: 64 registers per thread, where ptxas spills on
-// neither sm_80 nor sm_90 (at 48 it spills on sm_90; benchmarks/RESULTS.md, CUDA kernel resources).
-// Shared memory usually allows no more than 4-5 blocks anyway (the launcher picks the layout).
-constexpr int kMinBlocksPerSM = 4;
+// At least 3 resident blocks per multiprocessor: up to 80 registers per thread. With 4 (64
+// registers) ptxas leaves a few cold spills of per-row constants on sm_90 (benchmarks/RESULTS.md,
+// CUDA kernel resources; tests/test_cuda_compile.py fails on any spill). Shared memory limits rows
+// of 8192+ columns to 3 or fewer blocks anyway (the launcher picks the layout).
+constexpr int kMinBlocksPerSM = 3;
 
 template <int DT>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) refine_mask_kernel(RefineParams p) {

@@ -192,7 +192,9 @@ struct RowCtx {
   const void* w;            // weight row, shared or global memory
   int32_t row;              // rows < 2**31 (checked by the launcher): one register, not a pointer
   uint8_t* flags;           // shared, bit 0 = pruned now, bit 1 = initially pruned, bits 2-4 = list + 1
-  uint32_t* kc;             // shared key cache (nullptr: recompute): ord(metric), then list keys
+  uint32_t* kc;             // shared key cache: ord(metric), then list keys (when use_kc)
+  bool use_kc;              // kc always points into shared memory (32-bit addressing); this says
+                            // whether it holds keys or the keys are recomputed
   int32_t cols;
 
   DSNOT_DEV float wv(int32_t j) const { return weight_at<DT>(w, j); }
@@ -212,13 +214,13 @@ struct RowCtx {
   DSNOT_DEV double b(int32_t j) const { return mse_b(wv(j), ld_stat(p->var + j)); }
 
   // Order key of the initial selection: ord(metric) (cached when kc is there).
-  DSNOT_DEV uint32_t metric_ord(int32_t j) const { return kc != nullptr ? kc[j] : ord_key(metric(j)); }
+  DSNOT_DEV uint32_t metric_ord(int32_t j) const { return use_kc ? kc[j] : ord_key(metric(j)); }
 
   // The cursor list of column j and its order key (ascending = the order the cursor takes):
   // hi: (gkey, j) descending, lo: (gkey, j) ascending, plo/phi: (wanda, j) ascending.
   // With the key cache, refine_row has stored the list in the flags and the key's top half in kc.
   DSNOT_DEV int classify(int32_t j, uint64_t* lkey) const {
-    if (kc != nullptr) {
+    if (use_kc) {
       const int L = ((flags[j] >> 2) & 7) - 1;
       if (L >= 0) {
         const uint32_t lo32 = L == kHi ? ~static_cast<uint32_t>(j) : static_cast<uint32_t>(j);
@@ -229,9 +231,11 @@ struct RowCtx {
     return classify_compute(j, lkey);
   }
 
-  DSNOT_DEV int classify_compute(int32_t j, uint64_t* lkey) const {
+  DSNOT_DEV int classify_compute(int32_t j, uint64_t* lkey) const { return classify_dm(j, dm(j), lkey); }
+
+  // classify_compute with dm(j) = d already at hand.
+  DSNOT_DEV int classify_dm(int32_t j, float d, uint64_t* lkey) const {
     const uint8_t f = flags[j];
-    const float d = dm(j);
     if (f & 2) {
       const float g = gkey(d, j);
       if (g > 0.0f) {
@@ -557,7 +561,8 @@ DSNOT_DEV void refine_row(const RefineParams& p, char* smem, int64_t row) {
   ctx.p = &p;
   ctx.cols = cols;
   ctx.flags = flags;
-  ctx.kc = p.cache_keys ? reinterpret_cast<uint32_t*>(smem + lay.keys) : nullptr;
+  ctx.kc = reinterpret_cast<uint32_t*>(smem + lay.keys);
+  ctx.use_kc = p.cache_keys != 0;
   ctx.row = static_cast<int32_t>(row);
   ctx.w = wglobal;
 
@@ -594,11 +599,10 @@ DSNOT_DEV void refine_row(const RefineParams& p, char* smem, int64_t row) {
 
   // Metric order keys, once: the initial selection and the N:M choice of q read them.
   const bool need_metric = p.initial_mask == nullptr || p.prune_n > 0;
-  if (ctx.kc != nullptr && need_metric) {
-    uint32_t* kc = ctx.kc;
-    ctx.kc = nullptr;  // compute, not read, below
-    for (int32_t j = tid; j < cols; j += kThreads) kc[j] = ctx.metric_ord(j);
-    ctx.kc = kc;
+  if (ctx.use_kc && need_metric) {
+    ctx.use_kc = false;  // compute, not read, below
+    for (int32_t j = tid; j < cols; j += kThreads) ctx.kc[j] = ctx.metric_ord(j);
+    ctx.use_kc = true;
     simt::sync_block();
   }
   auto metric_key = [&](int32_t j) -> uint64_t {
@@ -630,15 +634,32 @@ DSNOT_DEV void refine_row(const RefineParams& p, char* smem, int64_t row) {
   }
 
   // 3. err (float32) and, for mse, e (float64) in the contract's fixed order.
+  //    With the key cache, the same sweep classifies every column once for step 4: its list in
+  //    flags bits 2-4, the top half of its list key in kc (the bottom half is the column, or its
+  //    complement for hi). Kept N:M columns are in no list and keep ord(metric) for nm_pick.
   bool refine = p.max_cycle_time > 0;
   if (refine) {
     const bool mse = p.objective == 1;
+    const bool classify_now = ctx.use_kc;
     float part = 0.0f;
     double part_d = 0.0;
     for (int32_t base = 0; base < cols; base += kThreads) {
       const int32_t j = base + tid;
-      const bool pruned = j < cols && (flags[j] & 2) != 0;
-      part = add_f(part, pruned ? ctx.dm(j) : 0.0f);
+      bool pruned = false;
+      float d = 0.0f;
+      if (j < cols) {
+        pruned = (flags[j] & 2) != 0;
+        d = ctx.dm(j);
+        if (classify_now) {
+          uint64_t lk = 0;
+          const int L = ctx.classify_dm(j, d, &lk);
+          if (L >= 0) {
+            ctx.kc[j] = static_cast<uint32_t>(lk >> 32);
+            flags[j] = static_cast<uint8_t>(flags[j] | ((L + 1) << 2));
+          }
+        }
+      }
+      part = add_f(part, pruned ? d : 0.0f);
       if (mse) part_d = add_d(part_d, pruned ? ctx.a(j) : 0.0);
     }
 #pragma unroll
@@ -679,20 +700,6 @@ DSNOT_DEV void refine_row(const RefineParams& p, char* smem, int64_t row) {
   }
 
   // 4-5. Cursor lists, then the swap loop with on-demand refills.
-  if (refine && ctx.kc != nullptr) {
-    // Classify every column once: its list in flags bits 2-4, the top half of its key in kc
-    // (the bottom half is the column, or its complement for hi). Kept N:M columns are in no
-    // list and keep ord(metric) for nm_pick.
-    for (int32_t j = tid; j < cols; j += kThreads) {
-      uint64_t lk = 0;
-      const int L = ctx.classify_compute(j, &lk);
-      if (L >= 0) {
-        ctx.kc[j] = static_cast<uint32_t>(lk >> 32);
-        flags[j] = static_cast<uint8_t>(flags[j] | ((L + 1) << 2));
-      }
-    }
-    simt::sync_block();
-  }
   if (refine) {
     auto by_list = [&](int32_t j, uint64_t* lk) -> int { return ctx.classify(j, lk); };
     block_select(S, kLists, cols, by_list);
