@@ -153,8 +153,10 @@ stage bench_refine 170 "$LOG" bench_refine
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 KFILTER=""   # instrument only our kernel where the sanitizer can filter by name
 if [ -n "$SANITIZER" ]; then
-  if "$SANITIZER" --help 2>&1 | grep -q -- "--kernel-name"; then KFILTER="--kernel-name kns=refine_mask"
-  elif "$SANITIZER" --help 2>&1 | grep -q -- "--filter"; then KFILTER="--filter kns=refine_mask"; fi
+  SHELP=$("$SANITIZER" --help 2>&1 || true)
+  if grep -q -- "--kernel-name" <<<"$SHELP" && grep -q "kns" <<<"$SHELP"; then KFILTER="--kernel-name kns=refine_mask"
+  elif grep -q -- "--filter" <<<"$SHELP" && grep -q "kns" <<<"$SHELP"; then KFILTER="--filter kns=refine_mask"; fi
+  echo "compute-sanitizer: $SANITIZER, kernel filter: ${KFILTER:-none}" | tee -a "$LOG"
 fi
 sanitize() {  # sanitize TOOL BACKEND [--small]
   local tool=$1 backend=$2 size=${3:-} filt=""
