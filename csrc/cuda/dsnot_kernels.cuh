@@ -515,11 +515,12 @@ DSNOT_DEV void run_swaps(RowShared* S, const Ctx& ctx, int lane) {
       if (accept) e = t;
     }
     if (accept) {
+      if (nm) simt::sync_warp();  // nm_pick's flag reads by every lane come before the write
       if (lane == 0) {
         ctx.flags[q] = static_cast<uint8_t>(ctx.flags[q] | 1);
         ctx.flags[r] = static_cast<uint8_t>(ctx.flags[r] & ~1);
       }
-      if (nm) simt::sync_warp();  // nm_pick reads the flags
+      if (nm) simt::sync_warp();  // ... and the next nm_pick's after it
       err = after;
       ++swaps;
     }
