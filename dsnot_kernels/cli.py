@@ -69,7 +69,7 @@ def plot_errors(report, path):
     if not subs:
         raise ValueError("the report has no recorded errors (prune with record_error=True)")
     x = range(len(subs))
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, len(subs) * 0.12), 7), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(max(8, len(subs) * 0.12), 9), sharex=True)
     for ax, key, title in ((axes[0], "mean_sq", "mean² of the output error"),
                            (axes[1], "mse", "total output MSE (mean² + variance)")):
         ax.semilogy(x, [e["error"]["initial"][key] for e in subs], ".-", lw=0.8, label="initial mask")
@@ -77,10 +77,17 @@ def plot_errors(report, path):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    ratio = lambda e, key: e["error"]["refined"][key] / max(e["error"]["initial"][key], 1e-300)  # noqa: E731
+    axes[2].semilogy(x, [ratio(e, "mean_sq") for e in subs], ".-", lw=0.8, label="mean²")
+    axes[2].semilogy(x, [ratio(e, "mse") for e in subs], ".-", lw=0.8, label="total MSE")
+    axes[2].axhline(1.0, color="gray", lw=0.8)
+    axes[2].set_title("refined / initial (below 1: refinement helped)", fontsize=10)
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
     ticks = [k for k, e in enumerate(subs) if k == 0 or e["block"] != subs[k - 1]["block"]]
-    axes[1].set_xticks(ticks)
-    axes[1].set_xticklabels([str(subs[k]["block"]) for k in ticks], fontsize=7)
-    axes[1].set_xlabel("block (sub-layers in order within each block)")
+    axes[2].set_xticks(ticks)
+    axes[2].set_xticklabels([str(subs[k]["block"]) for k in ticks], fontsize=7)
+    axes[2].set_xlabel("block (sub-layers in order within each block)")
     cfg = report["config"]
     fig.suptitle(f"{report['model']}: {cfg['pattern']} {cfg['sparsity']}, initial {cfg['initial']}, "
                  f"objective {cfg['objective']}, skip {cfg['skip']}", fontsize=10)

@@ -170,10 +170,13 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                     entry["block"] = i
                     masks[name] = (mask, entry)
                 state["stats"] = {}
+                if on_mask is not None:
+                    where["stage"] = "on_mask"
+                    for name, (mask, _) in masks.items():
+                        where["sublayer"] = name
+                        on_mask(i, name, mask)
                 where.update(sublayer=None, stage="apply")
                 for name, (mask, entry) in masks.items():
-                    if on_mask is not None:
-                        on_mask(i, name, mask)
                     W = weight_view(subs[name])
                     W[mask] = 0
                     entry["zeros"] = float((W == 0).float().mean())
