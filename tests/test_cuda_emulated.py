@@ -175,3 +175,41 @@ def test_random_configurations(seed):
              prune_n=2 if nm else 0, prune_m=m, objective=objective,
              max_cycle_time=int(torch.randint(0, 150, (1,), generator=g)),
              update_threshold=float(torch.rand(1, generator=g)) * 0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100))
+def test_fuzz(seed):
+    """Wide random inputs: patterns, dtypes, quantised weights (ties), dead channels, metrics, masks,
+    p, thresholds, cycle counts, both objectives, every shared-memory layout."""
+    import random
+
+    rnd = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    m = rnd.choice([0, 0, 4, 8, 2])
+    n = rnd.randint(1, m - 1) if m else 0
+    cols = rnd.randint(1, 1500)
+    if m:
+        cols = max(m, cols - cols % m)
+    rows = rnd.randint(1, 4)
+    W = (torch.randn(rows, cols, generator=g) * rnd.choice([0.02, 1.0])).to(
+        rnd.choice([torch.float32, torch.float16, torch.bfloat16]))
+    if rnd.random() < 0.3:
+        W = (W * 4).round() / 4
+    smr = torch.randn(cols, generator=g) * rnd.choice([0.1, 1, 5])
+    var = torch.rand(cols, generator=g) * rnd.choice([0.1, 2])
+    if rnd.random() < 0.3:
+        var[torch.rand(cols, generator=g) < 0.2] = 0
+    scaler = torch.rand(cols, generator=g)
+    objective = rnd.choice([0, 0, 1])
+    kw = {}
+    r = rnd.random()
+    if r < 0.2:
+        kw["initial_metric"] = torch.randn(rows, cols, generator=g)
+    elif r < 0.35 and not m:
+        kw["initial_mask"] = torch.rand(rows, cols, generator=g) < rnd.random()
+    run_both(W, smr, var, scaler, mean=torch.randn(cols, generator=g) if objective else None,
+             sparsity=rnd.random() * 0.95, prune_n=n, prune_m=m, max_cycle_time=rnd.choice([0, 1, 10, 50, 70, 200]),
+             update_threshold=rnd.choice([0.0, 0.01, 0.1, 1.0]), p=rnd.choice([1.0, 1.0, 0.0, 0.5, 2.0]),
+             same_sign=rnd.random() < 0.5, objective=objective, stage_weight=rnd.random() < 0.7,
+             cache_keys=rnd.random() < 0.7, **kw)
