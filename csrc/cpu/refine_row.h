@@ -134,7 +134,16 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
   } else if (P.k > 0) {
     uint32_t* hist = S.hist.data();
     std::fill(hist, hist + kHistBins, 0u);
-    for (int64_t j = 0; j < cols; ++j) hist[mord[j] >> kHistShift]++;
+    // Two interleaved histograms halve the store-to-load chains on popular bins.
+    uint32_t* hist_b = S.hist2.data();
+    std::fill(hist_b, hist_b + kHistBins, 0u);
+    int64_t j = 0;
+    for (; j + 1 < cols; j += 2) {
+      hist[mord[j] >> kHistShift]++;
+      hist_b[mord[j + 1] >> kHistShift]++;
+    }
+    if (j < cols) hist[mord[j] >> kHistShift]++;
+    for (int b = 0; b < kHistBins; ++b) hist[b] += hist_b[b];
     const uint64_t kth = kth_composite(mord, cols, P.k, hist, S.cand.data(), S.hist2.data());
     kth_ord = static_cast<uint32_t>(kth >> 32);
     kth_col = static_cast<uint32_t>(kth);
@@ -192,13 +201,21 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
     }
   }
   L.list[kHi].total = n_hi; L.list[kLo].total = n_lo; L.list[kPlo].total = n_plo; L.list[kPhi].total = n_phi;
-  for (int64_t j0 = 0; j0 < cols; j0 += 8) {  // sparse scan, 8 flags at a time
-    uint64_t wv = 0;
-    std::memcpy(&wv, flag + j0, static_cast<size_t>(std::min<int64_t>(8, cols - j0)));
-    while (wv != 0) {
-      const int b = __builtin_ctzll(wv) >> 3;
-      L.add(j0 + b, flag[j0 + b] - 1u, ukey[j0 + b]);
-      wv &= ~(0xFFull << (8 * b));
+  // Sparse scan of the flags, 32 at a time (most blocks hold none).
+  const int64_t cols32 = cols & ~int64_t{31};
+  for (int64_t j0 = 0; j0 < cols; j0 += 32) {
+    uint64_t wv[4] = {0, 0, 0, 0};
+    if (j0 < cols32) std::memcpy(wv, flag + j0, 32);
+    else std::memcpy(wv, flag + j0, static_cast<size_t>(cols - j0));
+    if ((wv[0] | wv[1] | wv[2] | wv[3]) == 0) continue;
+    for (int t = 0; t < 4; ++t) {
+      uint64_t x = wv[t];
+      while (x != 0) {
+        const int b = __builtin_ctzll(x) >> 3;
+        const int64_t j = j0 + 8 * t + b;
+        L.add(j, flag[j] - 1u, ukey[j]);
+        x &= ~(0xFFull << (8 * b));
+      }
     }
   }
   L.adapt(S.keep, nlists);

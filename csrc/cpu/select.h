@@ -21,9 +21,16 @@ constexpr int kHist2Bins = 1 << kHist2Bits;
 inline uint64_t pack(uint32_t hi, uint32_t lo) { return (static_cast<uint64_t>(hi) << 32) | lo; }
 
 // Smallest bin b with below + hist[0..b] >= k; returns b and sets *below = sum of hist[0..b).
-inline int find_bin(const uint32_t* hist, int bins, int64_t k, int64_t* below) {
+// Blocks of 16 bins first (the sum vectorises), then bin by bin inside the block.
+__attribute__((always_inline)) inline int find_bin(const uint32_t* hist, int bins, int64_t k, int64_t* below) {
   int64_t acc = 0;
   int b = 0;
+  for (; b + 16 <= bins; b += 16) {
+    uint32_t blk = 0;
+    for (int t = 0; t < 16; ++t) blk += hist[b + t];
+    if (acc + blk >= k) break;
+    acc += blk;
+  }
   for (; b < bins - 1; ++b) {
     if (acc + hist[b] >= k) break;
     acc += hist[b];
@@ -46,7 +53,7 @@ __attribute__((always_inline)) inline uint64_t kth_composite(const uint32_t* ord
     cand[m] = pack(o, static_cast<uint32_t>(j));
     m += (o >> kHistShift) == bin;
   }
-  if (m > 512) {  // second radix digit over the (still large) boundary bin
+  if (m > 64) {  // second radix digit over the (still large) boundary bin
     std::memset(hist2, 0, sizeof(uint32_t) * kHist2Bins);
     const int sh = 32 + kHistShift - kHist2Bits;
     for (int64_t t = 0; t < m; ++t) hist2[(cand[t] >> sh) & (kHist2Bins - 1)]++;
