@@ -34,19 +34,25 @@ def to_markdown(rows, command):
     import triton
 
     lines = [BEGIN, "## Triton kernel resources", "",
-             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, triton {triton.__version__}, "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+             f"triton {triton.__version__}, "
              f"compiled without a GPU (`triton.compile` for `GPUTarget('cuda', arch, 32)`, "
              f"`enable_fp_fusion=False`), resources from `ptxas -v`. Command: `{command}`.", "",
-             "One program per row; every kernel sweeps the row in CHUNK-column chunks, so the "
-             "code (and its registers) is the same for every width with the same CHUNK.", "",
-             "| kernel | arch | cols | CHUNK | warps | regs | spill st/ld (B) | stack (B) | smem (B) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    merged = {}  # identical code for every width with the same CHUNK: one line, the widths listed
+             "One program per row (grid = rows); every kernel sweeps its row in CHUNK-column chunks. "
+             "The refine kernel also keeps a tournament of the row's chunks (N_CHUNKS = "
+             "next_pow2(cdiv(cols, CHUNK)) entries per candidate list), so its code depends on "
+             "the width only through N_CHUNKS. Widths with identical results share a line.", "",
+             "| kernel | arch | cols | CHUNK | N_CHUNKS | warps | regs | spill st/ld (B) | stack (B) "
+             "| smem (B) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    merged = {}  # widths with identical results: one line, the widths listed
     for name, arch, cols, r in rows:
         merged.setdefault((name, arch, tuple(sorted(r.items()))), []).append(cols)
-    for (name, arch, items), cols in merged.items():
+    order = sorted(merged.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[1][0]))
+    for (name, arch, items), cols in order:
         r = dict(items)
         lines.append(f"| {name} | sm_{arch} | {', '.join(map(str, cols))} | {r['chunk']} | "
+                     f"{r['n_chunks'] or '-'} | "
                      f"{r['num_warps']} | {r['regs']} | {r['spill_stores']}/{r['spill_loads']} | "
                      f"{r['stack']} | {r['shared']} |")
     lines.append(END)
@@ -71,7 +77,8 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = ap.parse_args(argv)
     rows = measure(args.cols, args.archs)
-    text = to_markdown(rows, "python benchmarks/triton_resources.py " + " ".join(argv or sys.argv[1:]))
+    command = " ".join(["python benchmarks/triton_resources.py", *(argv or sys.argv[1:])])
+    text = to_markdown(rows, command)
     print(text)
     if not args.no_write:
         write_section(text)

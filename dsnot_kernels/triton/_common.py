@@ -6,6 +6,7 @@
   then the column index; every row order of the project is ascending or descending in it.
 * ``pair_tree_256``: the contract's pairwise tree ``p[l] = p[2l] + p[2l+1]`` over 256 lane partials.
 """
+import torch
 import triton
 import triton.language as tl
 
@@ -63,10 +64,24 @@ def pair_tree_256(x):
 
 
 @triton.jit
+def load_w(ptrs, m):
+    """Weights at ``ptrs`` widened exactly to float32 (0 where ``m`` is False).
+
+    bfloat16 weights arrive as their int16 bit patterns (``weight_arg``): widening is then a 16-bit
+    shift, exact for every value. Triton's interpreter (3.9) widens bfloat16 subnormals wrongly,
+    and the compiled cvt is the same shift, so both paths now agree with the reference."""
+    if ptrs.dtype.element_ty == tl.int16:
+        bits = tl.load(ptrs, mask=m, other=0).to(tl.int32) << 16
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def wanda_at(w_row, sqrt_s_ptr, offs, m):
     """``|w| * sqrt(scaler_row)`` (float32) at columns ``offs``; ``sqrt_s_ptr`` holds the
     correctly rounded ``sqrt(scaler_row)`` (computed once per call by the launcher)."""
-    w = tl.load(w_row + offs, mask=m, other=0.0).to(tl.float32)
+    w = load_w(w_row + offs, m)
     return tl.abs(w) * tl.load(sqrt_s_ptr + offs, mask=m, other=0.0)
 
 
@@ -82,5 +97,10 @@ def metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC: tl.constexpr):
 @triton.jit
 def dm_at(w_row, smr_ptr, offs, m):
     """``dm = w * sum_metric_row`` (one float32 product) at columns ``offs``; 0 where masked."""
-    w = tl.load(w_row + offs, mask=m, other=0.0).to(tl.float32)
+    w = load_w(w_row + offs, m)
     return w * tl.load(smr_ptr + offs, mask=m, other=0.0)
+
+
+def weight_arg(weight: torch.Tensor) -> torch.Tensor:
+    """What the kernels take for ``weight``: itself, or its int16 bit view when bfloat16."""
+    return weight.view(torch.int16) if weight.dtype == torch.bfloat16 else weight

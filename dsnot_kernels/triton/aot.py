@@ -43,7 +43,7 @@ def variants(cols: int):
     out = []
 
     def types(wdtype):
-        w = "*" + wdtype
+        w = "*i16" if wdtype == "bf16" else "*" + wdtype  # bf16 travels as its bits (weight_arg)
         sel = dict(w_ptr=w, sqrt_s_ptr="*fp32", metric_ptr="*fp32", out_ptr="*u8", cols="i32", k="i32")
         ref = dict(w_ptr=w, smr_ptr="*fp32", varp_ptr="*fp32", sqrt_s_ptr="*fp32", metric_ptr="*fp32",
                    mean_ptr="*fp32", var_ptr="*fp32", src_ptr="*u8", out_ptr="*u8", swaps_ptr="*i32",
@@ -51,7 +51,9 @@ def variants(cols: int):
         return sel, ref
 
     def add(name, fn, t, c):
-        c = dict(c, CHUNK=chunk, **({"N_CHUNKS": n_chunks(cols, chunk)} if fn is _refine_kernel else {}))
+        c = dict(c, CHUNK=chunk)
+        if fn is _refine_kernel:
+            c["N_CHUNKS"] = n_chunks(cols, chunk)
         out.append(Variant(name, fn, _sig(fn, t, c), c, nw))
 
     for wd in ("fp16", "bf16", "fp32"):
@@ -61,7 +63,8 @@ def variants(cols: int):
     sel_t, ref_t = types("fp16")
     add("select_unstructured_metric[fp16]", _select_unstructured_kernel, sel_t, dict(HAS_METRIC=True))
     for n, m in ((2, 4), (4, 8)):
-        add(f"select_nm_{n}_{m}[fp16]", _select_nm_kernel, sel_t, dict(PRUNE_N=n, PRUNE_M=m, HAS_METRIC=False))
+        add(f"select_nm_{n}_{m}[fp16]", _select_nm_kernel, sel_t,
+            dict(PRUNE_N=n, PRUNE_M=m, HAS_METRIC=False))
     add("refine_unstructured_mse[fp16]", _refine_kernel, ref_t, _refine_c(False, 1, 1, False, False))
     add("refine_2_4[fp16]", _refine_kernel, ref_t, _refine_c(True, 4, 0, True, False))
     add("refine_4_8_mse_metric[fp16]", _refine_kernel, ref_t, _refine_c(True, 8, 1, True, True))
@@ -118,5 +121,6 @@ def compile_variant(v: Variant, arch: int, cols: int) -> dict:
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                        options=dict(num_warps=v.num_warps, enable_fp_fusion=False))
     res = ptxas_resources(k.asm["ptx"], arch)
-    res.update(shared=int(k.metadata.shared), num_warps=v.num_warps, chunk=v.constexprs["CHUNK"])
+    res.update(shared=int(k.metadata.shared), num_warps=v.num_warps, chunk=v.constexprs["CHUNK"],
+               n_chunks=v.constexprs.get("N_CHUNKS", 0))
     return res

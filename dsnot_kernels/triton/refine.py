@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 
 from dsnot_kernels.triton._common import (KEY_MAX, KEY_MIN, composite_key, dm_at, key_column,
-                                          metric_at, pair_tree_256, sign_of, wanda_at)
+                                          load_w, metric_at, pair_tree_256, sign_of, wanda_at,
+                                          weight_arg)
 
 
 @triton.jit
@@ -94,7 +95,7 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
         pruned = code == 1
         acc += tl.where(pruned, dm_at(w_row, smr_ptr, offs, m), 0.0)
         if OBJECTIVE == 1:
-            w64 = tl.load(w_row + offs, mask=m, other=0.0).to(tl.float32).to(tl.float64)
+            w64 = load_w(w_row + offs, m).to(tl.float64)
             a = w64 * tl.load(mean_ptr + offs, mask=m, other=0.0).to(tl.float64)
             acc_e += tl.where(pruned, a, 0.0)
     err = pair_tree_256(acc)
@@ -165,8 +166,8 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
             ptops = tl.where((chunk_ids == cq) & q_ok, nxt, ptops)
             top_phi = tl.where(use_phi, ptops, top_phi)
             top_plo = tl.where(use_phi, top_plo, ptops)
-        dq = (tl.load(w_row + q).to(tl.float32)) * tl.load(smr_ptr + q)
-        dr = (tl.load(w_row + r).to(tl.float32)) * tl.load(smr_ptr + r)
+        dq = load_w(w_row + q, q >= 0) * tl.load(smr_ptr + q)
+        dr = load_w(w_row + r, r >= 0) * tl.load(smr_ptr + r)
         after = (err + dq) - dr
         if OBJECTIVE == 0:
             ok = r_ok & q_ok
@@ -174,8 +175,8 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
                 ok = ok & (sign_of(after) == sign0)
             alive = ok
         else:
-            wq = tl.load(w_row + q).to(tl.float32).to(tl.float64)
-            wr = tl.load(w_row + r).to(tl.float32).to(tl.float64)
+            wq = load_w(w_row + q, q >= 0).to(tl.float64)
+            wr = load_w(w_row + r, r >= 0).to(tl.float64)
             a_q = wq * tl.load(mean_ptr + q).to(tl.float64)
             a_r = wr * tl.load(mean_ptr + r).to(tl.float64)
             b_q = (wq * wq) * tl.load(var_ptr + q).to(tl.float64)
@@ -209,7 +210,8 @@ def refine(weight, sum_metric_row, varp, sqrt_scaler, metric, mean, var, src, ou
     rows, cols = weight.shape
     nm = prune_m > 0
     _refine_kernel[(rows,)](
-        weight, sum_metric_row, varp, sqrt_scaler, metric if metric is not None else weight,
+        weight_arg(weight), sum_metric_row, varp, sqrt_scaler,
+        metric if metric is not None else sum_metric_row,
         mean if mean is not None else sum_metric_row, var, src, out, swaps, cols, max_cycles, thr,
         NM=nm, PRUNE_M=max(prune_m, 1), M_POW2=triton.next_power_of_2(max(prune_m, 1)),
         SAME_SIGN=bool(same_sign), OBJECTIVE=int(objective), HAS_METRIC=metric is not None,

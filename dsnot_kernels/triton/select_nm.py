@@ -7,7 +7,7 @@ it is pruned when that rank is below ``N``.
 import triton
 import triton.language as tl
 
-from dsnot_kernels.triton._common import composite_key, metric_at
+from dsnot_kernels.triton._common import composite_key, metric_at, weight_arg
 
 
 @triton.jit
@@ -39,6 +39,6 @@ def select_nm(weight, sqrt_scaler, metric, out, prune_n, prune_m, chunk, num_war
     metric (rows, cols) fp32 or None (wanda); out (rows, cols) uint8, written in full."""
     rows, cols = weight.shape
     _select_nm_kernel[(rows,)](
-        weight, sqrt_scaler, metric if metric is not None else weight, out, cols,
+        weight_arg(weight), sqrt_scaler, metric if metric is not None else sqrt_scaler, out, cols,
         PRUNE_N=prune_n, PRUNE_M=prune_m, HAS_METRIC=metric is not None, CHUNK=chunk,
         num_warps=num_warps, enable_fp_fusion=False)

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dsnot_kernels.triton._common import metric_at, ordered_key
+from dsnot_kernels.triton._common import metric_at, ordered_key, weight_arg
 
 
 @triton.jit
@@ -91,5 +91,6 @@ def select_unstructured(weight, sqrt_scaler, metric, out, k, chunk, num_warps):
     metric (rows, cols) fp32 or None (wanda); out (rows, cols) uint8, written in full; k = pruned per row."""
     rows, cols = weight.shape
     _select_unstructured_kernel[(rows,)](
-        weight, sqrt_scaler, metric if metric is not None else weight, out, cols, k,
+        weight_arg(weight), sqrt_scaler, metric if metric is not None else sqrt_scaler, out, cols,
+        k,
         HAS_METRIC=metric is not None, CHUNK=chunk, num_warps=num_warps, enable_fp_fusion=False)
