@@ -10,6 +10,7 @@ import os
 import torch
 import triton
 
+from dsnot_kernels.reference import var_power
 from dsnot_kernels.triton.refine import refine
 from dsnot_kernels.triton.select_nm import select_nm
 from dsnot_kernels.triton.select_unstructured import select_unstructured
@@ -63,10 +64,9 @@ def refine_mask_triton(weight, sum_metric_row, var, scaler_row, initial_metric, 
     chunk, num_warps = launch_config(cols)
     nm = prune_n > 0
     sqrt_scaler = torch.sqrt(scaler_row)  # correctly rounded, as the reference's wanda metric
-    # var**p as the contract computes it: pow in double, one rounding. For p not in {0, 1} it is
-    # computed on the CPU, the same libm as the CPU reference, then copied (a (cols,) vector).
+    # var**p: the contract's one definition (ATen CPU pow in float64, one rounding; p == 1: var)
     p = float(pow_of_var_regrowing)
-    varp = var if p in (0.0, 1.0) else torch.pow(var.cpu().double(), p).float().to(dev)
+    varp = var if p == 0.0 else var_power(var, p)
     thr = float(torch.tensor(update_threshold, dtype=torch.float32))  # contract: float32 thr
     with (torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()):
         if initial_mask is not None:
