@@ -108,11 +108,12 @@ std::tuple<at::Tensor, at::Tensor> refine_mask_cuda(
               smem_min, " bytes of shared memory per block needed, ", smem_optin,
               " available); use backend=\"torch\" or \"triton\"");
 
-  // Growth keys with p not in {0, 1} divide by var**p: pow in double, one rounding (the contract),
-  // computed here with the same torch op as the reference.
+  // Growth keys with p not in {0, 1} divide by var**p. The contract's one definition
+  // (reference.var_power): ATen's CPU pow in float64, rounded once to float32, then moved here, so
+  // every backend divides by the same bits (a device pow may differ in the last place).
   at::Tensor varp;
   if (pow_of_var_regrowing != 0.0 && pow_of_var_regrowing != 1.0) {
-    varp = at::pow(var.to(at::kDouble), pow_of_var_regrowing).to(at::kFloat).contiguous();
+    varp = at::pow(var.to(at::kCPU, at::kDouble), pow_of_var_regrowing).to(at::kFloat).to(dev).contiguous();
   }
   at::Tensor imask_u8;
   if (initial_mask.has_value()) imask_u8 = initial_mask->view(at::kByte);
