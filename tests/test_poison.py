@@ -11,8 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-import dsnot_kernels as dk
-from test_fuzz import Case, build, call, cases
+from test_fuzz import Case, _serves, build, call, cases
 
 POISON_ENV = "DSNOT_KERNELS_POISON"
 
@@ -22,12 +21,6 @@ def _targets():
     if torch.cuda.is_available():
         out += [("cuda", "cuda"), ("triton", "cuda")]
     return out
-
-
-def _serves(backend, device):
-    if device == "cuda" and not torch.cuda.is_available():
-        return False
-    return backend in dk.available_backends(device)
 
 
 def check_poison_free(got, ref, label):
