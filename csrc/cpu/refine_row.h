@@ -45,7 +45,7 @@ struct Problem {
 
 struct RowScratch {
   std::vector<float> w, dm;
-  std::vector<uint32_t> mord, word, hist, hist2, ukey;
+  std::vector<uint32_t> mord, word, hist, ukey;
   std::vector<uint8_t> pruned0;
   std::vector<uint64_t> cand;
   std::vector<uint8_t> flag;
@@ -58,7 +58,7 @@ struct RowScratch {
     const int64_t c = p.cols;
     w.resize(c); dm.resize(c); mord.resize(c);
     if (p.metric != nullptr) word.resize(c);
-    hist.resize(kHistBins); hist2.resize(kHist2Bins);
+    hist.resize(2 * kHistBins);
     pruned0.resize(c); flag.resize(c); ukey.resize(c);
     cand.resize(std::max<int64_t>(c, p.prune_m));
     keep = std::min<int64_t>(p.max_cycles, c);
@@ -132,19 +132,12 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
     nm_select(mord, cols, P.prune_n, P.prune_m, S.pruned0.data(), S.cand.data());
     p0 = S.pruned0.data();
   } else if (P.k > 0) {
-    uint32_t* hist = S.hist.data();
-    std::fill(hist, hist + kHistBins, 0u);
-    // Two interleaved histograms halve the store-to-load chains on popular bins.
-    uint32_t* hist_b = S.hist2.data();
-    std::fill(hist_b, hist_b + kHistBins, 0u);
-    int64_t j = 0;
-    for (; j + 1 < cols; j += 2) {
-      hist[mord[j] >> kHistShift]++;
-      hist_b[mord[j + 1] >> kHistShift]++;
+    uint32_t lo = 0xFFFFFFFFu, hi = 0u;
+    for (int64_t j = 0; j < cols; ++j) {  // the row's range of ord (vectorised min / max)
+      lo = std::min(lo, mord[j]);
+      hi = std::max(hi, mord[j]);
     }
-    if (j < cols) hist[mord[j] >> kHistShift]++;
-    for (int b = 0; b < kHistBins; ++b) hist[b] += hist_b[b];
-    const uint64_t kth = kth_composite(mord, cols, P.k, hist, S.cand.data(), S.hist2.data());
+    const uint64_t kth = kth_composite(mord, cols, P.k, lo, hi, S.hist.data(), S.cand.data());
     kth_ord = static_cast<uint32_t>(kth >> 32);
     kth_col = static_cast<uint32_t>(kth);
     any = true;

@@ -12,9 +12,8 @@
 namespace dsnot {
 namespace cpu {
 
-constexpr int kHistBits = 11;                  // first radix digit: sign, exponent, 2 mantissa bits
+constexpr int kHistBits = 11;                  // first radix digit: at most 2048 bins over the row's range
 constexpr int kHistBins = 1 << kHistBits;
-constexpr int kHistShift = 32 - kHistBits;
 constexpr int kHist2Bits = 11;                 // second digit: the next 11 bits of ord
 constexpr int kHist2Bins = 1 << kHist2Bits;
 
@@ -39,32 +38,58 @@ __attribute__((always_inline)) inline int find_bin(const uint32_t* hist, int bin
   return b;
 }
 
-// The k-th smallest (1 <= k <= n) composite key (ord[j], j) of j in [0, n). `hist` must already
-// hold the histogram of ord >> kHistShift over the n keys (built by the caller's first pass);
-// `cand` is scratch of n uint64, `hist2` scratch of kHist2Bins.
-__attribute__((always_inline)) inline uint64_t kth_composite(const uint32_t* ord, int64_t n, int64_t k, const uint32_t* hist,
-                              uint64_t* cand, uint32_t* hist2) {
-  int64_t below = 0;
-  const uint32_t bin = static_cast<uint32_t>(find_bin(hist, kHistBins, k, &below));
-  int64_t need = k - below;  // 1 .. hist[bin]
-  int64_t m = 0;
-  for (int64_t j = 0; j < n; ++j) {  // branchless compaction of the boundary bin
-    const uint32_t o = ord[j];
-    cand[m] = pack(o, static_cast<uint32_t>(j));
-    m += (o >> kHistShift) == bin;
+// The k-th smallest (1 <= k <= n) composite key (ord[j], j) of j in [0, n): radix select whose
+// first digit spans only the row's range [lo, hi] of ord (so a bin is narrow and the boundary bin
+// small), with as many bins as the row can use; a second digit splits a still large boundary bin;
+// nth_element finishes (ties by column). `hist` is scratch of 2 * kHistBins, `cand` of n uint64.
+__attribute__((always_inline)) inline uint64_t kth_composite(const uint32_t* ord, int64_t n, int64_t k,
+                                                             uint32_t lo, uint32_t hi, uint32_t* hist,
+                                                             uint64_t* cand) {
+  const uint32_t span = hi - lo;
+  const int span_bits = span == 0 ? 0 : 32 - __builtin_clz(span);
+  const int bits = n >= 2048 ? kHistBits : (n >= 512 ? 9 : 7);
+  const int shift = std::max(0, span_bits - bits);
+  const int bins = 1 << bits;
+  uint32_t* ha = hist;
+  uint32_t* hb = hist + kHistBins;
+  std::memset(ha, 0, sizeof(uint32_t) * bins);
+  std::memset(hb, 0, sizeof(uint32_t) * bins);
+  int64_t j = 0;
+  for (; j + 1 < n; j += 2) {  // two interleaved histograms halve store-to-load chains
+    ha[(ord[j] - lo) >> shift]++;
+    hb[(ord[j + 1] - lo) >> shift]++;
   }
-  if (m > 64) {  // second radix digit over the (still large) boundary bin
-    std::memset(hist2, 0, sizeof(uint32_t) * kHist2Bins);
-    const int sh = 32 + kHistShift - kHist2Bits;
-    for (int64_t t = 0; t < m; ++t) hist2[(cand[t] >> sh) & (kHist2Bins - 1)]++;
+  if (j < n) ha[(ord[j] - lo) >> shift]++;
+  for (int b = 0; b < bins; ++b) ha[b] += hb[b];
+  int64_t below = 0;
+  const uint32_t bin = static_cast<uint32_t>(find_bin(ha, bins, k, &below));
+  int64_t need = k - below;  // 1 .. ha[bin]
+  int64_t m = 0;
+  const uint32_t bin_lo = lo + (bin << shift), bin_width_1 = (1u << shift) - 1u;
+  // The boundary bin is a small fraction of the row: test 16 keys at once (vectorises), copy
+  // members one by one only from blocks that hold some.
+  for (j = 0; j < n; j += 16) {
+    const int64_t e = std::min<int64_t>(n, j + 16);
+    uint32_t any = 0;
+    for (int64_t t = j; t < e; ++t) any |= (ord[t] - bin_lo <= bin_width_1);
+    if (!any) continue;
+    for (int64_t t = j; t < e; ++t)
+      if (ord[t] - bin_lo <= bin_width_1) cand[m++] = pack(ord[t], static_cast<uint32_t>(t));
+  }
+  if (m > 64 && shift > 0) {  // second digit: the next (up to 11) bits below the first
+    const int shift2 = std::max(0, shift - kHist2Bits);
+    const uint32_t mask2 = (1u << (shift - shift2)) - 1u;
+    const int bins2 = static_cast<int>(mask2) + 1;
+    std::memset(hb, 0, sizeof(uint32_t) * bins2);
+    for (int64_t t = 0; t < m; ++t) hb[((static_cast<uint32_t>(cand[t] >> 32) - lo) >> shift2) & mask2]++;
     int64_t below2 = 0;
-    const uint64_t bin2 = static_cast<uint64_t>(find_bin(hist2, kHist2Bins, need, &below2));
+    const uint32_t bin2 = static_cast<uint32_t>(find_bin(hb, bins2, need, &below2));
     need -= below2;
     int64_t m2 = 0;
     for (int64_t t = 0; t < m; ++t) {
       const uint64_t c = cand[t];
       cand[m2] = c;
-      m2 += ((c >> sh) & (kHist2Bins - 1)) == bin2;
+      m2 += (((static_cast<uint32_t>(c >> 32) - lo) >> shift2) & mask2) == bin2;
     }
     m = m2;
   }
