@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_check.sh              # everything, within GPU_CHECK_BUDGET seconds (default 480)
 #   bash benchmarks/gpu_check.sh --quick      # three LLaMA shapes, no Triton sanitizer run
 #   bash benchmarks/gpu_check.sh --dry-run    # on a machine without a GPU: test the script itself
+#   bash benchmarks/gpu_check.sh --only=build,tests_cuda   # a subset of the stages named below
 #
 # Stages, each logged and timed, each surviving the failure of earlier ones, each given
 # min(its own limit, what is left of the budget):
@@ -19,13 +20,15 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DRY=0
 QUICK=0
+ONLY=""   # --only=build,tests_cuda,...: run just these stages (the report always runs)
 BUDGET=${GPU_CHECK_BUDGET:-480}
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
     --quick) QUICK=1 ;;
     --budget=*) BUDGET=${a#--budget=} ;;
-    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+    --only=*) ONLY=",${a#--only=}," ;;
+    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
     *) echo "unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +52,10 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >> "$WORK/stages.ts
 stage() {
   local name=$1 max=$2 out=$3; shift 3
   local l t s rc status
+  if [ -n "$ONLY" ] && [ "$name" != report ] && [[ "$ONLY" != *",$name,"* ]]; then
+    record "$name" skipped 0 "not in --only"
+    return 0
+  fi
   l=$(left)
   if [ "$l" -lt 15 ]; then
     record "$name" skipped 0 "time budget spent"
