@@ -8,10 +8,11 @@
 #
 # Stages, each logged and timed, each surviving the failure of earlier ones, each given
 # min(its own limit, what is left of the budget):
-#   env -> build (setup.py build_ext --inplace, sm_90 by default) -> CUDA parity tests ->
-#   refine benchmark (reference vs triton vs cuda on LLaMA shapes at 50/60/70% and 2:4, the copy-
-#   bandwidth floor, scaling in columns) -> compute-sanitizer memcheck + racecheck (CUDA kernel) ->
-#   Triton parity tests -> 2:4 sparse vs dense linear -> compute-sanitizer memcheck (Triton) -> report.
+#   env -> build (setup.py build_ext --inplace, sm_90 by default) -> tests_cuda (parity tests) ->
+#   bench_refine (reference vs triton vs cuda on LLaMA shapes at 50/60/70% and 2:4, the copy-
+#   bandwidth floor, a layout sweep, scaling in columns) -> memcheck_cuda, racecheck_cuda
+#   (compute-sanitizer on the CUDA kernel) -> tests_triton -> sparse24 (2:4 sparse vs dense linear)
+#   -> memcheck_triton -> report.
 # Outputs in $OUT (default /tmp/gpu_check_out), at most 8 files, flat:
 #   gpu_check.log  results.json  bench.csv  sparse24.csv  sanitizer.txt  tests.txt  RESULTS_fragment.md
 # The last lines printed are the stage table and the benchmark table.
@@ -28,7 +29,7 @@ for a in "$@"; do
     --quick) QUICK=1 ;;
     --budget=*) BUDGET=${a#--budget=} ;;
     --only=*) ONLY=",${a#--only=}," ;;
-    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
     *) echo "unknown argument $a" >&2; exit 2 ;;
   esac
 done
