@@ -86,12 +86,14 @@ def wanda_at(w_row, sqrt_s_ptr, offs, m):
 
 
 @triton.jit
-def metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC: tl.constexpr):
-    """The initial metric (spec §2) at columns ``offs``: the caller's, else wanda."""
-    if HAS_METRIC:
-        return tl.load(metric_row + offs, mask=m, other=0.0)
+def metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, has_metric):
+    """The initial metric (spec §2) at columns ``offs``: the caller's (``has_metric``, a runtime
+    flag: one compiled kernel serves both), else wanda."""
+    if has_metric:
+        value = tl.load(metric_row + offs, mask=m, other=0.0)
     else:
-        return wanda_at(w_row, sqrt_s_ptr, offs, m)
+        value = wanda_at(w_row, sqrt_s_ptr, offs, m)
+    return value
 
 
 @triton.jit

@@ -37,17 +37,20 @@ def _sig(fn, types: dict, constexprs: dict) -> dict:
 
 
 def variants(cols: int):
-    """The specialisations real layers hit: the default unstructured, N:M and mse paths (fp16
-    weights), the default unstructured path for fp32 and bf16 weights, and a caller metric."""
+    """The specialisations real layers hit: per weight dtype the unstructured selection and
+    refinement (dsnot and mse), and the N:M ones for fp16 (2:4, 4:8 mse). Flags that are runtime
+    arguments (a caller metric, the same-sign rule, p == 0) need no variant of their own."""
     chunk, nw = launch_config(cols)
     out = []
 
     def types(wdtype):
         w = "*i16" if wdtype == "bf16" else "*" + wdtype  # bf16 travels as its bits (weight_arg)
-        sel = dict(w_ptr=w, sqrt_s_ptr="*fp32", metric_ptr="*fp32", out_ptr="*u8", cols="i32", k="i32")
-        ref = dict(w_ptr=w, smr_ptr="*fp32", varp_ptr="*fp32", sqrt_s_ptr="*fp32", metric_ptr="*fp32",
-                   mean_ptr="*fp32", var_ptr="*fp32", src_ptr="*u8", out_ptr="*u8", swaps_ptr="*i32",
-                   cols="i32", max_cycles="i32", thr="fp32")
+        sel = dict(w_ptr=w, sqrt_s_ptr="*fp32", metric_ptr="*fp32", out_ptr="*u8", cols="i32",
+                   k="i32", has_metric="i32")
+        ref = dict(w_ptr=w, smr_ptr="*fp32", varp_ptr="*fp32", sqrt_s_ptr="*fp32",
+                   metric_ptr="*fp32", mean_ptr="*fp32", var_ptr="*fp32", src_ptr="*u8",
+                   out_ptr="*u8", swaps_ptr="*i32", cols="i32", max_cycles="i32", thr="fp32",
+                   same_sign="i32", has_metric="i32", div="i32")
         return sel, ref
 
     def add(name, fn, t, c):
@@ -58,22 +61,19 @@ def variants(cols: int):
 
     for wd in ("fp16", "bf16", "fp32"):
         sel_t, ref_t = types(wd)
-        add(f"select_unstructured[{wd}]", _select_unstructured_kernel, sel_t, dict(HAS_METRIC=False))
-        add(f"refine_unstructured[{wd}]", _refine_kernel, ref_t, _refine_c(False, 1, 0, False, False))
+        add(f"select_unstructured[{wd}]", _select_unstructured_kernel, sel_t, {})
+        add(f"refine_unstructured[{wd}]", _refine_kernel, ref_t, _refine_c(False, 1, 0))
+        add(f"refine_unstructured_mse[{wd}]", _refine_kernel, ref_t, _refine_c(False, 1, 1))
     sel_t, ref_t = types("fp16")
-    add("select_unstructured_metric[fp16]", _select_unstructured_kernel, sel_t, dict(HAS_METRIC=True))
     for n, m in ((2, 4), (4, 8)):
-        add(f"select_nm_{n}_{m}[fp16]", _select_nm_kernel, sel_t,
-            dict(PRUNE_N=n, PRUNE_M=m, HAS_METRIC=False))
-    add("refine_unstructured_mse[fp16]", _refine_kernel, ref_t, _refine_c(False, 1, 1, False, False))
-    add("refine_2_4[fp16]", _refine_kernel, ref_t, _refine_c(True, 4, 0, True, False))
-    add("refine_4_8_mse_metric[fp16]", _refine_kernel, ref_t, _refine_c(True, 8, 1, True, True))
+        add(f"select_nm_{n}_{m}[fp16]", _select_nm_kernel, sel_t, dict(PRUNE_N=n, PRUNE_M=m))
+    add("refine_2_4[fp16]", _refine_kernel, ref_t, _refine_c(True, 4, 0))
+    add("refine_4_8_mse[fp16]", _refine_kernel, ref_t, _refine_c(True, 8, 1))
     return out
 
 
-def _refine_c(nm, m, objective, same_sign, has_metric):
-    return dict(NM=nm, PRUNE_M=m, M_POW2=triton.next_power_of_2(m), SAME_SIGN=same_sign,
-                OBJECTIVE=objective, HAS_METRIC=has_metric, DIV=True, COPY_SRC=False)
+def _refine_c(nm, m, objective):
+    return dict(NM=nm, PRUNE_M=m, M_POW2=triton.next_power_of_2(m), OBJECTIVE=objective)
 
 
 def _attrs(fn, signature: dict, cols: int) -> dict:

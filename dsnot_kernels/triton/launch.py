@@ -38,8 +38,11 @@ def launch_config(cols: int):
         if chunk < 16 or chunk & (chunk - 1) or warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"{LAUNCH_ENV}={override!r}: CHUNK a power of two >= 16, WARPS 1..16")
         return chunk, warps
-    chunk = max(min(triton.next_power_of_2(max(cols, 1)), 512), 16)
-    return chunk, max(1, min(4, chunk // 128))
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        # the interpreter pays per element of a block: the smallest chunk that holds a short row
+        chunk = max(min(triton.next_power_of_2(max(cols, 1)), 512), 16)
+        return chunk, max(1, min(4, chunk // 128))
+    return 512, 4  # compiled: one CHUNK for every width (fewer kernel variants to JIT-compile)
 
 
 def _poison_on() -> bool:

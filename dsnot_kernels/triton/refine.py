@@ -3,7 +3,7 @@
 Per row, in one program:
   1. a lane pass: ``err`` (float32) and, for ``objective == 1``, ``e`` (float64) as the contract's
      256 lane partials plus pairwise tree, over the initially pruned columns; the initial mask is
-     copied into the output on the way when it comes from the caller;
+     copied into the output on the way (from the caller's mask, or onto itself);
   2. candidate selection without sorting: the four candidate lists of the contract ("Orders":
      ``hi``, ``lo``, and unstructured ``plo``, ``phi``) are kept as a tournament over the row's
      CHUNK-column chunks: for each list, the best not-yet-taken member of every chunk. One sweep
@@ -32,16 +32,15 @@ from dsnot_kernels.triton._common import (KEY_MAX, KEY_MIN, composite_key, dm_at
 
 
 @triton.jit
-def _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, go_hi, DIV: tl.constexpr):
+def _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, go_hi, div):
     """Flipped keys of the ``hi`` (``go_hi``) or ``lo`` list at ``offs``; KEY_MIN off the list.
 
     Members: initially pruned with growth key ``dm / var**p`` > 0 (hi) or < 0 (lo); NaN never."""
     init_pruned = (tl.load(out_row + offs, mask=m, other=0) & 1) == 1
     dm = dm_at(w_row, smr_ptr, offs, m)
-    if DIV:
+    key = dm
+    if div:  # p != 0 (runtime flag)
         key = tl.math.div_rn(dm, tl.load(varp_ptr + offs, mask=m, other=1.0))
-    else:
-        key = dm
     member = m & init_pruned & tl.where(go_hi, key > 0, key < 0)
     flip = tl.where(go_hi, 1, -1).to(tl.int64)
     return tl.where(member, composite_key(key, offs) * flip, KEY_MIN)
@@ -64,15 +63,14 @@ def _chunk_best(values, limit):
     return tl.max(tl.where(values < limit, values, KEY_MIN), axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_cycles", "same_sign", "has_metric", "div"])
 def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, var_ptr,
-                   src_ptr, out_ptr, swaps_ptr, cols, max_cycles, thr,
+                   src_ptr, out_ptr, swaps_ptr, cols, max_cycles, thr, same_sign, has_metric, div,
                    NM: tl.constexpr, PRUNE_M: tl.constexpr, M_POW2: tl.constexpr,
-                   SAME_SIGN: tl.constexpr, OBJECTIVE: tl.constexpr, HAS_METRIC: tl.constexpr,
-                   DIV: tl.constexpr, COPY_SRC: tl.constexpr, CHUNK: tl.constexpr,
-                   N_CHUNKS: tl.constexpr):
+                   OBJECTIVE: tl.constexpr, CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr):
     """Row ``program_id(0)``: reads ``src`` (uint8 0/1 initial mask), writes ``out`` (uint8 0/1,
-    True = pruned) and ``swaps[row]`` (int32). ``varp`` = ``var**p`` (fp32, used when ``DIV``);
+    True = pruned) and ``swaps[row]`` (int32). ``varp`` = ``var**p`` (fp32, used when ``div``).
+    ``same_sign``, ``has_metric``, ``div`` are int flags (runtime: fewer compiled variants);
     ``N_CHUNKS`` >= cdiv(cols, CHUNK), a power of two."""
     row = tl.program_id(0).to(tl.int64)
     w_row = w_ptr + row * cols
@@ -90,8 +88,7 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
         offs = base + lanes
         m = offs < cols
         code = tl.load(src_row + offs, mask=m, other=0)
-        if COPY_SRC:
-            tl.store(out_row + offs, code, mask=m)
+        tl.store(out_row + offs, code, mask=m)  # a no-op when src is out
         pruned = code == 1
         acc += tl.where(pruned, dm_at(w_row, smr_ptr, offs, m), 0.0)
         if OBJECTIVE == 1:
@@ -114,9 +111,9 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
             m = offs < cols
             here = chunk_ids == c
             top_hi = tl.where(here, _chunk_best(
-                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, True, DIV), KEY_MAX), top_hi)
+                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, True, div), KEY_MAX), top_hi)
             top_lo = tl.where(here, _chunk_best(
-                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, False, DIV), KEY_MAX), top_lo)
+                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, False, div), KEY_MAX), top_lo)
             if not NM:
                 top_phi = tl.where(here, _chunk_best(
                     _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, True), KEY_MAX), top_phi)
@@ -139,7 +136,7 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
         c = r // CHUNK
         offs = c * CHUNK + idx
         nxt = _chunk_best(_growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, offs < cols,
-                                         go_hi, DIV), r_v)
+                                         go_hi, div), r_v)
         tops = tl.where((chunk_ids == c) & r_ok, nxt, tops)
         top_hi = tl.where(go_hi, tops, top_hi)
         top_lo = tl.where(go_hi, top_lo, tops)
@@ -148,7 +145,7 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
             g = (r - r % PRUNE_M) + tl.arange(0, M_POW2)
             gm = tl.arange(0, M_POW2) < PRUNE_M
             gcode = tl.load(out_row + g, mask=gm, other=1)
-            gmet = metric_at(w_row, sqrt_s_ptr, metric_row, g, gm, HAS_METRIC)
+            gmet = metric_at(w_row, sqrt_s_ptr, metric_row, g, gm, has_metric)
             cand = gm & (gcode == 0) & (gmet < float("inf"))
             q_key = tl.min(tl.where(cand, composite_key(gmet, g), KEY_MAX), axis=0)
             q_ok = q_key != KEY_MAX
@@ -171,8 +168,7 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
         after = (err + dq) - dr
         if OBJECTIVE == 0:
             ok = r_ok & q_ok
-            if SAME_SIGN:
-                ok = ok & (sign_of(after) == sign0)
+            ok = ok & ((same_sign == 0) | (sign_of(after) == sign0))
             alive = ok
         else:
             wq = load_w(w_row + q, q >= 0).to(tl.float64)
@@ -213,10 +209,10 @@ def refine(weight, sum_metric_row, varp, sqrt_scaler, metric, mean, var, src, ou
         weight_arg(weight), sum_metric_row, varp, sqrt_scaler,
         metric if metric is not None else sum_metric_row,
         mean if mean is not None else sum_metric_row, var, src, out, swaps, cols, max_cycles, thr,
+        int(bool(same_sign)), int(metric is not None), int(bool(div)),
         NM=nm, PRUNE_M=max(prune_m, 1), M_POW2=triton.next_power_of_2(max(prune_m, 1)),
-        SAME_SIGN=bool(same_sign), OBJECTIVE=int(objective), HAS_METRIC=metric is not None,
-        DIV=bool(div), COPY_SRC=src.data_ptr() != out.data_ptr(), CHUNK=chunk,
-        N_CHUNKS=n_chunks(cols, chunk), num_warps=num_warps, enable_fp_fusion=False)
+        OBJECTIVE=int(objective), CHUNK=chunk, N_CHUNKS=n_chunks(cols, chunk),
+        num_warps=num_warps, enable_fp_fusion=False)
 
 
 def n_chunks(cols: int, chunk: int) -> int:

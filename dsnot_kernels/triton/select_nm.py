@@ -10,10 +10,9 @@ import triton.language as tl
 from dsnot_kernels.triton._common import composite_key, metric_at, weight_arg
 
 
-@triton.jit
-def _select_nm_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols,
-                      PRUNE_N: tl.constexpr, PRUNE_M: tl.constexpr,
-                      HAS_METRIC: tl.constexpr, CHUNK: tl.constexpr):
+@triton.jit(do_not_specialize=["has_metric"])
+def _select_nm_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols, has_metric,
+                      PRUNE_N: tl.constexpr, PRUNE_M: tl.constexpr, CHUNK: tl.constexpr):
     """One program per row. Writes ``out[row, :]`` (uint8): 1 = pruned, 0 = kept."""
     row = tl.program_id(0).to(tl.int64)
     w_row = w_ptr + row * cols
@@ -23,11 +22,11 @@ def _select_nm_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols,
     for base in range(0, cols, CHUNK):
         offs = base + idx
         m = offs < cols
-        mine = composite_key(metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC), offs)
+        mine = composite_key(metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, has_metric), offs)
         start = offs - offs % PRUNE_M
         rank = tl.zeros([CHUNK], tl.int32)
         for t in tl.static_range(PRUNE_M):
-            other = composite_key(metric_at(w_row, sqrt_s_ptr, metric_row, start + t, m, HAS_METRIC),
+            other = composite_key(metric_at(w_row, sqrt_s_ptr, metric_row, start + t, m, has_metric),
                                   start + t)
             rank += (other < mine).to(tl.int32)
         tl.store(out_row + offs, (rank < PRUNE_N).to(tl.uint8), mask=m)
@@ -40,5 +39,5 @@ def select_nm(weight, sqrt_scaler, metric, out, prune_n, prune_m, chunk, num_war
     rows, cols = weight.shape
     _select_nm_kernel[(rows,)](
         weight_arg(weight), sqrt_scaler, metric if metric is not None else sqrt_scaler, out, cols,
-        PRUNE_N=prune_n, PRUNE_M=prune_m, HAS_METRIC=metric is not None, CHUNK=chunk,
+        int(metric is not None), PRUNE_N=prune_n, PRUNE_M=prune_m, CHUNK=chunk,
         num_warps=num_warps, enable_fp_fusion=False)

@@ -15,13 +15,13 @@ from dsnot_kernels.triton._common import metric_at, ordered_key, weight_arg
 
 
 @triton.jit
-def _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC: tl.constexpr):
-    return ordered_key(metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC))
+def _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, has_metric):
+    return ordered_key(metric_at(w_row, sqrt_s_ptr, metric_row, offs, m, has_metric))
 
 
-@triton.jit
-def _select_unstructured_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols, k,
-                                HAS_METRIC: tl.constexpr, CHUNK: tl.constexpr):
+@triton.jit(do_not_specialize=["k", "has_metric"])
+def _select_unstructured_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols, k, has_metric,
+                                CHUNK: tl.constexpr):
     """One program per row. Writes ``out[row, :]`` (uint8): 1 = pruned, 0 = kept."""
     row = tl.program_id(0).to(tl.int64)
     w_row = w_ptr + row * cols
@@ -35,7 +35,7 @@ def _select_unstructured_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols, k,
     for base in range(0, cols, CHUNK):
         offs = base + idx
         m = offs < cols
-        o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC)
+        o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, has_metric)
         vmin = tl.minimum(vmin, tl.where(m, o, 2147483647))
         vmax = tl.maximum(vmax, tl.where(m, o, -2147483648))
     lo = tl.min(vmin, axis=0).to(tl.int64)
@@ -53,7 +53,7 @@ def _select_unstructured_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols, k,
         for base in range(0, cols, CHUNK):
             offs = base + idx
             m = offs < cols
-            o = tl.where(m, _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC).to(tl.int64),
+            o = tl.where(m, _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, has_metric).to(tl.int64),
                          hi + 1)  # padding counts nowhere
             c1 += (o <= m1).to(tl.int32)
             c2 += (o <= m2).to(tl.int32)
@@ -70,7 +70,7 @@ def _select_unstructured_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols, k,
     for base in range(0, cols, CHUNK):
         offs = base + idx
         m = offs < cols
-        o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC)
+        o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, has_metric)
         below += (m & (o < thr_key)).to(tl.int32)
     ties_left = k - tl.sum(below, axis=0)  # ties at T are pruned in column order
 
@@ -78,7 +78,7 @@ def _select_unstructured_kernel(w_ptr, sqrt_s_ptr, metric_ptr, out_ptr, cols, k,
     for base in range(0, cols, CHUNK):
         offs = base + idx
         m = offs < cols
-        o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, HAS_METRIC)
+        o = _row_keys(w_row, sqrt_s_ptr, metric_row, offs, m, has_metric)
         tie = (m & (o == thr_key)).to(tl.int32)
         rank = tl.cumsum(tie, axis=0) + seen  # 1-based rank among the row's ties so far
         pruned = (o < thr_key) | ((tie == 1) & (rank <= ties_left))
@@ -93,4 +93,4 @@ def select_unstructured(weight, sqrt_scaler, metric, out, k, chunk, num_warps):
     _select_unstructured_kernel[(rows,)](
         weight_arg(weight), sqrt_scaler, metric if metric is not None else sqrt_scaler, out, cols,
         k,
-        HAS_METRIC=metric is not None, CHUNK=chunk, num_warps=num_warps, enable_fp_fusion=False)
+        int(metric is not None), CHUNK=chunk, num_warps=num_warps, enable_fp_fusion=False)
