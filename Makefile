@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dsnot-installed
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') setup.py pyproject.toml requirements-dev.txt
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all bench install clean cuda-build-check
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Build the whole extension (CPU + CUDA) against torch 2.14.1+cu130 in a separate venv, no GPU needed.
+cuda-build-check:
+	bash benchmarks/gpu/cuda_build_check.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels.py

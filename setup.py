@@ -33,7 +33,9 @@ def _extensions():
               "(install torch first and use --no-build-isolation)", file=sys.stderr)
         return [], {}
 
-    cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fopenmp"]
+    torch_version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    std = "-std=c++20" if torch_version >= (2, 14) else "-std=c++17"  # ATen >= 2.14 requires C++20
+    cxx_flags = ["-O3", std, "-ffp-contract=off", "-fopenmp"]
     sources = [os.path.relpath(p, HERE) for p in
                sorted(glob.glob(os.path.join(HERE, "csrc", "*.cpp")))
                + sorted(glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))]
@@ -49,7 +51,7 @@ def _extensions():
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         extra["cxx"] = cxx_flags + ["-DDSNOT_WITH_CUDA"]
-        extra["nvcc"] = ["-O3", "--fmad=false", "-std=c++17", "-DDSNOT_WITH_CUDA", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "--fmad=false", std, "-DDSNOT_WITH_CUDA", "-lineinfo"]
         kwargs["sources"] = sources + cuda_sources
         ext = cpp_extension.CUDAExtension(**kwargs)
         print(f"dsnot_kernels: building CPU + CUDA kernels (CUDA_HOME={nvcc_home})", file=sys.stderr)

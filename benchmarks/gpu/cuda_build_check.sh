@@ -7,8 +7,7 @@
 # The CUDA torch goes into a separate venv OUTSIDE the repo (5.4 GB), and the build runs on a copy
 # of the tree in a temporary folder, so the repo's own CPU build is never touched. Needs nvcc
 # (CUDA_HOME, default /usr/local/cuda) and torch==$TORCH_CU (default 2.14.1, a CUDA 13.0 build)
-# from the package index. torch >= 2.14 needs C++20: until setup.py chooses the standard itself,
-# the copy's setup.py is switched to -std=c++20 here.
+# from the package index (setup.py picks C++20 for torch >= 2.14).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VENV=${VENV_CU:-/work/venv-cu}
@@ -29,9 +28,6 @@ export CPATH=$SITE/nvidia/cu13/include${CPATH:+:$CPATH}
 COPY=$(mktemp -d /tmp/dsnot_cuda_build.XXXXXX)
 (cd "$ROOT" && git ls-files -co --exclude-standard | grep -v '^\.venv/' | tar -cf - -T -) | tar -xf - -C "$COPY"
 cd "$COPY"
-if "$VENV/bin/python" -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 14))"; then
-  sed -i 's/-std=c++17/-std=c++20/g' setup.py
-fi
 "$VENV/bin/python" setup.py build_ext --inplace > build.log 2>&1 || { tail -n 40 build.log; exit 1; }
 t2=$(date +%s)
 "$VENV/bin/python" - <<'EOF'
