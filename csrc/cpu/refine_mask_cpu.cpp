@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -56,12 +58,29 @@ DSNOT_CPU_CLONES void rows_bf16(const Problem& P, int64_t b, int64_t e, RowScrat
   for (int64_t i = b; i < e; ++i) refine_row<at::BFloat16>(P, i, S);
 }
 
+// Rows are claimed in small blocks from a shared counter, not split in fixed halves: on a busy
+// machine a thread that is descheduled leaves its rows to the others instead of making the whole
+// call wait for it. Scratch is set up once per thread and call.
 template <typename Fn>
 void run_rows(const Problem& P, Fn rows) {
-  // Grain: enough rows per task that a thread's scratch is set up once per call, not per row.
-  at::parallel_for(0, P.rows, 16, [&](int64_t begin, int64_t end) {
+  // Waking a sleeping pool thread can take a scheduler time slice on a loaded machine: below
+  // ~1M weights per thread the call runs on the calling thread alone.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(threads, P.rows * P.cols / (int64_t{1} << 20)));
+  if (tasks == 1 || at::in_parallel_region()) {
     RowScratch scratch(P);
-    rows(P, begin, end, scratch);
+    rows(P, 0, P.rows, scratch);
+    return;
+  }
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(16, P.rows / (8 * tasks)));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    RowScratch scratch(P);
+    for (;;) {
+      const int64_t b = next.fetch_add(block, std::memory_order_relaxed);
+      if (b >= P.rows) break;
+      rows(P, b, std::min(P.rows, b + block), scratch);
+    }
   });
 }
 
@@ -121,17 +140,25 @@ std::tuple<at::Tensor, at::Tensor> refine_mask_cpu(
   at::Tensor mask = at::empty({rows, cols}, weight.options().dtype(at::kBool));
   at::Tensor swaps = at::empty({rows}, weight.options().dtype(at::kInt));
   if (poison_requested()) {  // debug: prove below that every element gets written
-    mask.view(at::kByte).fill_(0x5A);
-    swaps.fill_(-777);
+    std::memset(mask.data_ptr(), 0x5A, static_cast<size_t>(mask.numel()));
+    int32_t* sw = swaps.data_ptr<int32_t>();
+    for (int64_t i = 0; i < rows; ++i) sw[i] = -777;
   }
   if (rows == 0) return {mask, swaps};
   if (cols == 0) {
-    swaps.zero_();
+    std::memset(swaps.data_ptr(), 0, sizeof(int32_t) * static_cast<size_t>(rows));
     return {mask, swaps};
   }
 
   // Per-column constants, once per call (contract: sqrtf, var ** p in double then one rounding).
-  at::Tensor sqrt_scaler = at::sqrt(scaler_row);
+  // Plain loops, not ATen ops: an ATen op may open an OpenMP region (waking pool threads, which
+  // then spin) even on a few thousand elements.
+  at::Tensor sqrt_scaler = at::empty({cols}, scaler_row.options());
+  {
+    const float* sc = scaler_row.data_ptr<float>();
+    float* sq = sqrt_scaler.data_ptr<float>();
+    for (int64_t j = 0; j < cols; ++j) sq[j] = std::sqrt(sc[j]);  // correctly rounded (IEEE)
+  }
   // Growth-key divisor (contract "growth key"): var (p == 1), float(pow(double var, p)), or 1 for
   // p == 0 (x / 1.0f == x exactly, so the kernel divides unconditionally).
   at::Tensor divisor = var;
