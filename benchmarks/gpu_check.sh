@@ -189,7 +189,7 @@ fi
 if [ "$DRY" = 1 ]; then
   record tests_triton skipped 0 "dry run (the interpreter suite runs in CI)"
 else
-  stage tests_triton 90 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE -m "not slow" tests/test_triton.py
+  stage tests_triton 120 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE -m "not slow" tests/test_triton.py
 fi
 
 # ---- 2:4 sparse vs dense linear ------------------------------------------------------------------
