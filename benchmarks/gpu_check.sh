@@ -200,6 +200,9 @@ bench_sparse() {
 }
 export -f bench_sparse
 stage sparse24 60 "$LOG" bench_sparse
+if [ "$DRY" = 0 ]; then  # dk.to_sparse_24 on a real layer: outputs equal to the masked dense layer
+  stage tests_sparse24 60 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE -m gpu tests/test_sparse24.py
+fi
 
 if [ -n "$SANITIZER" ] && [ "$DRY" = 0 ] && [ "$QUICK" = 0 ]; then
   stage memcheck_triton 60 "$SAN" sanitize memcheck triton --small
