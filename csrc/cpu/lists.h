@@ -4,7 +4,7 @@
 //
 // Each column gets a list id and a 32-bit key `u` ascending in its list's order (classify). A list
 // is held as a *prefix*: every member with u <= limit, for a limit estimated from a strided sample
-// so that the prefix holds about 1.5 max_cycle_time + 16 members (a row takes at most max_cycle_time). The row's
+// so that the prefix holds about max_cycle_time + 16 members (a row takes at most max_cycle_time). The row's
 // main pass marks the members below the limits (vectorised), a sparse scan copies them, and a list
 // whose prefix runs out while members remain is extended with all of them (rare, linear). Reading
 // is lazy: a few selection scans, then one sort of what is left.
@@ -114,13 +114,13 @@ struct RowLists {
 
   // Limits carried from the previous row of this thread (rows of a layer are alike), adapted after
   // each row by adapt(); a list without one gets it from a strided sample (stride s; the r-th
-  // smallest sampled key ~ (1.5 keep + 16) / s members).
+  // smallest sampled key ~ (keep + 16) / s members).
   uint32_t carry[4] = {0, 0, 0, 0};
   bool has_carry[4] = {false, false, false, false};
 
   void estimate(int64_t keep, uint64_t* storage, int64_t cap, TinyTop* tops, int nlists) {
     const int64_t s = std::max<int64_t>(1, std::min<int64_t>(16, cols / 256));
-    const int64_t r = (3 * keep / 2 + 16 + s - 1) / s + 1;
+    const int64_t r = (keep + 16 + s - 1) / s + 1;
     bool sample = false;
     for (int c = 0; c < nlists; ++c) sample |= !has_carry[c];
     sample &= r <= TinyTop::kMaxR;
@@ -138,9 +138,9 @@ struct RowLists {
 
   // After the lists are filled (before any take): the limits for the next row. A prefix with fewer
   // than keep + 8 members asks for a fresh sample; one far too long is cut (for the next row) at
-  // 1.5 keep + 16 by nth_element on its keys, which only reorders this row's unread prefix.
+  // keep + 16 by nth_element on its keys, which only reorders this row's unread prefix.
   void adapt(int64_t keep, int nlists) {
-    const int64_t target = 3 * keep / 2 + 16;
+    const int64_t target = keep + 16;
     for (int c = 0; c < nlists; ++c) {
       CandList& L = list[c];
       // Too few for comfort (rows differ): sample afresh for the next row.
