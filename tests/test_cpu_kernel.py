@@ -165,6 +165,18 @@ def test_long_rows_wide_histograms():
     check(W, smr, var, scaler, prune_n=2, prune_m=4, max_cycle_time=300)
 
 
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.6}, {"prune_n": 2, "prune_m": 4}])
+def test_rows_of_very_different_scales(pattern):
+    """The kernel carries each list's cut-off from row to row (lists.h); rows whose scales jump by
+    orders of magnitude make the carried cut-off far too tight or too loose, which must only cost
+    time (resampling, extending a list), never change a mask."""
+    W, smr, var, scaler, mean = make_inputs(40, 2048, seed=9)
+    scale = torch.tensor([10.0 ** ((i * 7) % 5 - 2) for i in range(40)]).unsqueeze(1)
+    W = W * scale
+    for kw in ({}, {"max_cycle_time": 200}, {"max_cycle_time": 5}, {"objective": "mse", "mean": mean}):
+        check(W, smr, var, scaler, update_threshold=0.0, **pattern, **kw)
+
+
 def test_realistic_statistics_swap():
     W, smr, var, scaler, _ = make_inputs(64, 1024, seed=1)
     for kw in ({"sparsity": 0.6}, {"prune_n": 2, "prune_m": 4}):

@@ -194,21 +194,22 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
     }
   }
   L.list[kHi].total = n_hi; L.list[kLo].total = n_lo; L.list[kPlo].total = n_plo; L.list[kPhi].total = n_phi;
-  // Sparse scan of the flags, 32 at a time (most blocks hold none).
-  const int64_t cols32 = cols & ~int64_t{31};
-  for (int64_t j0 = 0; j0 < cols; j0 += 32) {
-    uint64_t wv[4] = {0, 0, 0, 0};
-    if (j0 < cols32) std::memcpy(wv, flag + j0, 32);
+  // Sparse scan of the flags: 64 at a time, folded into a bit mask of the non-zero flags (a byte
+  // holds 0..4, so bit 7 of byte + 0x7F marks a non-zero byte), then one bit loop per block.
+  const int64_t cols64 = cols & ~int64_t{63};
+  for (int64_t j0 = 0; j0 < cols; j0 += 64) {
+    uint64_t wv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (j0 < cols64) std::memcpy(wv, flag + j0, 64);
     else std::memcpy(wv, flag + j0, static_cast<size_t>(cols - j0));
-    if ((wv[0] | wv[1] | wv[2] | wv[3]) == 0) continue;
-    for (int t = 0; t < 4; ++t) {
-      uint64_t x = wv[t];
-      while (x != 0) {
-        const int b = __builtin_ctzll(x) >> 3;
-        const int64_t j = j0 + 8 * t + b;
-        L.add(j, flag[j] - 1u, ukey[j]);
-        x &= ~(0xFFull << (8 * b));
-      }
+    uint64_t bits = 0;
+    for (int t = 0; t < 8; ++t) {
+      const uint64_t hi = (wv[t] + 0x7F7F7F7F7F7F7F7Full) & 0x8080808080808080ull;
+      bits |= ((hi >> 7) * 0x0102040810204080ull >> 56) << (8 * t);  // byte b -> bit b
+    }
+    while (bits != 0) {
+      const int64_t j = j0 + __builtin_ctzll(bits);
+      L.add(j, flag[j] - 1u, ukey[j]);
+      bits &= bits - 1;
     }
   }
   L.adapt(S.keep, nlists);
