@@ -139,6 +139,20 @@ def _as_real(name, v) -> float:
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}") from exc
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """True if every element is finite: one ``aminmax`` pass, which propagates NaN and exposes
+    +-inf (``torch.isfinite(t).all()`` takes several passes and temporaries over a large weight)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def _has_nan(t: torch.Tensor) -> bool:
+    """True if any element is NaN (infinities allowed); ``aminmax`` propagates NaN."""
+    return t.numel() > 0 and bool(torch.isnan(torch.aminmax(t)[0]))
+
+
 def _as_stat(name, t, cols, device) -> torch.Tensor:
     _check_tensor(name, t)
     if t.dim() != 1 or t.shape[0] != cols:
@@ -148,7 +162,7 @@ def _as_stat(name, t, cols, device) -> torch.Tensor:
     if not t.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
     t = t.to(torch.float32).contiguous()
-    if not bool(torch.isfinite(t).all()):
+    if not _all_finite(t):
         raise ValueError(f"{name} has non-finite values (NaN or inf)")
     return t
 
@@ -174,7 +188,7 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
         raise ValueError(f"weight has {cols} columns; at most 2**31 - 1 are supported")
     device = weight.device
     weight = weight.contiguous()
-    if not bool(torch.isfinite(weight).all()):
+    if not _all_finite(weight):
         raise ValueError("weight has non-finite values (NaN or inf)")
     sum_metric_row = _as_stat("sum_metric_row", sum_metric_row, cols, device)
     var = _as_stat("var", var, cols, device)
@@ -220,7 +234,7 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
         if not initial_metric.is_floating_point():
             raise ValueError(f"initial_metric must be floating point, got {initial_metric.dtype}")
         initial_metric = initial_metric.to(torch.float32).contiguous()
-        if bool(torch.isnan(initial_metric).any()):
+        if _has_nan(initial_metric):
             raise ValueError("initial_metric has NaN values")
     if initial_mask is not None:
         _check_tensor("initial_mask", initial_mask)
