@@ -52,17 +52,21 @@ def run_point(rows, cols, pattern, max_cycle_time, repeats, seed=0):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--rows", type=int, default=512, help="rows of the cols sweep")
+    ap.add_argument("--rows", type=int, default=256, help="rows of the cols sweep")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: per-thread cost, free of the scheduling noise of a "
+                         "shared machine and of the kernel's own 1-vs-2-thread switch on small calls)")
     ap.add_argument("--cols", type=int, default=4096, help="cols of the rows and cycles sweeps")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if ops.BACKENDS["cpu"].can_serve(torch.device("cpu")) is not None:
         sys.exit("cpu backend unavailable")
     sweeps = []
     for pattern in PATTERNS:
         for c in (1024, 2048, 4096, 8192, 16384, 32768, 65536):
             sweeps.append(("cols", c, args.rows, c, pattern, 50))
-        for r in (64, 256, 1024, 4096):
+        for r in (16, 64, 256, 1024, 4096):
             sweeps.append(("rows", r, r, args.cols, pattern, 50))
         for mc in (0, 1, 10, 50, 200, 1000):
             sweeps.append(("max_cycle_time", mc, args.rows, args.cols, pattern, mc))
@@ -86,7 +90,8 @@ def main(argv=None):
     plot(records, png)
     cmd = "python benchmarks/scaling.py" + ("" if not (sys.argv[1:] if argv is None else argv)
                                            else " " + shlex.join(sys.argv[1:] if argv is None else argv))
-    body = header(cmd) + (f"\nMedian ns per weight of the cpu backend (op on validated arguments), "
+    body = header(cmd) + (f"\nMedian ns per weight of the cpu backend (op on validated arguments, "
+                          f"{args.threads} thread(s)), "
                           f"synthetic LLM-like statistics. Plot: `benchmarks/results/scaling_cpu.png`, "
                           f"CSV: `benchmarks/results/scaling_cpu.csv`.\n\n")
     for sweep in ("cols", "rows", "max_cycle_time"):

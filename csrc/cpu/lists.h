@@ -88,8 +88,8 @@ struct CandList {
         buf[best] = buf[cursor];
         buf[cursor] = bv;
         sorted_end = cursor + 1;
-      } else {  // a row takes at most keep (= max_cycle_time) keys of a list
-        const int64_t lim = std::min(size, std::max(cursor + 1, keep));
+      } else {  // then sorted chunks that double (a row takes at most keep keys of a list)
+        const int64_t lim = std::min(size, cursor + std::max<int64_t>(kScanTakes, cursor));
         if (lim < size) std::nth_element(buf + cursor, buf + (lim - 1), buf + size);
         std::sort(buf + cursor, buf + lim);
         sorted_end = lim;

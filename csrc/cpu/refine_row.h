@@ -109,15 +109,20 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
 
   // Pass 1 (spec §2, contract "Per-element quantities"): branch-free so that it vectorises.
   uint32_t* word = need_word ? S.word.data() : mord;
-  for (int64_t j = 0; j < cols; ++j) {
-    const float wj = static_cast<float>(wrow[j]);
-    w[j] = wj;
-    dm[j] = wj * P.dmul[j];
-  }
-  if (mrow == nullptr) {
-    for (int64_t j = 0; j < cols; ++j) mord[j] = ord_bits(std::fabs(w[j]) * P.sqrt_scaler[j]);
+  if (mrow == nullptr) {  // one fused loop: w, dm and ord(wanda) (= the metric)
+    for (int64_t j = 0; j < cols; ++j) {
+      const float wj = static_cast<float>(wrow[j]);
+      w[j] = wj;
+      dm[j] = wj * P.dmul[j];
+      mord[j] = ord_bits(std::fabs(wj) * P.sqrt_scaler[j]);
+    }
   } else {
-    for (int64_t j = 0; j < cols; ++j) mord[j] = ord_bits(mrow[j]);
+    for (int64_t j = 0; j < cols; ++j) {
+      const float wj = static_cast<float>(wrow[j]);
+      w[j] = wj;
+      dm[j] = wj * P.dmul[j];
+      mord[j] = ord_bits(mrow[j]);
+    }
     if (need_word)
       for (int64_t j = 0; j < cols; ++j) word[j] = ord_bits(std::fabs(w[j]) * P.sqrt_scaler[j]);
   }
