@@ -3,11 +3,12 @@
 // ascending), prune plo / phi (kept, dm < 0 / dm > 0, ascending (wanda, col)).
 //
 // Each column gets a list id and a 32-bit key `u` ascending in its list's order (classify). A list
-// is held as a *prefix*: every member with u <= limit, for a limit estimated from a strided sample
-// so that the prefix holds about max_cycle_time + 16 members (a row takes at most max_cycle_time). The row's
-// main pass marks the members below the limits (vectorised), a sparse scan copies them, and a list
-// whose prefix runs out while members remain is extended with all of them (rare, linear). Reading
-// is lazy: a few selection scans, then one sort of what is left.
+// is held as a *prefix*: every member with u <= limit. The limit is carried from the previous row
+// of the thread (adapted after each row) or estimated from a strided sample, so that the prefix
+// holds about max_cycle_time + 16 members (a row takes at most max_cycle_time). The row's main
+// pass flags the members below the limits (vectorised), a sparse scan copies them, and a list whose
+// prefix runs out while members remain is extended with all of them (rare, linear). Reading is
+// lazy: a few min scans, then sorted chunks that double.
 #pragma once
 #include <algorithm>
 #include <cstdint>

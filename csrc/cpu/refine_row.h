@@ -1,13 +1,14 @@
 // One row of DSnoT on the CPU (spec §2-§3, docs/KERNEL_CONTRACT.md). Rows are independent; the
 // caller runs them in parallel with one RowScratch per thread (no allocation per row).
 //
-// Passes over the row (all linear, no full sort):
-//   1. widen w, dm = w * sum_metric_row, ord(metric) (+ its radix histogram), ord(wanda);
-//   2. the initial mask: radix select of the k-th composite key (unstructured), per-group ranks
-//      (N:M) or the caller's mask;
-//   3. write the mask, the 256-lane error sum, and filter the four candidate orders (growth hi/lo,
-//      prune plo/phi) keeping only the max_cycle_time smallest keys of each;
-//   4. the swap loop of the contract (objective 0 "dsnot" or 1 "mse").
+// Passes over the row (all linear, no full sort; each loop is branch-free and vectorises unless
+// noted):
+//   1. widen w, dm = w * sum_metric_row, ord(metric), ord(wanda) (contract "Per-element");
+//   2. the initial mask (spec §2): radix select of the k-th composite key (select.h, unstructured),
+//      per-group ranks (N:M) or the caller's mask;
+//   3. the 256-lane error sum, each column's candidate list and key, flags of the keys below each
+//      list's cut-off, then a sparse scan that copies the flagged keys (lists.h);
+//   4. the swap loop of the contract (objective 0 "dsnot" or 1 "mse"), reading the lists lazily.
 #pragma once
 #include <cmath>
 #include <cstdint>
