@@ -41,8 +41,9 @@ bool poison_requested() {
 // One body per weight dtype, compiled for AVX2 and for the baseline ISA; the loader picks one at
 // run time (GCC/Clang function multiversioning). Vector width changes no result: lanes of the
 // contract's sum are independent, division and sqrt are correctly rounded, and -ffp-contract=off
-// keeps FMA out of the AVX2 clone too.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+// keeps FMA out of the AVX2 clone too. Build with -DDSNOT_CPU_NO_CLONES (e.g. CFLAGS=...) to get
+// the baseline ISA only (how the tests check that both clones agree).
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(DSNOT_CPU_NO_CLONES)
 #define DSNOT_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define DSNOT_CPU_CLONES
