@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record each sub-layer's output error before/after refinement")
     p.add_argument("--plot", default=None, metavar="FILE", help="PNG of the per-layer output error "
                    "(implies --record-error)")
+    p.add_argument("--sparse24", action="store_true",
+                   help="after 2:4 pruning, convert the linear layers to PyTorch semi-structured sparse weights "
+                        "(CUDA sm80+, fp16) and evaluate again with the sparse kernels; refused with the reason "
+                        "where it cannot run")
+    p.add_argument("--sparse24-min-size", type=int, default=128,
+                   help="layers with fewer rows or columns stay dense (default 128)")
     p.add_argument("--save", default=None, metavar="DIR", help="write the pruned model (safetensors), atomically")
     p.add_argument("--json", default=None, metavar="REPORT.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -103,6 +109,13 @@ def run(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.sparse24:  # refuse before minutes of pruning, with the reason
+        from dsnot_kernels.sparse24 import sparse24_backend
+        if args.pattern != "2:4":
+            raise SystemExit(f"dsnot-prune: --sparse24 needs --pattern 2:4 (got {args.pattern})")
+        why = sparse24_backend("cuda" if torch.cuda.is_available() else "cpu")[1]
+        if why is not None:
+            raise SystemExit(f"dsnot-prune: --sparse24 refused: {why}")
     record_error = args.record_error or bool(args.plot)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
@@ -148,6 +161,14 @@ def run(args) -> dict:
                                "mask_time_s": report["mask_time_s"], "eval_time_s": dt,
                                "sparsity": report["sparsity"], "swaps": report["swaps"]})
         result["reports"].append(report)
+    if args.sparse24:
+        model.to("cuda", torch.float16)
+        result["sparse24"] = dk.to_sparse_24(model, dtype=torch.float16, min_size=args.sparse24_min_size)
+        value, dt = ppl()
+        say(f"2:4 semi-structured (fp16): perplexity {value:.3f}")
+        result["rows"].append({"method": result["rows"][-1]["method"] + " [2:4 sparse fp16]", "ppl": value,
+                               "prune_time_s": 0.0, "mask_time_s": 0.0, "eval_time_s": dt,
+                               "sparsity": result["rows"][-1]["sparsity"], "swaps": result["rows"][-1]["swaps"]})
     print(format_table(result))
     if args.plot:
         plot_errors(result["reports"][-1], args.plot)

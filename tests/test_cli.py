@@ -143,3 +143,13 @@ def test_embedded_model_loads_and_evaluates():
     ids = tokenize(tok, ev)
     assert ids.numel() > 50_000 and len(cal.split()) > 25_000
     assert 2 < dk.perplexity(model, ids, 256, max_windows=2) < 100
+
+
+def test_sparse24_is_refused_before_pruning(tiny_dir):
+    from dsnot_kernels.cli import main
+
+    with pytest.raises(SystemExit, match="needs --pattern 2:4"):
+        main(["--model", str(tiny_dir), "--sparse24", "--quiet"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="refused: .*CUDA"):
+            main(["--model", str(tiny_dir), "--pattern", "2:4", "--sparse24", "--quiet"])
