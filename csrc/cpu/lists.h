@@ -159,19 +159,52 @@ struct RowLists {
     L.buf[L.size++] = pack(u, col_bits(id, static_cast<uint32_t>(j)));
   }
 
-  // Take the next key of list c; extends an exhausted prefix with the rest of its list.
+  // Take the next key of list c; extends an exhausted prefix while members remain (extend).
   __attribute__((always_inline)) bool next(int c, uint64_t* key) {
     CandList& L = list[c];
-    if (L.next(key)) return true;
-    if (L.size >= L.total || L.limit == 0xFFFFFFFFu) return false;
-    const uint32_t old = L.limit;
-    L.limit = 0xFFFFFFFFu;
-    for (int64_t j = 0; j < cols; ++j) {  // every member above the old limit, in column order
-      const Cls k = at(j);
-      if (k.id == static_cast<uint32_t>(c) && k.u > old)
-        L.buf[L.size++] = pack(k.u, col_bits(k.id, static_cast<uint32_t>(j)));
+    while (!L.next(key)) {
+      if (L.size >= L.total || L.limit == 0xFFFFFFFFu) return false;
+      extend(c);
     }
-    return L.next(key);
+    return true;
+  }
+
+  // Scratch of extend: a tile of flags and keys (set by the row, kExtTile entries each).
+  static constexpr int64_t kExtTile = 4096;
+  uint8_t* xflag = nullptr;
+  uint32_t* xkey = nullptr;
+
+  // Raise list c's limit past its exhausted prefix and append the members in between, in column
+  // order. The new limit is the r-th smallest key above the old one in a strided sample (about as
+  // many new members as the prefix had, at least keep + 16), or everything when the sample holds
+  // fewer. One vectorised pass per tile flags the new members; a sparse scan appends them.
+  __attribute__((noinline)) void extend(int c) {
+    CandList& L = list[c];
+    const uint32_t old = L.limit;
+    const int64_t s = std::max<int64_t>(1, std::min<int64_t>(16, cols / 256));
+    const int64_t grow = std::max<int64_t>(L.keep + 16, L.size);
+    const int64_t r = (grow + s - 1) / s + 1;
+    uint32_t lim = 0xFFFFFFFFu;
+    if (r <= TinyTop::kMaxR) {
+      TinyTop top;
+      top.reset(static_cast<int>(r));
+      for (int64_t j = 0; j < cols; j += s) {
+        const Cls k = at(j);
+        if (k.id == static_cast<uint32_t>(c) && k.u > old) top.push(k.u);
+      }
+      lim = top.limit();
+    }
+    for (int64_t t0 = 0; t0 < cols; t0 += kExtTile) {
+      const int64_t tn = std::min<int64_t>(kExtTile, cols - t0);
+      for (int64_t t = 0; t < tn; ++t) {  // branch-free: vectorises
+        const Cls k = at(t0 + t);
+        xkey[t] = k.u;
+        xflag[t] = (k.id == static_cast<uint32_t>(c)) & (k.u > old) & (k.u <= lim);
+      }
+      for (int64_t t = 0; t < tn; ++t)
+        if (xflag[t]) L.buf[L.size++] = pack(xkey[t], col_bits(static_cast<uint32_t>(c), static_cast<uint32_t>(t0 + t)));
+    }
+    L.limit = lim;
   }
 };
 
