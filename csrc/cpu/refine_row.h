@@ -236,7 +236,6 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
     }
   }
   L.list[kHi].total = n_hi; L.list[kLo].total = n_lo; L.list[kPlo].total = n_plo; L.list[kPhi].total = n_phi;
-  L.adapt(S.keep, nlists);
   const bool mse = P.objective == 1;
   alignas(64) double epart[kSumLanes];
   if (mse) {
@@ -296,6 +295,7 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
     err = after;
     ++swaps;
   }
+  L.adapt(S.keep, nlists);
   P.swaps_out[i] = swaps;
 }
 
