@@ -157,7 +157,7 @@ struct RowLists {
     for (int c = 0; c < nlists; ++c) {
       CandList& L = list[c];
       const int64_t used = L.cursor;
-      recent[c] = recent[c] < 0 ? used : std::max(used, recent[c] - (recent[c] + 7) / 8);
+      recent[c] = recent[c] < 0 ? used : std::max(used, recent[c] - (recent[c] + 31) / 32);
       const int64_t target = want(c, keep);
       has_carry[c] = L.size >= std::min(target / 4, L.total) || L.limit == 0xFFFFFFFFu;
       carry[c] = L.limit;
@@ -192,7 +192,7 @@ struct RowLists {
   // Raise list c's limit past its exhausted prefix and append the members in between, in column
   // order. The new limit is the r-th smallest key above the old one in a strided sample (about as
   // many new members as the prefix had, at least keep + 16), or everything when the sample holds
-  // fewer. One vectorised pass per tile flags the new members; a sparse scan appends them.
+  // fewer or the row is short (at most kExtTile columns). One vectorised pass per tile flags the new members; a sparse scan appends them.
   __attribute__((noinline)) void extend(int c) {
     CandList& L = list[c];
     const uint32_t old = L.limit;
@@ -200,7 +200,7 @@ struct RowLists {
     const int64_t grow = std::max<int64_t>(L.keep + 16, L.size);
     const int64_t r = (grow + s - 1) / s + 1;
     uint32_t lim = 0xFFFFFFFFu;
-    if (r <= TinyTop::kMaxR) {
+    if (r <= TinyTop::kMaxR && cols > kExtTile) {  // short rows: a sample costs more than the copies
       TinyTop top;
       top.reset(static_cast<int>(r));
       for (int64_t j = 0; j < cols; j += s) {

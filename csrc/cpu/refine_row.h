@@ -90,10 +90,19 @@ inline double keep_if(double x, uint8_t flag) {
 }
 
 // Lane partial sums of the contract's fixed summation order, then the pairwise tree.
+// Each level splits even and odd lanes into two arrays first (so the sum of a level vectorises);
+// the additions are the same, in the same order.
+template <typename T, int N>
+__attribute__((always_inline)) inline void lane_level(T* part) {
+  T ev[N / 2], od[N / 2];
+  for (int l = 0; l < N / 2; ++l) { ev[l] = part[2 * l]; od[l] = part[2 * l + 1]; }
+  for (int l = 0; l < N / 2; ++l) part[l] = ev[l] + od[l];
+}
 template <typename T>
-inline T lane_tree(T* part) {
-  for (int n = kSumLanes; n > 1; n >>= 1)
-    for (int l = 0; l < n / 2; ++l) part[l] = part[2 * l] + part[2 * l + 1];
+__attribute__((always_inline)) inline T lane_tree(T* part) {
+  static_assert(kSumLanes == 256, "lane_tree is written for 256 lanes");
+  lane_level<T, 256>(part); lane_level<T, 128>(part); lane_level<T, 64>(part); lane_level<T, 32>(part);
+  lane_level<T, 16>(part); lane_level<T, 8>(part); lane_level<T, 4>(part); lane_level<T, 2>(part);
   return part[0];
 }
 
