@@ -48,7 +48,7 @@ LONG = PROFILE == "long"
 # examples per test, and the largest shapes drawn (rows, cols)
 EXAMPLES = {
     "fast": dict(reference=100, oracle=100, compiled=400, triton_interp=10, permute=60, emulated=40),
-    "long": dict(reference=2000, oracle=600, compiled=4000, triton_interp=120, permute=600, emulated=1500),
+    "long": dict(reference=4000, oracle=1500, compiled=15000, triton_interp=300, permute=2000, emulated=3000),
 }[PROFILE]
 MAX_SHAPE = {
     "reference": (8, 600) if not LONG else (24, 1200),
