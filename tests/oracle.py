@@ -25,6 +25,13 @@ def _lane_sum(values, zero):
     return parts[0]
 
 
+def _pow(x: float, p: float) -> float:
+    """C's pow for x >= 0: 0 ** negative is +inf (Python's math.pow raises there)."""
+    if x == 0.0 and p < 0:
+        return math.inf
+    return math.pow(x, p)
+
+
 def _sign(x) -> int:
     return int(x > 0) - int(x < 0)
 
@@ -61,7 +68,7 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
         if p == 0:
             key = list(dm)
         else:
-            key = [dm[j] / (F32(var[j]) if p == 1 else F32(math.pow(float(var[j]), p)))
+            key = [dm[j] / (F32(var[j]) if p == 1 else F32(_pow(float(var[j]), p)))
                    for j in range(cols)]
     err = _lane_sum([dm[j] if initial[j] else F32(0) for j in range(cols)], F32(0))
     thr = F32(update_threshold)
