@@ -5,10 +5,12 @@
 // Each column gets a list id and a 32-bit key `u` ascending in its list's order (classify). A list
 // is held as a *prefix*: every member with u <= limit. The limit is carried from the previous row
 // of the thread (adapted after each row) or estimated from a strided sample, so that the prefix
-// holds about max_cycle_time + 16 members (a row takes at most max_cycle_time). The row's main
-// pass flags the members below the limits (vectorised), a sparse scan copies them, and a list whose
-// prefix runs out while members remain is extended with all of them (rare, linear). Reading is
-// lazy: a few min scans, then sorted chunks that double.
+// holds about the wanted length: twice what recent rows took plus a margin that grows with cols
+// (a short prefix saves copies on short rows; on long rows an extension, a pass over the row,
+// costs more than many members). The row's main pass flags the members below the limits
+// (vectorised), a sparse scan copies them, and a list whose prefix runs out while members remain
+// is extended (a sampled new limit, one vectorised pass). Reading is lazy: a few min scans, then
+// sorted chunks that double.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -115,17 +117,28 @@ struct RowLists {
 
   // Limits carried from the previous row of this thread (rows of a layer are alike), adapted after
   // each row by adapt(); a list without one gets it from a strided sample (stride s; the r-th
-  // smallest sampled key ~ (keep + 16) / s members).
+  // smallest sampled key ~ want / s members). The wanted prefix length follows what recent rows of
+  // the thread actually took from the list (twice the decayed maximum, plus a margin), capped at
+  // keep + 16: rows usually stop after a few swaps, and every prefix member costs a copy and a
+  // look in the min scans. A row that takes more extends its prefix (extend); the limits change
+  // only the speed, never a result.
   uint32_t carry[4] = {0, 0, 0, 0};
   bool has_carry[4] = {false, false, false, false};
+  int64_t recent[4] = {-1, -1, -1, -1};   // decayed maximum taken per row; -1: no row yet
+
+  int64_t want(int c, int64_t keep) const {
+    if (recent[c] < 0) return keep + 16 + cols / 128;
+    return std::min(2 * keep + 16, 2 * recent[c] + 16) + cols / 128;
+  }
 
   void estimate(int64_t keep, uint64_t* storage, int64_t cap, TinyTop* tops, int nlists) {
     const int64_t s = std::max<int64_t>(1, std::min<int64_t>(16, cols / 256));
-    const int64_t r = (keep + 16 + s - 1) / s + 1;
     bool sample = false;
-    for (int c = 0; c < nlists; ++c) sample |= !has_carry[c];
-    sample &= r <= TinyTop::kMaxR;
-    for (int c = 0; c < 4; ++c) tops[c].reset(static_cast<int>(std::min<int64_t>(r, TinyTop::kMaxR)));
+    for (int c = 0; c < nlists; ++c) {
+      const int64_t r = (want(c, keep) + s - 1) / s + 1;
+      tops[c].reset(static_cast<int>(std::min<int64_t>(r, TinyTop::kMaxR)));
+      sample |= !has_carry[c] && r <= TinyTop::kMaxR;
+    }
     if (sample) {
       for (int64_t j = 0; j < cols; j += s) {
         const Cls k = at(j);
@@ -137,19 +150,21 @@ struct RowLists {
                     c >= nlists ? 0u : has_carry[c] ? carry[c] : sample ? tops[c].limit() : 0xFFFFFFFFu);
   }
 
-  // After the lists are filled (before any take): the limits for the next row. A prefix with fewer
-  // than keep + 8 members asks for a fresh sample; one far too long is cut (for the next row) at
-  // keep + 16 by nth_element on its keys, which only reorders this row's unread prefix.
+  // After the swap loop: the limits for the next row, from what this row took and held. A prefix
+  // far longer than wanted is cut at the wanted length (nth_element on its keys); one far shorter
+  // while members remain asks for a fresh sample; otherwise the (possibly extended) limit carries.
   void adapt(int64_t keep, int nlists) {
-    const int64_t target = keep + 16;
     for (int c = 0; c < nlists; ++c) {
       CandList& L = list[c];
-      // Too few for comfort (rows differ): sample afresh for the next row.
-      has_carry[c] = L.size >= std::min(keep + 8, L.total);
+      const int64_t used = L.cursor;
+      recent[c] = recent[c] < 0 ? used : std::max(used, recent[c] - (recent[c] + 31) / 32);
+      const int64_t target = want(c, keep);
+      has_carry[c] = L.size >= std::min(target / 4, L.total) || L.limit == 0xFFFFFFFFu;
       carry[c] = L.limit;
-      if (has_carry[c] && L.size > 4 * target) {
+      if (L.size > target + target / 2) {
         std::nth_element(L.buf, L.buf + (target - 1), L.buf + L.size);
         carry[c] = static_cast<uint32_t>(L.buf[target - 1] >> 32);
+        has_carry[c] = true;
       }
     }
   }
@@ -159,19 +174,52 @@ struct RowLists {
     L.buf[L.size++] = pack(u, col_bits(id, static_cast<uint32_t>(j)));
   }
 
-  // Take the next key of list c; extends an exhausted prefix with the rest of its list.
+  // Take the next key of list c; extends an exhausted prefix while members remain (extend).
   __attribute__((always_inline)) bool next(int c, uint64_t* key) {
     CandList& L = list[c];
-    if (L.next(key)) return true;
-    if (L.size >= L.total || L.limit == 0xFFFFFFFFu) return false;
-    const uint32_t old = L.limit;
-    L.limit = 0xFFFFFFFFu;
-    for (int64_t j = 0; j < cols; ++j) {  // every member above the old limit, in column order
-      const Cls k = at(j);
-      if (k.id == static_cast<uint32_t>(c) && k.u > old)
-        L.buf[L.size++] = pack(k.u, col_bits(k.id, static_cast<uint32_t>(j)));
+    while (!L.next(key)) {
+      if (L.size >= L.total || L.limit == 0xFFFFFFFFu) return false;
+      extend(c);
     }
-    return L.next(key);
+    return true;
+  }
+
+  // Scratch of extend: a tile of flags and keys (set by the row, kExtTile entries each).
+  static constexpr int64_t kExtTile = 4096;
+  uint8_t* xflag = nullptr;
+  uint32_t* xkey = nullptr;
+
+  // Raise list c's limit past its exhausted prefix and append the members in between, in column
+  // order. The new limit is the r-th smallest key above the old one in a strided sample (about as
+  // many new members as the prefix had, at least keep + 16), or everything when the sample holds
+  // fewer or the row is short (at most kExtTile columns). One vectorised pass per tile flags the new members; a sparse scan appends them.
+  __attribute__((noinline)) void extend(int c) {
+    CandList& L = list[c];
+    const uint32_t old = L.limit;
+    const int64_t s = std::max<int64_t>(1, std::min<int64_t>(16, cols / 256));
+    const int64_t grow = std::max<int64_t>(L.keep + 16, L.size);
+    const int64_t r = (grow + s - 1) / s + 1;
+    uint32_t lim = 0xFFFFFFFFu;
+    if (r <= TinyTop::kMaxR && cols > kExtTile) {  // short rows: a sample costs more than the copies
+      TinyTop top;
+      top.reset(static_cast<int>(r));
+      for (int64_t j = 0; j < cols; j += s) {
+        const Cls k = at(j);
+        if (k.id == static_cast<uint32_t>(c) && k.u > old) top.push(k.u);
+      }
+      lim = top.limit();
+    }
+    for (int64_t t0 = 0; t0 < cols; t0 += kExtTile) {
+      const int64_t tn = std::min<int64_t>(kExtTile, cols - t0);
+      for (int64_t t = 0; t < tn; ++t) {  // branch-free: vectorises
+        const Cls k = at(t0 + t);
+        xkey[t] = k.u;
+        xflag[t] = (k.id == static_cast<uint32_t>(c)) & (k.u > old) & (k.u <= lim);
+      }
+      for (int64_t t = 0; t < tn; ++t)
+        if (xflag[t]) L.buf[L.size++] = pack(xkey[t], col_bits(static_cast<uint32_t>(c), static_cast<uint32_t>(t0 + t)));
+    }
+    L.limit = lim;
   }
 };
 

@@ -44,12 +44,15 @@ struct Problem {
 };
 
 
+constexpr int64_t kTile = 4096;  // pass 3 tile (multiple of kSumLanes and of 64)
+
 struct RowScratch {
   std::vector<float> w, dm;
   std::vector<uint32_t> mord, word, hist, ukey;
   std::vector<uint8_t> pruned0;
   std::vector<uint64_t> cand;
-  std::vector<uint8_t> flag;
+  std::vector<uint8_t> flag, xflag;
+  std::vector<uint32_t> xkey;
   std::vector<uint64_t> lbuf;        // 4 lists x cols keys
   RowLists lists;
   TinyTop tops[4];
@@ -60,7 +63,8 @@ struct RowScratch {
     w.resize(c); dm.resize(c); mord.resize(c);
     if (p.metric != nullptr) word.resize(c);
     hist.resize(2 * kHistBins);
-    pruned0.resize(c); flag.resize(c); ukey.resize(c);
+    pruned0.resize(c); flag.resize(std::min(c, kTile)); ukey.resize(std::min(c, kTile));
+    xflag.resize(std::min(c, RowLists::kExtTile)); xkey.resize(std::min(c, RowLists::kExtTile));
     cand.resize(std::max<int64_t>(c, p.prune_m));
     keep = std::min<int64_t>(p.max_cycles, c);
     lbuf.resize(4 * static_cast<size_t>(c));
@@ -86,10 +90,19 @@ inline double keep_if(double x, uint8_t flag) {
 }
 
 // Lane partial sums of the contract's fixed summation order, then the pairwise tree.
+// Each level splits even and odd lanes into two arrays first (so the sum of a level vectorises);
+// the additions are the same, in the same order.
+template <typename T, int N>
+__attribute__((always_inline)) inline void lane_level(T* part) {
+  T ev[N / 2], od[N / 2];
+  for (int l = 0; l < N / 2; ++l) { ev[l] = part[2 * l]; od[l] = part[2 * l + 1]; }
+  for (int l = 0; l < N / 2; ++l) part[l] = ev[l] + od[l];
+}
 template <typename T>
-inline T lane_tree(T* part) {
-  for (int n = kSumLanes; n > 1; n >>= 1)
-    for (int l = 0; l < n / 2; ++l) part[l] = part[2 * l] + part[2 * l + 1];
+__attribute__((always_inline)) inline T lane_tree(T* part) {
+  static_assert(kSumLanes == 256, "lane_tree is written for 256 lanes");
+  lane_level<T, 256>(part); lane_level<T, 128>(part); lane_level<T, 64>(part); lane_level<T, 32>(part);
+  lane_level<T, 16>(part); lane_level<T, 8>(part); lane_level<T, 4>(part); lane_level<T, 2>(part);
   return part[0];
 }
 
@@ -110,22 +123,34 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
 
   // Pass 1 (spec §2, contract "Per-element quantities"): branch-free so that it vectorises.
   uint32_t* word = need_word ? S.word.data() : mord;
+  // w is kept only for objective 1 (mse); otherwise the pass writes two arrays, not three (a long
+  // row's scratch then stays in L2).
+  const bool keep_w = refine && P.objective == 1;
   if (mrow == nullptr) {  // one fused loop: w, dm and ord(wanda) (= the metric)
-    for (int64_t j = 0; j < cols; ++j) {
-      const float wj = static_cast<float>(wrow[j]);
-      w[j] = wj;
-      dm[j] = wj * P.dmul[j];
-      mord[j] = ord_bits(std::fabs(wj) * P.sqrt_scaler[j]);
+    if (keep_w) {
+      for (int64_t j = 0; j < cols; ++j) {
+        const float wj = static_cast<float>(wrow[j]);
+        w[j] = wj;
+        dm[j] = wj * P.dmul[j];
+        mord[j] = ord_bits(std::fabs(wj) * P.sqrt_scaler[j]);
+      }
+    } else {
+      for (int64_t j = 0; j < cols; ++j) {
+        const float wj = static_cast<float>(wrow[j]);
+        dm[j] = wj * P.dmul[j];
+        mord[j] = ord_bits(std::fabs(wj) * P.sqrt_scaler[j]);
+      }
     }
   } else {
     for (int64_t j = 0; j < cols; ++j) {
       const float wj = static_cast<float>(wrow[j]);
-      w[j] = wj;
+      if (keep_w) w[j] = wj;
       dm[j] = wj * P.dmul[j];
       mord[j] = ord_bits(mrow[j]);
     }
     if (need_word)
-      for (int64_t j = 0; j < cols; ++j) word[j] = ord_bits(std::fabs(w[j]) * P.sqrt_scaler[j]);
+      for (int64_t j = 0; j < cols; ++j)
+        word[j] = ord_bits(std::fabs(static_cast<float>(wrow[j])) * P.sqrt_scaler[j]);
   }
 
   // Pass 2: the initial mask as a predicate.
@@ -168,7 +193,7 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
   // "fixed summation order": lane l takes j = l + 256 t), list membership counts and the flags of
   // the members below the limits; a sparse scan of the flags fills the lists (lists.h).
   RowLists& L = S.lists;
-  L.dm = dm; L.div = P.divisor; L.pruned = p0; L.word = word; L.prune_lists = !nm; L.cols = cols;
+  L.dm = dm; L.div = P.divisor; L.xflag = S.xflag.data(); L.xkey = S.xkey.data(); L.pruned = p0; L.word = word; L.prune_lists = !nm; L.cols = cols;
   const int nlists = nm ? 2 : 4;  // N:M picks q per group instead of plo/phi
   L.estimate(S.keep, S.lbuf.data(), cols, S.tops, nlists);
   const uint32_t lim_hi = L.list[kHi].limit, lim_lo = L.list[kLo].limit;
@@ -179,46 +204,47 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
   uint32_t* ukey = S.ukey.data();
   uint32_t n_hi = 0, n_lo = 0, n_plo = 0, n_phi = 0;
   const bool prune_lists = !nm;
-  for (int64_t base = 0; base < cols; base += kSumLanes) {
-    const int n = static_cast<int>(std::min<int64_t>(kSumLanes, cols - base));
-    const float* d = dm + base;
-    const float* dv = P.divisor + base;
-    const uint8_t* f = p0 + base;
-    const uint32_t* wo = word + base;
-    uint8_t* fl = flag + base;
-    uint32_t* uk = ukey + base;
-    for (int l = 0; l < n; ++l) {
-      const uint32_t pr = f[l] != 0;
-      part[l] += keep_if(d[l], f[l]);
-      const Cls k = classify(d[l], dv[l], pr, wo[l], prune_lists);
-      const uint32_t is_hi = k.id == kHi, is_lo = k.id == kLo, is_plo = k.id == kPlo, is_phi = k.id == kPhi;
-      n_hi += is_hi; n_lo += is_lo; n_plo += is_plo; n_phi += is_phi;
-      const uint32_t lim = (lim_hi & (0u - is_hi)) | (lim_lo & (0u - is_lo)) | (lim_plo & (0u - is_plo)) |
-                           (lim_phi & (0u - is_phi));
-      uk[l] = k.u;
-      fl[l] = static_cast<uint8_t>(((k.id != kNone) & (k.u <= lim)) * (k.id + 1));  // 0 or id + 1
+  // Column tiles of kTile: the flags and keys of a tile are scanned while they are in L1.
+  for (int64_t t0 = 0; t0 < cols; t0 += kTile) {
+    const int64_t t1 = std::min<int64_t>(cols, t0 + kTile), tn = t1 - t0;
+    for (int64_t base = t0; base < t1; base += kSumLanes) {
+      const int n = static_cast<int>(std::min<int64_t>(kSumLanes, cols - base));
+      const float* d = dm + base;
+      const float* dv = P.divisor + base;
+      const uint8_t* f = p0 + base;
+      const uint32_t* wo = word + base;
+      uint8_t* fl = flag + (base - t0);
+      uint32_t* uk = ukey + (base - t0);
+      for (int l = 0; l < n; ++l) {
+        const uint32_t pr = f[l] != 0;
+        part[l] += keep_if(d[l], f[l]);
+        const Cls k = classify(d[l], dv[l], pr, wo[l], prune_lists);
+        const uint32_t is_hi = k.id == kHi, is_lo = k.id == kLo, is_plo = k.id == kPlo, is_phi = k.id == kPhi;
+        n_hi += is_hi; n_lo += is_lo; n_plo += is_plo; n_phi += is_phi;
+        const uint32_t lim = (lim_hi & (0u - is_hi)) | (lim_lo & (0u - is_lo)) | (lim_plo & (0u - is_plo)) |
+                             (lim_phi & (0u - is_phi));
+        uk[l] = k.u;
+        fl[l] = static_cast<uint8_t>(((k.id != kNone) & (k.u <= lim)) * (k.id + 1));  // 0 or id + 1
+      }
+    }
+    // Sparse scan of the flags: 64 at a time, folded into a bit mask of the non-zero flags (a byte
+    // holds 0..4, so bit 7 of byte + 0x7F marks a non-zero byte), then one bit loop per block.
+    for (int64_t j0 = 0; j0 < tn; j0 += 64) {
+      uint64_t wv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      std::memcpy(wv, flag + j0, static_cast<size_t>(std::min<int64_t>(64, tn - j0)));
+      uint64_t bits = 0;
+      for (int t = 0; t < 8; ++t) {
+        const uint64_t hi = (wv[t] + 0x7F7F7F7F7F7F7F7Full) & 0x8080808080808080ull;
+        bits |= ((hi >> 7) * 0x0102040810204080ull >> 56) << (8 * t);  // byte b -> bit b
+      }
+      while (bits != 0) {
+        const int64_t j = j0 + __builtin_ctzll(bits);
+        L.add(t0 + j, flag[j] - 1u, ukey[j]);
+        bits &= bits - 1;
+      }
     }
   }
   L.list[kHi].total = n_hi; L.list[kLo].total = n_lo; L.list[kPlo].total = n_plo; L.list[kPhi].total = n_phi;
-  // Sparse scan of the flags: 64 at a time, folded into a bit mask of the non-zero flags (a byte
-  // holds 0..4, so bit 7 of byte + 0x7F marks a non-zero byte), then one bit loop per block.
-  const int64_t cols64 = cols & ~int64_t{63};
-  for (int64_t j0 = 0; j0 < cols; j0 += 64) {
-    uint64_t wv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (j0 < cols64) std::memcpy(wv, flag + j0, 64);
-    else std::memcpy(wv, flag + j0, static_cast<size_t>(cols - j0));
-    uint64_t bits = 0;
-    for (int t = 0; t < 8; ++t) {
-      const uint64_t hi = (wv[t] + 0x7F7F7F7F7F7F7F7Full) & 0x8080808080808080ull;
-      bits |= ((hi >> 7) * 0x0102040810204080ull >> 56) << (8 * t);  // byte b -> bit b
-    }
-    while (bits != 0) {
-      const int64_t j = j0 + __builtin_ctzll(bits);
-      L.add(j, flag[j] - 1u, ukey[j]);
-      bits &= bits - 1;
-    }
-  }
-  L.adapt(S.keep, nlists);
   const bool mse = P.objective == 1;
   alignas(64) double epart[kSumLanes];
   if (mse) {
@@ -278,6 +304,7 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
     err = after;
     ++swaps;
   }
+  L.adapt(S.keep, nlists);
   P.swaps_out[i] = swaps;
 }
 
