@@ -127,8 +127,8 @@ struct RowLists {
   int64_t recent[4] = {-1, -1, -1, -1};   // decayed maximum taken per row; -1: no row yet
 
   int64_t want(int c, int64_t keep) const {
-    if (recent[c] < 0) return keep + 16 + cols / 128;
-    return std::min(2 * keep + 16, 2 * recent[c] + 16) + cols / 128;
+    if (recent[c] < 0) return keep + 24 + cols / 512;
+    return std::min(2 * keep + 16, 2 * recent[c] + 16) + 8 + cols / 512;
   }
 
   void estimate(int64_t keep, uint64_t* storage, int64_t cap, TinyTop* tops, int nlists) {
