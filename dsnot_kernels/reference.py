@@ -81,19 +81,11 @@ def initial_selection(metric: torch.Tensor, sparsity: float, prune_n: int, prune
     return mask
 
 
-def _stable_partition(order: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-    """Reorder ``order`` (rows, cols) so that class 0 comes first, then 1, then 2, each class
-    keeping its relative order (a stable partition by counting, no sort). ``cls`` is per column."""
-    c = cls.gather(1, order).long()
-    onehot = torch.stack([c == 0, c == 1, c == 2], dim=0).long()       # (3, rows, cols)
-    rank = onehot.cumsum(dim=2) - 1                                      # rank within the class
-    start = torch.zeros_like(onehot[:, :, :1])
-    start[1] = onehot[0].sum(1, keepdim=True)
-    start[2] = start[1] + onehot[1].sum(1, keepdim=True)
-    dest = ((rank + start) * onehot).sum(0)                              # final position
-    out = torch.empty_like(order)
-    out.scatter_(1, dest, order)
-    return out
+def _ordered_candidates(values: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """Column order by ``values`` (stable), then stably grouped by ``cls`` (0, 1, 2): a second
+    stable sort on the small integer class (measured faster than a counting partition here)."""
+    order = torch.sort(values, dim=1, stable=True)[1]
+    return order.gather(1, torch.sort(cls.gather(1, order), dim=1, stable=True)[1])
 
 
 def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
@@ -141,7 +133,7 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
         cls = torch.ones((rows, cols), dtype=torch.int8, device=dev)
         cls[kept & (dm < 0)] = 0
         cls[kept & (dm > 0)] = 2
-        prune_order = _stable_partition(torch.sort(wanda + 0.0, dim=1, stable=True)[1], cls)
+        prune_order = _ordered_candidates(wanda + 0.0, cls)
         plo_end = (cls == 0).sum(1)
         phi_ptr = cols - (cls == 2).sum(1)   # phi valid while phi_ptr < cols
         plo_ptr = torch.zeros(rows, dtype=torch.int64, device=dev)
