@@ -2,6 +2,7 @@
 machine description and the RESULTS.md section writer."""
 from __future__ import annotations
 
+import csv
 import datetime
 import os
 import platform
@@ -92,3 +93,14 @@ def write_section(key: str, title: str, body: str, path: str = RESULTS_MD) -> No
         text = text.rstrip("\n") + "\n\n" + block
     with open(path, "w") as f:
         f.write(text)
+
+
+def write_csv(filename: str, rows: list) -> str:
+    """Write ``rows`` (dicts with the same keys) to ``benchmarks/results/filename``; returns the path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, filename)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -15,7 +15,6 @@ Full run:   python benchmarks/bench_kernels.py
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shlex
 import sys
@@ -24,7 +23,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import LLAMA_SHAPES, RESULTS_DIR, header, median, synthetic_layer, write_section  # noqa: E402
+from _common import LLAMA_SHAPES, header, median, synthetic_layer, write_csv, write_section  # noqa: E402
 
 from dsnot_kernels import ops  # noqa: E402
 
@@ -93,12 +92,7 @@ def main(argv=None):
                   f"validate {t_val * 1e3:6.1f} ms", flush=True)
     if args.no_write:
         return
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, "kernels_cpu.csv")
-    with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows_out[0]))
-        wr.writeheader()
-        wr.writerows(rows_out)
+    path = write_csv("kernels_cpu.csv", rows_out)
     cmd = "python benchmarks/bench_kernels.py" + ("" if argv is None and len(sys.argv) == 1
                                                    else " " + shlex.join(sys.argv[1:] if argv is None else argv))
     body = header(cmd) + (

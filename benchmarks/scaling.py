@@ -12,7 +12,6 @@ Quick run:  python benchmarks/scaling.py --repeats 3
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shlex
 import sys
@@ -21,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS_DIR, header, median, synthetic_layer, write_section  # noqa: E402
+from _common import RESULTS_DIR, header, median, synthetic_layer, write_csv, write_section  # noqa: E402
 
 from dsnot_kernels import ops  # noqa: E402
 
@@ -80,12 +79,7 @@ def main(argv=None):
               f"(min {mn:6.2f}), swaps/row {sw:5.1f}", flush=True)
     if args.no_write:
         return
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    csv_path = os.path.join(RESULTS_DIR, "scaling_cpu.csv")
-    with open(csv_path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(records[0]))
-        wr.writeheader()
-        wr.writerows(records)
+    csv_path = write_csv("scaling_cpu.csv", records)
     png = os.path.join(RESULTS_DIR, "scaling_cpu.png")
     plot(records, png)
     cmd = "python benchmarks/scaling.py" + ("" if not (sys.argv[1:] if argv is None else argv)
