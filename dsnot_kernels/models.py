@@ -13,7 +13,6 @@ import importlib.util
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path
 

@@ -4,7 +4,6 @@ Skipped without a CUDA device or without the compiled CUDA kernel. The reference
 device (and, for small cases, on the CPU too). Run on a GPU machine with
 ``python -m pytest -q tests/test_cuda.py`` (benchmarks/gpu_check.sh does).
 """
-import os
 
 import pytest
 import torch

@@ -16,9 +16,7 @@ cores) and ``long`` (by hand: random seeds, many more and larger cases).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from typing import Optional
 
 import pytest
 import torch
@@ -87,6 +85,16 @@ class Case:
     objective: str        # "dsnot" | "mse"
     noncontiguous: bool
     seed: int
+
+
+def fixed_case(**overrides) -> Case:
+    """A hand-picked Case: plain realistic defaults (4 x 32, 50 %, wanda, 50 cycles), then ``overrides``."""
+    base = dict(rows=4, cols=32, prune_n=0, prune_m=0, sparsity=0.5, dtype="float32", weight_kind="normal",
+                sum_kind="normal", var_kind="calib", scaler_kind="positive", initial="wanda",
+                max_cycle_time=50, update_threshold=0.0, pow_of_var_regrowing=1.0, without_same_sign=True,
+                objective="dsnot", noncontiguous=False, seed=5)
+    base.update(overrides)
+    return Case(**base)
 
 
 VALUE_KINDS = ["normal", "ties", "zeros", "extreme", "wide"]

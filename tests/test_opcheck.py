@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dsnot_kernels import _extension
-from test_fuzz import Case, build
+from test_fuzz import Case, build, fixed_case
 from test_fuzz import op_args as fuzz_op_args
 
 OP_NAME = "dsnot_kernels::refine_mask"
@@ -31,13 +31,7 @@ def _need_kernel(device):
         pytest.skip(f"the compiled extension has no {key} kernel here ({_extension.EXTENSION_ERROR})")
 
 
-def _case(**kw):
-    base = dict(rows=4, cols=32, prune_n=0, prune_m=0, sparsity=0.5, dtype="float32", weight_kind="normal",
-                sum_kind="normal", var_kind="calib", scaler_kind="positive", initial="wanda",
-                max_cycle_time=50, update_threshold=0.0, pow_of_var_regrowing=1.0, without_same_sign=True,
-                objective="dsnot", noncontiguous=False, seed=5)
-    base.update(kw)
-    return Case(**base)
+_case = fixed_case
 
 
 SAMPLES = {

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from test_fuzz import Case, _serves, build, call, cases
+from test_fuzz import _serves, build, call, cases, fixed_case
 
 POISON_ENV = "DSNOT_KERNELS_POISON"
 
@@ -35,12 +35,7 @@ def check_poison_free(got, ref, label):
 
 
 def _case(**kw):
-    base = dict(rows=5, cols=24, prune_n=0, prune_m=0, sparsity=0.5, dtype="float32", weight_kind="normal",
-                sum_kind="normal", var_kind="calib", scaler_kind="positive", initial="wanda",
-                max_cycle_time=50, update_threshold=0.0, pow_of_var_regrowing=1.0, without_same_sign=True,
-                objective="dsnot", noncontiguous=False, seed=11)
-    base.update(kw)
-    return Case(**base)
+    return fixed_case(**{"rows": 5, "cols": 24, "seed": 11, **kw})
 
 
 # Shapes and options where a kernel could skip writing something: one row, one column, columns

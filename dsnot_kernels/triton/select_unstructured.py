@@ -7,7 +7,6 @@ row, fewer when its keys span a narrower range), then prunes every metric ``< T`
 ``k - count(< T)`` columns whose metric equals ``T`` (a running cumulative count: ties go to the
 lower column index). Cost O(20 * cols) per row, no sort.
 """
-import torch
 import triton
 import triton.language as tl
 
