@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "dsnot_common.h"
@@ -72,19 +73,14 @@ struct RowScratch {
 };
 
 // x if flag else +0.0, by masking the bits: no branch, and x * 0 would turn inf into NaN.
-inline float keep_if(float x, uint8_t flag) {
-  uint32_t u;
+// T is float (with U = uint32_t) or double (U = uint64_t).
+template <typename T, typename U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>
+inline T keep_if(T x, uint8_t flag) {
+  static_assert(sizeof(T) == sizeof(U), "keep_if: T and U must have the same size");
+  U u;
   std::memcpy(&u, &x, sizeof(u));
-  u &= 0u - static_cast<uint32_t>(flag != 0);
-  float r;
-  std::memcpy(&r, &u, sizeof(r));
-  return r;
-}
-inline double keep_if(double x, uint8_t flag) {
-  uint64_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  u &= 0ull - static_cast<uint64_t>(flag != 0);
-  double r;
+  u &= U{0} - static_cast<U>(flag != 0);
+  T r;
   std::memcpy(&r, &u, sizeof(r));
   return r;
 }
