@@ -148,6 +148,21 @@ def test_degenerate_rows():
             assert (mask.sum(1) == int(cols * kw.get("sparsity", 0.5))).all()
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("cols", [4, 20, 36, 100])
+def test_groups_of_4_vector_and_tail(n, cols):
+    """M = 4 runs 16 columns at a time plus a scalar tail (select.h); ties inside a group go to the
+    smaller column in both, for the built-in wanda metric and a given one."""
+    W, smr, var, scaler, _ = make_inputs(11, cols, seed=100 + cols + n)
+    W = torch.round(W * 30) / 30                   # many equal |w| inside a group
+    W[0] = 0.02                                    # whole row tied
+    W[1, 1::4] = -W[1, 0::4]                       # pairs tied in |w| (opposite signs)
+    metric = torch.round(torch.rand(11, cols, generator=torch.Generator().manual_seed(cols)) * 3)
+    for kw in ({}, {"initial_metric": metric}):
+        mask, _ = check(W, smr, var, scaler, prune_n=n, prune_m=4, **kw)
+        assert (mask.view(11, cols // 4, 4).sum(-1) == n).all()
+
+
 @pytest.mark.parametrize("cols", [1, 2, 3, 5, 10, 49])
 def test_cols_smaller_than_cycles(cols):
     W, smr, var, scaler, mean = make_inputs(6, cols, seed=cols)

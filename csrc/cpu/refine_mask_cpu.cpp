@@ -51,13 +51,13 @@ bool poison_requested() {
 #endif
 
 DSNOT_CPU_CLONES void rows_f32(const Problem& P, int64_t b, int64_t e, RowScratch& S) {
-  for (int64_t i = b; i < e; ++i) refine_row<float>(P, i, S);
+  for (int64_t i = b; i < e; ++i) refine_row<float>(P, i, S, i + 1 < e);
 }
 DSNOT_CPU_CLONES void rows_f16(const Problem& P, int64_t b, int64_t e, RowScratch& S) {
-  for (int64_t i = b; i < e; ++i) refine_row<at::Half>(P, i, S);
+  for (int64_t i = b; i < e; ++i) refine_row<at::Half>(P, i, S, i + 1 < e);
 }
 DSNOT_CPU_CLONES void rows_bf16(const Problem& P, int64_t b, int64_t e, RowScratch& S) {
-  for (int64_t i = b; i < e; ++i) refine_row<at::BFloat16>(P, i, S);
+  for (int64_t i = b; i < e; ++i) refine_row<at::BFloat16>(P, i, S, i + 1 < e);
 }
 
 // Rows are claimed in small blocks from a shared counter, not split in fixed halves: on a busy

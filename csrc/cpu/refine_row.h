@@ -9,6 +9,9 @@
 //   3. the 256-lane error sum, each column's candidate list and key, flags of the keys below each
 //      list's cut-off, then a sparse scan that copies the flagged keys (lists.h);
 //   4. the swap loop of the contract (objective 0 "dsnot" or 1 "mse"), reading the lists lazily.
+// Pass 3 also prefetches the next row's weights into L2 when the caller says that this thread runs
+// it next (pass 1 of that row then reads L2, not memory). N:M rows have a pass 3 of their own:
+// only pruned columns are growth candidates and q is chosen per group, so two lists, not four.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -102,10 +105,11 @@ __attribute__((always_inline)) inline T lane_tree(T* part) {
   return part[0];
 }
 
+// prefetch_next: row i + 1 is this thread's next row (its weights are fetched during pass 3).
 // always_inline: the caller (refine_mask_cpu.cpp) is compiled once per ISA (target_clones) and
 // the whole row must be compiled for it.
 template <typename scalar_t>
-__attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t i, RowScratch& S) {
+__attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t i, RowScratch& S, bool prefetch_next = false) {
   const int64_t cols = P.cols;
   const bool nm = P.prune_n > 0;
   const bool refine = P.max_cycles > 0;
@@ -211,6 +215,26 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
       const uint32_t* wo = word + base;
       uint8_t* fl = flag + (base - t0);
       uint32_t* uk = ukey + (base - t0);
+      if (prefetch_next) {  // the next row's weights into L2 while this row computes
+        const char* nx = reinterpret_cast<const char*>(wrow + cols + base);
+        const int64_t nb = static_cast<int64_t>(n) * static_cast<int64_t>(sizeof(scalar_t));
+        for (int64_t o = 0; o < nb; o += 64) __builtin_prefetch(nx + o, 0, 2);
+      }
+      if (!prune_lists) {  // N:M: only the growth lists (pruned columns; q is picked per group)
+        for (int l = 0; l < n; ++l) {
+          const float dd = d[l];
+          const uint32_t pr = f[l] != 0;
+          part[l] += keep_if(dd, f[l]);
+          const float key = dd / dv[l];
+          const uint32_t kgt = pr & (key > 0.0f), klt = pr & (key < 0.0f);
+          const uint32_t u = ord_bits(key) ^ (0u - (key > 0.0f));
+          n_hi += kgt; n_lo += klt;
+          const uint32_t lim = (lim_hi & (0u - kgt)) | (lim_lo & ~(0u - kgt));
+          uk[l] = u;
+          fl[l] = static_cast<uint8_t>(((kgt | klt) & (u <= lim)) * (1u + klt));  // kHi + 1 or kLo + 1
+        }
+        continue;
+      }
       for (int l = 0; l < n; ++l) {
         const uint32_t pr = f[l] != 0;
         part[l] += keep_if(d[l], f[l]);
