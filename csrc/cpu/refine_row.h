@@ -295,11 +295,16 @@ __attribute__((always_inline)) inline void refine_row(const Problem& P, int64_t 
     }
     int64_t q = -1;
     if (nm) {
+      // The smallest (metric, column) among the group's kept, initially kept columns with a
+      // metric below +inf; branch-free (the flags are unpredictable).
       const int64_t start = r - r % P.prune_m;
-      uint32_t best = ord_key(INFINITY);  // metric < +inf only
+      const uint32_t inf_ord = ord_key(INFINITY);
+      uint64_t best = ~0ull;
       for (int64_t c = start; c < start + P.prune_m; ++c) {
-        if (init[c] == 0 && out[c] == 0 && mord[c] < best) { best = mord[c]; q = c; }
+        const uint64_t ok = (init[c] == 0) & (out[c] == 0) & (mord[c] < inf_ord);
+        best = std::min(best, pack(mord[c], static_cast<uint32_t>(c - start)) | (ok - 1));
       }
+      if (best != ~0ull) q = start + static_cast<int64_t>(static_cast<uint32_t>(best));
       if (q < 0) {
         if (mse) continue;  // pair rejected, r consumed, the row goes on
         break;
