@@ -47,16 +47,14 @@ def synthetic_layer(rows: int, cols: int, seed: int = 0, samples: int = 4, token
     return weight, stats
 
 
-def time_call(fn, repeats: int, warmup: int = 1):
-    """Run ``fn`` warmup + repeats times; return the list of wall-clock seconds of the repeats."""
-    for _ in range(warmup):
+def warm_up(fn, min_calls: int = 3, min_seconds: float = 0.3):
+    """Call ``fn`` at least ``min_calls`` times and for at least ``min_seconds``. The first calls of
+    a shape are slower (thread pool start, page faults of fresh output buffers until the allocator
+    keeps them): measured 27 ms against 19 ms at 4096x4096 2:4 with a single warm-up call."""
+    t_end, n = time.perf_counter() + min_seconds, 0
+    while n < min_calls or time.perf_counter() < t_end:
         fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+        n += 1
 
 
 def median(xs):

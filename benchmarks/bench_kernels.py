@@ -23,7 +23,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import LLAMA_SHAPES, header, median, synthetic_layer, write_csv, write_section  # noqa: E402
+from _common import LLAMA_SHAPES, header, median, synthetic_layer, warm_up, write_csv, write_section  # noqa: E402
 
 from dsnot_kernels import ops  # noqa: E402
 
@@ -75,7 +75,7 @@ def main(argv=None):
         for pattern in args.patterns:
             a = op_args(weight, stats, pattern)
             t_val, _, _ = timed(lambda: op_args(weight, stats, pattern), 1)
-            cpu_fn(*a)  # warm-up (thread pool, page faults)
+            warm_up(lambda: cpu_fn(*a))
             c_wall, c_cpu, (c_mask, c_swaps) = timed(lambda: cpu_fn(*a), args.repeats)
             r_wall, r_cpu, (r_mask, r_swaps) = timed(lambda: ref_fn(*a), args.ref_repeats)
             if not (torch.equal(c_mask, r_mask) and torch.equal(c_swaps, r_swaps)):

@@ -20,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS_DIR, header, median, synthetic_layer, write_csv, write_section  # noqa: E402
+from _common import RESULTS_DIR, header, median, synthetic_layer, warm_up, write_csv, write_section  # noqa: E402
 
 from dsnot_kernels import ops  # noqa: E402
 
@@ -38,7 +38,7 @@ def run_point(rows, cols, pattern, max_cycle_time, repeats, seed=0):
     args = (w, s, v, sc, None, None, None, 0.0 if nm else kw["sparsity"], kw.get("prune_n", 0),
             kw.get("prune_m", 0), max_cycle_time, 0.1, 1.0, nm, 0)
     fn = ops.BACKENDS["cpu"].fn
-    fn(*args)  # warm-up
+    warm_up(lambda: fn(*args))
     times, out = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
