@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refine", action="store_true", help="the initial method alone (no DSnoT)")
     p.add_argument("--skip", default="mlp", choices=["mlp", "none", "self_attn"],
                    help="sub-layers that get the initial mask only (default mlp, the authors' default)")
-    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse"])
+    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov"],
+                   help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
+                        "cov: only if the full output error drops (second moment per sub-layer, torch backend)")
     p.add_argument("--max-cycle-time", type=int, default=50)
     p.add_argument("--update-threshold", type=float, default=0.1)
     p.add_argument("--pow-of-var-regrowing", type=float, default=1.0)
@@ -62,7 +64,7 @@ def _label(initial, refine, objective, skip):
     name = {"wanda": "Wanda", "magnitude": "Magnitude", "sparsegpt": "SparseGPT"}[initial]
     if not refine:
         return name
-    return f"{name} + DSnoT" + (" (mse)" if objective == "mse" else "") + f" [skip={skip}]"
+    return f"{name} + DSnoT" + (f" ({objective})" if objective != "dsnot" else "") + f" [skip={skip}]"
 
 
 def plot_errors(report, path):

@@ -21,7 +21,9 @@ import torch
 from dsnot_kernels import _extension
 from dsnot_kernels.reference import refine_mask_reference
 
-OBJECTIVES = {"dsnot": 0, "mse": 1}
+OBJECTIVES = {"dsnot": 0, "mse": 1, "cov": 2}
+# Objectives that only the reference implements (so far): an automatic choice goes to "torch".
+REFERENCE_ONLY_OBJECTIVES = ("cov",)
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKEND_ENV = "DSNOT_KERNELS_BACKEND"
 
@@ -174,6 +176,7 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
 
     Returns ``(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean)``:
     weight contiguous in its dtype, statistics and metric float32 contiguous, mask bool contiguous.
+    (``second_moment`` of objective "cov" is checked by ``validate_second_moment``.)
     Raises ``TypeError``/``ValueError`` naming the argument and the problem.
     """
     _check_tensor("weight", weight)
@@ -261,10 +264,33 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
     return weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean
 
 
+def validate_second_moment(second_moment, objective, cols, device):
+    """The (cols, cols) second-moment matrix of objective "cov" as float64, exactly symmetric
+    (``(M + Mᵀ) / 2``, so that M[q, r] == M[r, q] whatever summation order produced it); None for
+    the other objectives. Any positive scale works (``CalibrationStats.hessian`` as it is): the
+    objective only compares a change of the loss with 0."""
+    if objective != "cov":
+        return None
+    if second_moment is None:
+        raise ValueError('objective="cov" needs second_moment= (a (cols, cols) E[x xᵀ] up to a positive '
+                         "scale, e.g. CalibrationStats(..., hessian=True).hessian)")
+    _check_tensor("second_moment", second_moment)
+    if tuple(second_moment.shape) != (cols, cols):
+        raise ValueError(f"second_moment must have shape {(cols, cols)}, got {tuple(second_moment.shape)}")
+    if second_moment.device != device:
+        raise ValueError(f"second_moment is on {second_moment.device} but weight is on {device}; put all tensors on one device")
+    if not second_moment.is_floating_point():
+        raise ValueError(f"second_moment must be floating point, got {second_moment.dtype}")
+    m = second_moment.to(torch.float64)
+    if not _all_finite(m):
+        raise ValueError("second_moment has non-finite values (NaN or inf)")
+    return ((m + m.t()) * 0.5).contiguous()
+
+
 def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None,
                 sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
                 pow_of_var_regrowing=1.0, without_same_sign=True, backend=None, objective="dsnot",
-                mean=None, return_swaps=False):
+                mean=None, second_moment=None, return_swaps=False):
     """DSnoT: initial mask plus training-free refinement of one linear layer (spec §2-§3).
 
     Args:
@@ -282,9 +308,13 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         pow_of_var_regrowing: p in the growth key ``dm / var**p`` (0 = no division).
         without_same_sign: unstructured only; False applies the same-sign rule (N:M always does).
         backend: None (automatic), "torch", "cpu", "cuda" or "triton".
-        objective: "dsnot" (the authors' rule) or "mse" (accept a swap only if it lowers the
-            row's mean² + variance output error; needs ``mean``).
+        objective: "dsnot" (the authors' rule), "mse" (accept a swap only if it lowers the
+            row's mean² + variance output error; needs ``mean``) or "cov" (accept a swap only if it
+            lowers the row's full output error ``D M Dᵀ``; needs ``second_moment``; the "torch"
+            backend only, so far: see ``docs/KERNEL_CONTRACT.md``, objective 2).
         mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
+        second_moment: (cols, cols) float, ``E[x xᵀ]`` of the layer's inputs up to a positive scale
+            (``CalibrationStats(..., hessian=True).hessian``); only for ``objective="cov"``.
         return_swaps: also return the (rows,) int32 count of accepted swaps per row.
 
     Returns:
@@ -296,6 +326,12 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
     (weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean) = validate_arguments(
         weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, sparsity, prune_n,
         prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, objective, mean)
+    second_moment = validate_second_moment(second_moment, objective, weight.shape[1], weight.device)
+    if objective in REFERENCE_ONLY_OBJECTIVES:
+        name = backend if backend is not None else os.environ.get(BACKEND_ENV) or None
+        if name not in (None, "torch"):
+            raise ValueError(f'objective={objective!r} is implemented by the "torch" backend only, not {name!r}')
+        backend = "torch"
     chosen = _choose_backend(backend, weight.device)
     rows, cols = weight.shape
     if rows == 0 or cols == 0:
@@ -304,10 +340,11 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
     else:
         nm = prune_n > 0
         same_sign = True if nm else not bool(without_same_sign)
+        extra = {"second_moment": second_moment} if second_moment is not None else {}
         mask, swaps = chosen.fn(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask,
                                 mean, float(sparsity) if not nm else 0.0, int(prune_n), int(prune_m),
                                 int(max_cycle_time), float(update_threshold), float(pow_of_var_regrowing),
-                                same_sign, OBJECTIVES[objective])
+                                same_sign, OBJECTIVES[objective], **extra)
     return (mask, swaps) if return_swaps else mask
 
 

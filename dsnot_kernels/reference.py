@@ -90,8 +90,16 @@ def _ordered_candidates(values: torch.Tensor, cls: torch.Tensor) -> torch.Tensor
 
 def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
                           sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
-                          pow_of_var_regrowing, same_sign, objective):
+                          pow_of_var_regrowing, same_sign, objective, second_moment=None):
     """Reference backend: the op's positional arguments (validated by ``ops.refine_mask``).
+
+    ``second_moment``: (cols, cols) float64, exactly symmetric; objective 2 ("cov") only.
+    Objective 2 (contract "Objective 2"): with D = W on the pruned set P (float64) and M the second
+    moment, the row's loss is L(P) = D M Dᵀ and g = D M (one float64 matmul per call, then updated
+    per accepted swap). A pair (prune q, regrow r) changes L by
+    ``delta = ((((2 w_q) g_q - (2 w_r) g_r) + (w_q w_q) M_qq) + (w_r w_r) M_rr) - ((2 w_q) w_r) M_qr``
+    (evaluated in exactly this order); it is accepted iff delta < 0, and then
+    ``g <- g + (w_q M[q, :] - w_r M[r, :])``. Cursors, rejections and stops as objective 1.
 
     Returns ``(mask, swaps)``: (rows, cols) bool, True = pruned; (rows,) int32 accepted swaps.
     """
@@ -143,6 +151,11 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
         a = Wd * mean.double().unsqueeze(0)
         b = (Wd * Wd) * var.double().unsqueeze(0)
         e = lane_sum(torch.where(mask, a, torch.zeros((), dtype=torch.float64, device=dev)))
+    elif objective == 2:
+        Wd = W.double()
+        M = second_moment
+        Mdiag = torch.diagonal(M).clone()
+        g = torch.where(mask, Wd, torch.zeros((), dtype=torch.float64, device=dev)) @ M
 
     row_ids = torch.arange(rows, device=dev)
     active = torch.ones(rows, dtype=torch.bool, device=dev)
@@ -177,6 +190,18 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
             if same_sign:
                 ok &= torch.sign(after) == sign0
             active = ok
+        elif objective == 2:
+            w_q = Wd.gather(1, q.unsqueeze(1)).squeeze(1)
+            w_r = Wd.gather(1, r.unsqueeze(1)).squeeze(1)
+            g_q = g.gather(1, q.unsqueeze(1)).squeeze(1)
+            g_r = g.gather(1, r.unsqueeze(1)).squeeze(1)
+            delta = (((((2 * w_q) * g_q - (2 * w_r) * g_r) + (w_q * w_q) * Mdiag[q]) + (w_r * w_r) * Mdiag[r])
+                     - ((2 * w_q) * w_r) * M[q, r])
+            active &= r_ok & (q_ok | nm)
+            ok = active & q_ok & (delta < 0)
+            hit_rows = row_ids[ok]
+            if hit_rows.numel():
+                g[hit_rows] = g[hit_rows] + (w_q[ok].unsqueeze(1) * M[q[ok]] - w_r[ok].unsqueeze(1) * M[r[ok]])
         else:
             a_q = a.gather(1, q.unsqueeze(1)).squeeze(1)
             a_r = a.gather(1, r.unsqueeze(1)).squeeze(1)

@@ -38,8 +38,10 @@ def _sign(x) -> int:
 
 def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsity=0.5, prune_n=0,
                prune_m=0, max_cycle_time=50, update_threshold=0.1, p=1.0, same_sign=False,
-               objective="dsnot"):
+               objective="dsnot", g0=None, M=None):
     """Refine one row. ``w, s, var, scaler, metric, mean``: lists of floats; ``pruned``: list of bools.
+    Objective "cov": ``M`` the (cols, cols) float64 numpy second moment and ``g0`` this row's
+    ``D M`` for the initial pruned set (from one torch matmul over all rows, as the reference).
 
     Returns ``(pruned_list, swaps)``.
     """
@@ -84,6 +86,8 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
         a = [float(w[j]) * float(mean[j]) for j in range(cols)]
         b = [(float(w[j]) * float(w[j])) * float(var[j]) for j in range(cols)]
         e = _lane_sum([a[j] if initial[j] else 0.0 for j in range(cols)], 0.0)
+    if objective == "cov":
+        g = [float(x) for x in g0]
 
     swaps = 0
     for _ in range(max_cycle_time):
@@ -107,13 +111,22 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
         if objective == "dsnot":
             if q is None or (same_sign and _sign(after) != sign0):
                 break
-        else:
+        elif objective == "mse":
             if q is None:
                 continue
             t = (e + a[q]) - a[r]
             if not (((t * t - e * e) + b[q]) - b[r] < 0):
                 continue
             e = t
+        else:  # cov: the change of D M Dᵀ, terms in the reference's order
+            if q is None:
+                continue
+            wq, wr = float(w[q]), float(w[r])
+            delta = (((2 * wq) * g[q] - (2 * wr) * g[r]) + (wq * wq) * float(M[q, q])
+                     + (wr * wr) * float(M[r, r])) - ((2 * wq) * wr) * float(M[q, r])
+            if not (delta < 0):
+                continue
+            g = [g[j] + (wq * float(M[q, j]) - wr * float(M[r, j])) for j in range(cols)]
         pruned[q], pruned[r] = True, False
         chosen_q[q] = True
         err = after
@@ -123,10 +136,22 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
 
 def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None, mean=None,
            sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
-           pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot"):
+           pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot", second_moment=None):
     """``refine_mask``'s keyword interface over ``oracle_row``; returns (mask, swaps) tensors."""
     W = weight.float().tolist()
     cols = weight.shape[1]
+    g0 = M = None
+    if objective == "cov":  # g0 = D M with the reference's one matmul (its rounding is torch's)
+        init = initial_mask
+        if init is None:
+            init = torch.tensor([oracle_row(row, sum_metric_row.tolist(), var.tolist(), scaler_row.tolist(),
+                                            None if initial_metric is None else initial_metric[i].float().tolist(),
+                                            sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,
+                                            max_cycle_time=0)[0] for i, row in enumerate(W)], dtype=torch.bool)
+        Md = second_moment.double()
+        Md = (Md + Md.t()) * 0.5
+        g0 = (torch.where(init, weight.float().double(), torch.zeros((), dtype=torch.float64)) @ Md).tolist()
+        M = Md.numpy()
     s, v, sc = sum_metric_row.tolist(), var.tolist(), scaler_row.tolist()
     mu = mean.tolist() if mean is not None else None
     same_sign = True if prune_n else not without_same_sign
@@ -137,7 +162,8 @@ def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, init
                             None if initial_mask is None else initial_mask[i].tolist(), mu,
                             sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,
                             max_cycle_time=max_cycle_time, update_threshold=update_threshold,
-                            p=pow_of_var_regrowing, same_sign=same_sign, objective=objective)
+                            p=pow_of_var_regrowing, same_sign=same_sign, objective=objective,
+                            g0=None if g0 is None else g0[i], M=M)
         masks.append(pr)
         swaps.append(sw)
     mask = torch.tensor(masks, dtype=torch.bool).reshape(len(W), cols)

@@ -68,6 +68,10 @@ def test_cli_mse_no_refine(tiny_dir, tmp_path):
     main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
           "--objective", "mse", "--json", str(out), "--quiet"])
     assert json.loads(out.read_text())["rows"][-1]["method"] == "Wanda + DSnoT (mse) [skip=mlp]"
+    main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
+          "--objective", "cov", "--json", str(out), "--quiet"])
+    row = json.loads(out.read_text())["rows"][-1]
+    assert row["method"] == "Wanda + DSnoT (cov) [skip=mlp]"
 
 
 def test_python_m_help():

@@ -46,7 +46,8 @@ def test_target_sparsity_and_nm(family, pattern, sparsity):
 @pytest.mark.parametrize("family,initial,objective,pattern", [
     ("llama", "wanda", "dsnot", "unstructured"), ("qwen2", "magnitude", "dsnot", "2:4"),
     ("opt", "wanda", "mse", "unstructured"), ("gpt2", "sparsegpt", "dsnot", "unstructured"),
-    ("mistral", "sparsegpt", "mse", "2:4")])
+    ("mistral", "sparsegpt", "mse", "2:4"), ("llama", "wanda", "cov", "unstructured"),
+    ("qwen2", "wanda", "cov", "2:4")])
 def test_masks_equal_refine_mask_on_own_statistics(family, initial, objective, pattern):
     """The test gathers the statistics itself (its own hooks) and calls refine_mask."""
     model = tiny_model(family)
@@ -77,7 +78,9 @@ def test_masks_equal_refine_mask_on_own_statistics(family, initial, objective, p
         expected = dk.refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row, initial_metric=metric,
                                   sparsity=0.6, prune_n=n, prune_m=m, max_cycle_time=50 if refined else 0,
                                   objective=objective if refined else "dsnot",
-                                  mean=stats.mean if refined and objective == "mse" else None, backend="torch")
+                                  mean=stats.mean if refined and objective == "mse" else None,
+                                  second_moment=stats.hessian if refined and objective == "cov" else None,
+                                  backend="torch")
         assert torch.equal(mask, expected), (i, name)
         checked.append((i, name))
 

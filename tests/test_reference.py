@@ -134,7 +134,17 @@ CONFIGS = [
     dict(sparsity=0.6, pow_of_var_regrowing=2.0), dict(prune_n=2, prune_m=4, pow_of_var_regrowing=2.0),
     dict(sparsity=0.6, objective="mse"), dict(prune_n=2, prune_m=4, objective="mse"),
     dict(sparsity=0.7, max_cycle_time=200),
+    dict(sparsity=0.6, objective="cov"), dict(prune_n=2, prune_m=4, objective="cov"),
+    dict(sparsity=0.7, objective="cov", update_threshold=0.0),
 ]
+
+
+def _second_moment(cols, seed):
+    """E[x xᵀ]-like (cols, cols): correlated channels with nonzero means, float32."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    x = torch.randn(48, cols, generator=g) @ (torch.eye(cols) + 0.3 * torch.randn(cols, cols, generator=g))
+    x = x + torch.randn(cols, generator=g)
+    return x.t() @ x / 48
 
 
 @pytest.mark.parametrize("metric", ["wanda", "magnitude", "custom"])
@@ -151,6 +161,8 @@ def test_reference_equals_oracle(cfg, metric):
             cfg["initial_metric"] = torch.randn(W.shape, generator=torch.Generator().manual_seed(seed)).abs()
         if cfg.get("objective") == "mse":
             cfg["mean"] = mean
+        if cfg.get("objective") == "cov":
+            cfg["second_moment"] = _second_moment(W.shape[1], seed)
         got = _ref(W, s, var, sc, **cfg)
         want = oracle(W, s, var, sc, **cfg)
         assert torch.equal(got[0], want[0]), f"mask differs (seed {seed})"
@@ -202,6 +214,48 @@ def test_invariants_and_swaps_happen(cfg):
     # not a no-op: swaps happen and each accepted swap flips exactly two entries
     assert int(swaps.sum()) > 0
     assert torch.equal((mask ^ init).sum(1), 2 * swaps.long())
+
+
+@pytest.mark.parametrize("cfg", [dict(sparsity=0.5), dict(sparsity=0.7), dict(prune_n=2, prune_m=4),
+                                 dict(sparsity=0.6, update_threshold=0.0, max_cycle_time=200)])
+def test_cov_never_raises_the_row_output_error(cfg):
+    """objective="cov": the row's D M Dᵀ (recomputed from scratch in float64) never increases, and
+    on inputs with correlated channels it drops below what "mse" (diagonal model) reaches."""
+    W, st = _realistic(48, 256, seed=5)
+    g = torch.Generator().manual_seed(6)
+    mix = torch.eye(256) + 0.2 * torch.randn(256, 256, generator=g)
+    x = (torch.randn(4, 64, 256, generator=g) @ mix) * (torch.rand(256, generator=g) * 2) + torch.randn(256, generator=g) * 0.3
+    st = dk.CalibrationStats(256, hessian=True)
+    st.add_batch(x)
+    M = st.hessian.double()
+    args = (W, st.sum_metric_row, st.var, st.scaler_row)
+    init = dk.refine_mask(*args, **dict(cfg, max_cycle_time=0))
+    cov, swaps = _ref(*args, objective="cov", second_moment=st.hessian, **cfg)
+    mse = dk.refine_mask(*args, objective="mse", mean=st.mean, backend="torch", **cfg)
+
+    def loss(mask):
+        D = torch.where(mask, W.double(), torch.zeros((), dtype=torch.float64))
+        return ((D @ M) * D).sum(1)
+
+    l0, l1 = loss(init), loss(cov)
+    assert int(swaps.sum()) > 0
+    assert bool((l1 <= l0 * (1 + 1e-12)).all()), (l1 - l0).max()
+    assert torch.equal(cov.sum(1), init.sum(1))
+    if "prune_n" in cfg:
+        assert bool((cov.view(48, -1, 4).sum(-1) == 2).all())
+    assert float(l1.sum()) < float(loss(mse).sum())
+
+
+def test_cov_runs_on_the_reference_only():
+    W, st = _realistic(4, 64)
+    H = torch.eye(64)
+    for backend in ("cpu", "triton", "cuda"):
+        with pytest.raises(ValueError, match="torch"):
+            dk.refine_mask(W, st.sum_metric_row, st.var, st.scaler_row, objective="cov", second_moment=H,
+                           backend=backend)
+    # automatic choice: the reference, on any device
+    mask = dk.refine_mask(W, st.sum_metric_row, st.var, st.scaler_row, objective="cov", second_moment=H)
+    assert torch.equal(mask, _ref(W, st.sum_metric_row, st.var, st.scaler_row, objective="cov", second_moment=H)[0])
 
 
 def test_short_rows_run_out_of_candidates():

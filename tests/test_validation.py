@@ -169,6 +169,26 @@ def test_mse_bad_mean(bad, exc, word):
         _call(objective="mse", mean=bad)
 
 
+# --- second_moment (objective="cov") -----------------------------------------------------------
+
+def test_cov_without_second_moment():
+    with _raises(ValueError, "second_moment", "cov"):
+        _call(objective="cov")
+
+
+@pytest.mark.parametrize("bad,exc,word", [
+    (np.zeros((COLS, COLS), np.float32), TypeError, "torch.Tensor"),
+    (torch.zeros(COLS, COLS + 1), ValueError, "shape"),
+    (torch.zeros(COLS), ValueError, "shape"),
+    (torch.zeros(COLS, COLS, dtype=torch.int32), ValueError, "floating"),
+    (torch.full((COLS, COLS), float("inf")), ValueError, "non-finite"),
+    (torch.zeros(COLS, COLS, device=META), ValueError, "device"),
+])
+def test_cov_bad_second_moment(bad, exc, word):
+    with _raises(exc, "second_moment", word):
+        _call(objective="cov", second_moment=bad)
+
+
 # --- initial_metric / initial_mask --------------------------------------------------------------
 
 @pytest.mark.parametrize("bad,exc,word", [

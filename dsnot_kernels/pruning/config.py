@@ -22,8 +22,10 @@ class PruneConfig:
     skip_sublayers: extra sub-layer names (last name component, e.g. "down_proj") that are not
         refined (the authors' ``--skip_sub_layer``).
     max_cycle_time, update_threshold, pow_of_var_regrowing, without_same_sign: spec §3.
-    objective: "dsnot" (the authors' rule) or "mse" (swap only when the row's mean² + variance
-        output error drops; uses ``CalibrationStats.mean``).
+    objective: "dsnot" (the authors' rule), "mse" (swap only when the row's mean² + variance
+        output error drops; uses ``CalibrationStats.mean``) or "cov" (swap only when the row's full
+        output error drops, with the inputs' (cols, cols) second moment: keeps one per sub-layer
+        and runs on the "torch" backend).
     backend: refine_mask backend (None = best for the device).
     batch_size: calibration samples per forward pass (statistics do not depend on it).
     device: where each block is computed (None = where the model is). Only the current block and
@@ -58,8 +60,8 @@ class PruneConfig:
             raise ValueError(f"skip must be one of {SKIP_CHOICES}, got {self.skip!r}")
         if self.initial not in INITIAL_METHODS:
             raise ValueError(f"initial must be one of {INITIAL_METHODS}, got {self.initial!r}")
-        if self.objective not in ("dsnot", "mse"):
-            raise ValueError(f'objective must be "dsnot" or "mse", got {self.objective!r}')
+        if self.objective not in ("dsnot", "mse", "cov"):
+            raise ValueError(f'objective must be "dsnot", "mse" or "cov", got {self.objective!r}')
         self.prune_n, self.prune_m = parse_pattern(self.pattern)
         if self.prune_n == 0 and not (0.0 <= float(self.sparsity) < 1.0):
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")

@@ -61,10 +61,11 @@ def _sublayer_mask(name, module, stats, config, want_error):
                   without_same_sign=config.without_same_sign, backend=config.backend, return_swaps=True)
     t0 = time.perf_counter()
     if refined:
-        mse = config.objective == "mse"
+        mse, cov = config.objective == "mse", config.objective == "cov"
         mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
                                   max_cycle_time=config.max_cycle_time, objective=config.objective,
-                                  mean=stats.mean if mse else None, **common)
+                                  mean=stats.mean if mse else None,
+                                  second_moment=stats.hessian if cov else None, **common)
     else:
         mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
                                   max_cycle_time=0, **common)
@@ -106,7 +107,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     path, blocks = find_blocks(model)
     first = next(model.parameters())
     device = torch.device(config.device) if config.device else first.device
-    need_hessian = config.initial == "sparsegpt" or config.record_error
+    need_hessian = config.initial == "sparsegpt" or config.record_error or config.objective == "cov"
 
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "config": config.to_dict(),
