@@ -155,6 +155,15 @@ def _has_nan(t: torch.Tensor) -> bool:
     return t.numel() > 0 and bool(torch.isnan(torch.aminmax(t)[0]))
 
 
+def _check_placed(name, t, shape, device) -> None:
+    """``t`` is a dense tensor of ``shape`` on ``device`` (the weight's)."""
+    _check_tensor(name, t)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but weight is on {device}; put all tensors on one device")
+
+
 def _as_stat(name, t, cols, device) -> torch.Tensor:
     _check_tensor(name, t)
     if t.dim() != 1 or t.shape[0] != cols:
@@ -229,22 +238,14 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
 
     if initial_metric is not None:
-        _check_tensor("initial_metric", initial_metric)
-        if tuple(initial_metric.shape) != (rows, cols):
-            raise ValueError(f"initial_metric must have shape {(rows, cols)}, got {tuple(initial_metric.shape)}")
-        if initial_metric.device != device:
-            raise ValueError(f"initial_metric is on {initial_metric.device} but weight is on {device}")
+        _check_placed("initial_metric", initial_metric, (rows, cols), device)
         if not initial_metric.is_floating_point():
             raise ValueError(f"initial_metric must be floating point, got {initial_metric.dtype}")
         initial_metric = initial_metric.to(torch.float32).contiguous()
         if _has_nan(initial_metric):
             raise ValueError("initial_metric has NaN values")
     if initial_mask is not None:
-        _check_tensor("initial_mask", initial_mask)
-        if tuple(initial_mask.shape) != (rows, cols):
-            raise ValueError(f"initial_mask must have shape {(rows, cols)}, got {tuple(initial_mask.shape)}")
-        if initial_mask.device != device:
-            raise ValueError(f"initial_mask is on {initial_mask.device} but weight is on {device}")
+        _check_placed("initial_mask", initial_mask, (rows, cols), device)
         if initial_mask.dtype != torch.bool:
             raise ValueError(f"initial_mask must be a bool tensor (True = pruned), got {initial_mask.dtype}")
         initial_mask = initial_mask.contiguous()
@@ -274,11 +275,7 @@ def validate_second_moment(second_moment, objective, cols, device):
     if second_moment is None:
         raise ValueError('objective="cov" needs second_moment= (a (cols, cols) E[x xᵀ] up to a positive '
                          "scale, e.g. CalibrationStats(..., hessian=True).hessian)")
-    _check_tensor("second_moment", second_moment)
-    if tuple(second_moment.shape) != (cols, cols):
-        raise ValueError(f"second_moment must have shape {(cols, cols)}, got {tuple(second_moment.shape)}")
-    if second_moment.device != device:
-        raise ValueError(f"second_moment is on {second_moment.device} but weight is on {device}; put all tensors on one device")
+    _check_placed("second_moment", second_moment, (cols, cols), device)
     if not second_moment.is_floating_point():
         raise ValueError(f"second_moment must be floating point, got {second_moment.dtype}")
     m = second_moment.to(torch.float64)
