@@ -47,7 +47,7 @@ __attribute__((always_inline)) inline uint64_t kth_composite(const uint32_t* ord
                                                              uint64_t* cand) {
   const uint32_t span = hi - lo;
   const int span_bits = span == 0 ? 0 : 32 - __builtin_clz(span);
-  const int bits = n >= 2048 ? kHistBits : (n >= 512 ? 9 : 7);
+  const int bits = n >= 512 ? kHistBits : 7;  // 512+ columns: the full 2048 bins (a smaller boundary bin measured 6 % faster at 1024)
   const int shift = std::max(0, span_bits - bits);
   const int bins = 1 << bits;
   uint32_t* ha = hist;
