@@ -55,7 +55,7 @@ def parse(argv=None):
     p.add_argument("--calib", default=None, help="calibration text file")
     p.add_argument("--eval", dest="eval_file", default=None, help="evaluation text file")
     p.add_argument("--eval_windows", type=int, default=0, help="evaluate on the first N windows (0 = all)")
-    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse"])
+    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov"])
     p.add_argument("--backend", default=None)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None)

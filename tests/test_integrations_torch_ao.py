@@ -126,6 +126,18 @@ def test_mse_objective_and_batches_of_one_sample():
         assert torch.equal(model[int(fqn[0])].parametrizations.weight[0].mask == 0, pruned)
 
 
+def test_cov_objective_gathers_the_second_moment():
+    model, data = small_model(5), calibration(3)
+    dense = copy.deepcopy(model)
+    stats = own_stats(dense, data, hessian=True)
+    run(model, data, DSnoTSparsifier(sparsity_level=0.6, objective="cov"))
+    for fqn in FQNS:
+        s = stats[fqn]
+        pruned = expected_mask(dense[int(fqn[0])].weight.detach(), s, sparsity=0.6, objective="cov",
+                               second_moment=s.hessian)
+        assert torch.equal(model[int(fqn[0])].parametrizations.weight[0].mask == 0, pruned)
+
+
 def test_step_without_calibration_is_a_clear_error():
     sparsifier = DSnoTSparsifier()
     sparsifier.prepare(small_model(), None)

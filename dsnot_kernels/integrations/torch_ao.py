@@ -41,7 +41,8 @@ class DSnoTSparsifier(BaseSparsifier):
         sparsity_level: unstructured sparsity per row, in [0, 1).
         semi_structured_block_size: M for an (M/2):M pattern (4 = 2:4); overrides sparsity_level.
         prune_n, prune_m: any N:M pattern (overrides the two above when prune_n > 0).
-        initial: initial metric, "wanda" (default), "magnitude" or "sparsegpt" (gathers a Hessian).
+        initial: initial metric, "wanda" (default), "magnitude" or "sparsegpt" (gathers a Hessian,
+            as objective "cov" does).
         refine: False = the initial mask alone (the plain Wanda/magnitude/SparseGPT baseline).
         max_cycle_time, update_threshold, pow_of_var_regrowing, without_same_sign, objective,
         backend: as in ``dsnot_kernels.refine_mask``.
@@ -77,7 +78,7 @@ class DSnoTSparsifier(BaseSparsifier):
                 raise ValueError(f"{fqn}: {n}:{m} needs in_features divisible by {m}, got {weight.shape[1]}")
             device = self.stats_device if self.stats_device is not None else weight.device
             self.stats[fqn] = CalibrationStats(weight.shape[1], device=device,
-                                               hessian=group["initial"] == "sparsegpt")
+                                               hessian=group["initial"] == "sparsegpt" or group["objective"] == "cov")
             self._hooks[fqn] = module.register_forward_pre_hook(self._make_hook(fqn), with_kwargs=True)
 
     def _make_hook(self, fqn):
@@ -109,6 +110,7 @@ class DSnoTSparsifier(BaseSparsifier):
             update_threshold=config["update_threshold"], pow_of_var_regrowing=config["pow_of_var_regrowing"],
             without_same_sign=config["without_same_sign"], objective=config["objective"],
             mean=stats.mean.to(weight.device) if config["objective"] == "mse" else None,
+            second_moment=stats.hessian.to(weight.device) if config["objective"] == "cov" else None,
             backend=config["backend"], return_swaps=True)
         mask.data.copy_(~pruned)
         self.state[tensor_fqn]["swaps"] = int(swaps.sum())
