@@ -201,7 +201,8 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
             ok = active & q_ok & (delta < 0)
             hit_rows = row_ids[ok]
             if hit_rows.numel():
-                g[hit_rows] = g[hit_rows] + (w_q[ok].unsqueeze(1) * M[q[ok]] - w_r[ok].unsqueeze(1) * M[r[ok]])
+                # one rounded addition per element, as g[hit] = g[hit] + (...) (rows are unique)
+                g.index_add_(0, hit_rows, w_q[ok].unsqueeze(1) * M[q[ok]] - w_r[ok].unsqueeze(1) * M[r[ok]])
         else:
             a_q = a.gather(1, q.unsqueeze(1)).squeeze(1)
             a_r = a.gather(1, r.unsqueeze(1)).squeeze(1)
