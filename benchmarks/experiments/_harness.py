@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 import dsnot_kernels as dk
 from dsnot_kernels.pruning import driver
 from dsnot_kernels.pruning.adapters import is_refined, sublayer_kind, weight_view
-from dsnot_kernels.stats import CalibrationStats
 
 from objective_variants import VARIANTS, refine_variant, second_moment_of
 
