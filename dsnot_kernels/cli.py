@@ -25,9 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refine", action="store_true", help="the initial method alone (no DSnoT)")
     p.add_argument("--skip", default="mlp", choices=["mlp", "none", "self_attn"],
                    help="sub-layers that get the initial mask only (default mlp, the authors' default)")
-    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov"],
+    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov", "cov_window"],
                    help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
-                        "cov: only if the full output error drops (second moment per sub-layer, torch backend)")
+                        "cov: only if the full output error drops (second moment per sub-layer, torch backend); "
+                        "cov_window: the best such swap among the next --window candidates of each cursor")
+    p.add_argument("--window", type=int, default=50, help="candidates per list for --objective cov_window")
     p.add_argument("--max-cycle-time", type=int, default=50)
     p.add_argument("--update-threshold", type=float, default=0.1)
     p.add_argument("--pow-of-var-regrowing", type=float, default=1.0)
@@ -150,7 +152,7 @@ def run(args) -> dict:
             dense = None
         config = dk.PruneConfig(
             sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=args.skip,
-            objective=args.objective, max_cycle_time=args.max_cycle_time, update_threshold=args.update_threshold,
+            objective=args.objective, window=args.window, max_cycle_time=args.max_cycle_time, update_threshold=args.update_threshold,
             pow_of_var_regrowing=args.pow_of_var_regrowing, backend=args.backend, batch_size=args.batch_size,
             device=args.device, record_error=record_error and (refine or args.no_refine),
             progress=not args.quiet)

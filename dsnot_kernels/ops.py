@@ -21,9 +21,12 @@ import torch
 from dsnot_kernels import _extension
 from dsnot_kernels.reference import refine_mask_reference
 
-OBJECTIVES = {"dsnot": 0, "mse": 1, "cov": 2}
+OBJECTIVES = {"dsnot": 0, "mse": 1, "cov": 2, "cov_window": 3}
 # Objectives that only the reference implements (so far): an automatic choice goes to "torch".
-REFERENCE_ONLY_OBJECTIVES = ("cov",)
+REFERENCE_ONLY_OBJECTIVES = ("cov", "cov_window")
+# Objectives that score swaps with the inputs' second moment (``second_moment=``).
+SECOND_MOMENT_OBJECTIVES = ("cov", "cov_window")
+DEFAULT_WINDOW = 50
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKEND_ENV = "DSNOT_KERNELS_BACKEND"
 
@@ -266,14 +269,14 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
 
 
 def validate_second_moment(second_moment, objective, cols, device):
-    """The (cols, cols) second-moment matrix of objective "cov" as float64, exactly symmetric
+    """The (cols, cols) second-moment matrix of objectives "cov" and "cov_window" as float64, exactly symmetric
     (``(M + Mᵀ) / 2``, so that M[q, r] == M[r, q] whatever summation order produced it); None for
     the other objectives. Any positive scale works (``CalibrationStats.hessian`` as it is): the
     objective only compares a change of the loss with 0."""
-    if objective != "cov":
+    if objective not in SECOND_MOMENT_OBJECTIVES:
         return None
     if second_moment is None:
-        raise ValueError('objective="cov" needs second_moment= (a (cols, cols) E[x xᵀ] up to a positive '
+        raise ValueError(f'objective={objective!r} needs second_moment= (a (cols, cols) E[x xᵀ] up to a positive '
                          "scale, e.g. CalibrationStats(..., hessian=True).hessian)")
     _check_placed("second_moment", second_moment, (cols, cols), device)
     if not second_moment.is_floating_point():
@@ -287,7 +290,7 @@ def validate_second_moment(second_moment, objective, cols, device):
 def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None,
                 sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
                 pow_of_var_regrowing=1.0, without_same_sign=True, backend=None, objective="dsnot",
-                mean=None, second_moment=None, return_swaps=False):
+                mean=None, second_moment=None, window=DEFAULT_WINDOW, return_swaps=False):
     """DSnoT: initial mask plus training-free refinement of one linear layer (spec §2-§3).
 
     Args:
@@ -307,11 +310,15 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         backend: None (automatic), "torch", "cpu", "cuda" or "triton".
         objective: "dsnot" (the authors' rule), "mse" (accept a swap only if it lowers the
             row's mean² + variance output error; needs ``mean``) or "cov" (accept a swap only if it
-            lowers the row's full output error ``D M Dᵀ``; needs ``second_moment``; the "torch"
-            backend only, so far: see ``docs/KERNEL_CONTRACT.md``, objective 2).
+            lowers the row's full output error ``D M Dᵀ``; needs ``second_moment``) or "cov_window"
+            (each cycle, the swap that lowers ``D M Dᵀ`` most among the next ``window`` candidates
+            of each cursor; needs ``second_moment``). "cov" and "cov_window": the "torch" backend
+            only, so far (``docs/KERNEL_CONTRACT.md``, objectives 2 and 3).
         mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
         second_moment: (cols, cols) float, ``E[x xᵀ]`` of the layer's inputs up to a positive scale
-            (``CalibrationStats(..., hessian=True).hessian``); only for ``objective="cov"``.
+            (``CalibrationStats(..., hessian=True).hessian``); only for "cov" and "cov_window".
+        window: candidates per list (prune and regrow) that "cov_window" compares each cycle,
+            an int >= 1 (it compares up to ``window**2`` pairs; N:M: ``window * M``).
         return_swaps: also return the (rows,) int32 count of accepted swaps per row.
 
     Returns:
@@ -324,6 +331,10 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, sparsity, prune_n,
         prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, objective, mean)
     second_moment = validate_second_moment(second_moment, objective, weight.shape[1], weight.device)
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise TypeError(f"window must be an int, got {type(window).__name__}")
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
     if objective in REFERENCE_ONLY_OBJECTIVES:
         name = backend if backend is not None else os.environ.get(BACKEND_ENV) or None
         if name not in (None, "torch"):
@@ -338,6 +349,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         nm = prune_n > 0
         same_sign = True if nm else not bool(without_same_sign)
         extra = {"second_moment": second_moment} if second_moment is not None else {}
+        if objective == "cov_window":
+            extra["window"] = window
         mask, swaps = chosen.fn(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask,
                                 mean, float(sparsity) if not nm else 0.0, int(prune_n), int(prune_m),
                                 int(max_cycle_time), float(update_threshold), float(pow_of_var_regrowing),

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dsnot_kernels.reference_window import refine_cov_window
+
 SUM_LANES = 256
 
 
@@ -90,10 +92,11 @@ def _ordered_candidates(values: torch.Tensor, cls: torch.Tensor) -> torch.Tensor
 
 def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
                           sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
-                          pow_of_var_regrowing, same_sign, objective, second_moment=None):
+                          pow_of_var_regrowing, same_sign, objective, second_moment=None, window=None):
     """Reference backend: the op's positional arguments (validated by ``ops.refine_mask``).
 
-    ``second_moment``: (cols, cols) float64, exactly symmetric; objective 2 ("cov") only.
+    ``second_moment``: (cols, cols) float64, exactly symmetric; objectives 2 ("cov") and 3
+    ("cov_window", with ``window`` candidates per list: ``reference_window``) only.
     Objective 2 (contract "Objective 2"): with D = W on the pruned set P (float64) and M the second
     moment, the row's loss is L(P) = D M Dᵀ and g = D M (one float64 matmul per call, then updated
     per accepted swap). A pair (prune q, regrow r) changes L by
@@ -130,6 +133,20 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
     lo_end = grow_neg.sum(1)                 # lo valid while lo_ptr < lo_end
     hi_ptr = torch.full((rows,), cols - 1, dtype=torch.int64, device=dev)
     lo_ptr = torch.zeros(rows, dtype=torch.int64, device=dev)
+
+    if objective == 3:
+        if nm:
+            return refine_cov_window(W, dm, mask, err, thr, second_moment, window=window,
+                                     max_cycle_time=max_cycle_time, prune_m=prune_m, grow_order=grow_order,
+                                     n_hi=cols - hi_end, n_lo=lo_end)
+        kept = ~mask
+        cls = torch.ones((rows, cols), dtype=torch.int8, device=dev)
+        cls[kept & (dm < 0)] = 0
+        cls[kept & (dm > 0)] = 2
+        return refine_cov_window(W, dm, mask, err, thr, second_moment, window=window,
+                                 max_cycle_time=max_cycle_time, grow_order=grow_order, n_hi=cols - hi_end,
+                                 n_lo=lo_end, prune_order=_ordered_candidates(wanda + 0.0, cls),
+                                 n_plo=(cls == 0).sum(1), n_phi=(cls == 2).sum(1))
 
     if nm:
         # q in r's group: smallest initial metric among kept, not yet chosen columns (§3 step 1).

@@ -55,7 +55,8 @@ def parse(argv=None):
     p.add_argument("--calib", default=None, help="calibration text file")
     p.add_argument("--eval", dest="eval_file", default=None, help="evaluation text file")
     p.add_argument("--eval_windows", type=int, default=0, help="evaluate on the first N windows (0 = all)")
-    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov"])
+    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov", "cov_window"])
+    p.add_argument("--window", type=int, default=50, help="candidates per list for objective cov_window")
     p.add_argument("--backend", default=None)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None)
@@ -91,7 +92,8 @@ def main(argv=None):
             sparsity=args.sparsity_ratio, pattern=args.sparsity_type, initial=initial, refine=refine,
             skip=args.skip_layer, skip_sublayers=skip_sub, max_cycle_time=args.max_cycle_time,
             update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
-            without_same_sign=args.without_same_sign, objective=args.objective, backend=args.backend,
+            without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
+            backend=args.backend,
             batch_size=args.batch_size)
         calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed)
         print(f"pruning starts: {args.prune_method} ({text_desc['calibration']}, {args.nsamples} x {args.seqlen})")

@@ -38,10 +38,11 @@ def _sign(x) -> int:
 
 def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsity=0.5, prune_n=0,
                prune_m=0, max_cycle_time=50, update_threshold=0.1, p=1.0, same_sign=False,
-               objective="dsnot", g0=None, M=None):
+               objective="dsnot", g0=None, M=None, window=50):
     """Refine one row. ``w, s, var, scaler, metric, mean``: lists of floats; ``pruned``: list of bools.
-    Objective "cov": ``M`` the (cols, cols) float64 numpy second moment and ``g0`` this row's
-    ``D M`` for the initial pruned set (from one torch matmul over all rows, as the reference).
+    Objectives "cov" and "cov_window": ``M`` the (cols, cols) float64 numpy second moment and ``g0``
+    this row's ``D M`` for the initial pruned set (from one torch matmul over all rows, as the
+    reference); "cov_window" compares ``window`` candidates per list (``_window_cycles``).
 
     Returns ``(pruned_list, swaps)``.
     """
@@ -81,6 +82,9 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
     plo = sorted([j for j in range(cols) if not initial[j] and dm[j] < 0], key=lambda j: (float(wanda[j]), j))
     phi = sorted([j for j in range(cols) if not initial[j] and dm[j] > 0], key=lambda j: (float(wanda[j]), j))
     chosen_q = [False] * cols
+    if objective == "cov_window":
+        return _window_cycles(w, dm, err, thr, pruned, initial, hi, lo, plo, phi, [float(x) for x in g0], M,
+                              prune_m if prune_n else 0, max_cycle_time, window)
 
     if objective == "mse":
         a = [float(w[j]) * float(mean[j]) for j in range(cols)]
@@ -134,14 +138,77 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
     return pruned, swaps
 
 
+def _window_cycles(w, dm, err, thr, pruned, initial, hi, lo, plo, phi, g, M, m, max_cycle_time, window):
+    """Objective "cov_window" for one row: windows of ``K`` slots over the four candidate lists,
+    a used slot takes its list's next entry; each cycle the pair with the smallest delta (first in
+    (q slot, r slot) order; N:M: (r slot, group position)) is applied if delta < 0."""
+    cols = len(w)
+    K = min(window, cols)
+
+    def slots_of(lst):
+        return {"list": lst, "slots": [lst[i] if i < len(lst) else None for i in range(K)], "next": min(K, len(lst))}
+
+    wins = {name: slots_of(lst) for name, lst in (("hi", hi), ("lo", lo), ("plo", plo), ("phi", phi))}
+
+    def refill(win, slot):
+        lst, n = win["list"], win["next"]
+        win["slots"][slot] = lst[n] if n < len(lst) else None
+        win["next"] = min(n + 1, len(lst))
+
+    def a_term(q):
+        wq = float(w[q])
+        return (2 * wq) * g[q] + (wq * wq) * float(M[q, q])
+
+    def b_term(r):
+        wr = float(w[r])
+        return (wr * wr) * float(M[r, r]) - (2 * wr) * g[r]
+
+    def delta(q, r):
+        return (a_term(q) - ((2 * float(w[q])) * float(w[r])) * float(M[q, r])) + b_term(r)
+
+    swaps = 0
+    for _ in range(max_cycle_time):
+        if not (abs(err) > thr):
+            break
+        gw = wins["hi" if err > 0 else "lo"]
+        best, pick = math.inf, None
+        if m:
+            for rs, r in enumerate(gw["slots"]):
+                for q in range(r - r % m, r - r % m + m) if r is not None else ():
+                    if not initial[q] and not pruned[q]:
+                        d = delta(q, r)
+                        if d < best:
+                            best, pick = d, (None, q, rs, r)
+        else:
+            pw = wins["plo" if err > 0 else "phi"]
+            for qs, q in enumerate(pw["slots"]):
+                for rs, r in enumerate(gw["slots"]):
+                    if q is not None and r is not None:
+                        d = delta(q, r)
+                        if d < best:
+                            best, pick = d, (qs, q, rs, r)
+        if not (best < 0):
+            break
+        qs, q, rs, r = pick
+        wq, wr = float(w[q]), float(w[r])
+        g = [g[j] + (wq * float(M[q, j]) - wr * float(M[r, j])) for j in range(cols)]
+        pruned[q], pruned[r] = True, False
+        err = F32(F32(err + dm[q]) - dm[r])
+        swaps += 1
+        refill(gw, rs)
+        if not m:
+            refill(pw, qs)
+    return pruned, swaps
+
+
 def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None, mean=None,
            sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
-           pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot", second_moment=None):
+           pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot", second_moment=None, window=50):
     """``refine_mask``'s keyword interface over ``oracle_row``; returns (mask, swaps) tensors."""
     W = weight.float().tolist()
     cols = weight.shape[1]
     g0 = M = None
-    if objective == "cov":  # g0 = D M with the reference's one matmul (its rounding is torch's)
+    if objective in ("cov", "cov_window"):  # g0 = D M with the reference's one matmul (its rounding is torch's)
         init = initial_mask
         if init is None:
             init = torch.tensor([oracle_row(row, sum_metric_row.tolist(), var.tolist(), scaler_row.tolist(),
@@ -163,7 +230,7 @@ def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, init
                             sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,
                             max_cycle_time=max_cycle_time, update_threshold=update_threshold,
                             p=pow_of_var_regrowing, same_sign=same_sign, objective=objective,
-                            g0=None if g0 is None else g0[i], M=M)
+                            g0=None if g0 is None else g0[i], M=M, window=window)
         masks.append(pr)
         swaps.append(sw)
     mask = torch.tensor(masks, dtype=torch.bool).reshape(len(W), cols)

@@ -72,6 +72,10 @@ def test_cli_mse_no_refine(tiny_dir, tmp_path):
           "--objective", "cov", "--json", str(out), "--quiet"])
     row = json.loads(out.read_text())["rows"][-1]
     assert row["method"] == "Wanda + DSnoT (cov) [skip=mlp]"
+    main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
+          "--objective", "cov_window", "--window", "4", "--json", str(out), "--quiet"])
+    res = json.loads(out.read_text())
+    assert res["rows"][-1]["method"] == "Wanda + DSnoT (cov_window) [skip=mlp]"
 
 
 def test_python_m_help():

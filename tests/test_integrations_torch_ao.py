@@ -126,15 +126,16 @@ def test_mse_objective_and_batches_of_one_sample():
         assert torch.equal(model[int(fqn[0])].parametrizations.weight[0].mask == 0, pruned)
 
 
-def test_cov_objective_gathers_the_second_moment():
+@pytest.mark.parametrize("objective,window", [("cov", 50), ("cov_window", 6)])
+def test_cov_objectives_gather_the_second_moment(objective, window):
     model, data = small_model(5), calibration(3)
     dense = copy.deepcopy(model)
     stats = own_stats(dense, data, hessian=True)
-    run(model, data, DSnoTSparsifier(sparsity_level=0.6, objective="cov"))
+    run(model, data, DSnoTSparsifier(sparsity_level=0.6, objective=objective, window=window))
     for fqn in FQNS:
         s = stats[fqn]
-        pruned = expected_mask(dense[int(fqn[0])].weight.detach(), s, sparsity=0.6, objective="cov",
-                               second_moment=s.hessian)
+        pruned = expected_mask(dense[int(fqn[0])].weight.detach(), s, sparsity=0.6, objective=objective,
+                               second_moment=s.hessian, window=window)
         assert torch.equal(model[int(fqn[0])].parametrizations.weight[0].mask == 0, pruned)
 
 

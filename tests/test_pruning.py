@@ -47,7 +47,8 @@ def test_target_sparsity_and_nm(family, pattern, sparsity):
     ("llama", "wanda", "dsnot", "unstructured"), ("qwen2", "magnitude", "dsnot", "2:4"),
     ("opt", "wanda", "mse", "unstructured"), ("gpt2", "sparsegpt", "dsnot", "unstructured"),
     ("mistral", "sparsegpt", "mse", "2:4"), ("llama", "wanda", "cov", "unstructured"),
-    ("qwen2", "wanda", "cov", "2:4")])
+    ("qwen2", "wanda", "cov", "2:4"), ("llama", "magnitude", "cov_window", "unstructured"),
+    ("mistral", "wanda", "cov_window", "2:4")])
 def test_masks_equal_refine_mask_on_own_statistics(family, initial, objective, pattern):
     """The test gathers the statistics itself (its own hooks) and calls refine_mask."""
     model = tiny_model(family)
@@ -65,7 +66,7 @@ def test_masks_equal_refine_mask_on_own_statistics(family, initial, objective, p
     handles = [m.register_forward_hook(hook_for(i, name, weight_view(m).shape[1]))
                for i, b in enumerate(blocks) for name, m in find_sublayers(b).items()]
     config = PruneConfig(sparsity=0.6, pattern=pattern, initial=initial, objective=objective, skip="mlp",
-                         batch_size=4, **FAST)
+                         batch_size=4, window=7, **FAST)
     checked = []
 
     def check(i, name, mask):
@@ -79,8 +80,8 @@ def test_masks_equal_refine_mask_on_own_statistics(family, initial, objective, p
                                   sparsity=0.6, prune_n=n, prune_m=m, max_cycle_time=50 if refined else 0,
                                   objective=objective if refined else "dsnot",
                                   mean=stats.mean if refined and objective == "mse" else None,
-                                  second_moment=stats.hessian if refined and objective == "cov" else None,
-                                  backend="torch")
+                                  second_moment=stats.hessian if refined and objective.startswith("cov") else None,
+                                  window=7, backend="torch")
         assert torch.equal(mask, expected), (i, name)
         checked.append((i, name))
 

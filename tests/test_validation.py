@@ -171,9 +171,18 @@ def test_mse_bad_mean(bad, exc, word):
 
 # --- second_moment (objective="cov") -----------------------------------------------------------
 
-def test_cov_without_second_moment():
-    with _raises(ValueError, "second_moment", "cov"):
-        _call(objective="cov")
+@pytest.mark.parametrize("objective", ["cov", "cov_window"])
+def test_cov_without_second_moment(objective):
+    with _raises(ValueError, "second_moment", objective):
+        _call(objective=objective)
+
+
+@pytest.mark.parametrize("bad,exc,word", [(0, ValueError, "got 0"), (-3, ValueError, "got -3"),
+                                          (2.0, TypeError, "int"), (True, TypeError, "int"),
+                                          ("8", TypeError, "int")])
+def test_cov_window_bad_window(bad, exc, word):
+    with _raises(exc, "window", word):
+        _call(objective="cov_window", second_moment=torch.eye(COLS), window=bad)
 
 
 @pytest.mark.parametrize("bad,exc,word", [
@@ -185,8 +194,9 @@ def test_cov_without_second_moment():
     (torch.zeros(COLS, COLS, device=META), ValueError, "device"),
 ])
 def test_cov_bad_second_moment(bad, exc, word):
-    with _raises(exc, "second_moment", word):
-        _call(objective="cov", second_moment=bad)
+    for objective in ("cov", "cov_window"):
+        with _raises(exc, "second_moment", word):
+            _call(objective=objective, second_moment=bad)
 
 
 # --- initial_metric / initial_mask --------------------------------------------------------------

@@ -20,7 +20,7 @@ ratios: ``[{"tensor_fqn": "0.weight", "sparsity_level": 0.55}, ...]``. Options: 
 ``semi_structured_block_size`` (M of N:M with N = M/2), ``prune_n``/``prune_m`` (any N:M),
 ``initial`` ("wanda", "magnitude", "sparsegpt"), ``refine`` (False = initial mask only),
 ``max_cycle_time``, ``update_threshold``, ``pow_of_var_regrowing``, ``without_same_sign``,
-``objective``, ``backend``.
+``objective``, ``window``, ``backend``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from torch import nn
 from torch.ao.pruning import BaseSparsifier
 
 from dsnot_kernels.metrics import initial_metric as compute_metric
-from dsnot_kernels.ops import refine_mask
+from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
 from dsnot_kernels.stats import CalibrationStats
 
 __all__ = ["DSnoTSparsifier"]
@@ -42,22 +42,23 @@ class DSnoTSparsifier(BaseSparsifier):
         semi_structured_block_size: M for an (M/2):M pattern (4 = 2:4); overrides sparsity_level.
         prune_n, prune_m: any N:M pattern (overrides the two above when prune_n > 0).
         initial: initial metric, "wanda" (default), "magnitude" or "sparsegpt" (gathers a Hessian,
-            as objective "cov" does).
+            as objectives "cov" and "cov_window" do).
         refine: False = the initial mask alone (the plain Wanda/magnitude/SparseGPT baseline).
         max_cycle_time, update_threshold, pow_of_var_regrowing, without_same_sign, objective,
-        backend: as in ``dsnot_kernels.refine_mask``.
+        window, backend: as in ``dsnot_kernels.refine_mask``.
         stats_device: where statistics are kept (None = each layer's weight device).
     """
 
     def __init__(self, sparsity_level: float = 0.5, semi_structured_block_size=None, prune_n: int = 0,
                  prune_m: int = 0, initial: str = "wanda", refine: bool = True, max_cycle_time: int = 50,
                  update_threshold: float = 0.1, pow_of_var_regrowing: float = 1.0,
-                 without_same_sign: bool = True, objective: str = "dsnot", backend=None, stats_device=None):
+                 without_same_sign: bool = True, objective: str = "dsnot", window: int = 50, backend=None,
+                 stats_device=None):
         defaults = dict(sparsity_level=sparsity_level, semi_structured_block_size=semi_structured_block_size,
                         prune_n=prune_n, prune_m=prune_m, initial=initial, refine=refine,
                         max_cycle_time=max_cycle_time, update_threshold=update_threshold,
                         pow_of_var_regrowing=pow_of_var_regrowing, without_same_sign=without_same_sign,
-                        objective=objective, backend=backend)
+                        objective=objective, window=window, backend=backend)
         super().__init__(defaults=defaults)
         self.stats_device = stats_device
         self.stats: dict = {}     # tensor_fqn -> CalibrationStats
@@ -78,7 +79,8 @@ class DSnoTSparsifier(BaseSparsifier):
                 raise ValueError(f"{fqn}: {n}:{m} needs in_features divisible by {m}, got {weight.shape[1]}")
             device = self.stats_device if self.stats_device is not None else weight.device
             self.stats[fqn] = CalibrationStats(weight.shape[1], device=device,
-                                               hessian=group["initial"] == "sparsegpt" or group["objective"] == "cov")
+                                               hessian=group["initial"] == "sparsegpt"
+                                               or group["objective"] in SECOND_MOMENT_OBJECTIVES)
             self._hooks[fqn] = module.register_forward_pre_hook(self._make_hook(fqn), with_kwargs=True)
 
     def _make_hook(self, fqn):
@@ -110,8 +112,9 @@ class DSnoTSparsifier(BaseSparsifier):
             update_threshold=config["update_threshold"], pow_of_var_regrowing=config["pow_of_var_regrowing"],
             without_same_sign=config["without_same_sign"], objective=config["objective"],
             mean=stats.mean.to(weight.device) if config["objective"] == "mse" else None,
-            second_moment=stats.hessian.to(weight.device) if config["objective"] == "cov" else None,
-            backend=config["backend"], return_swaps=True)
+            second_moment=(stats.hessian.to(weight.device) if config["objective"] in SECOND_MOMENT_OBJECTIVES
+                           else None),
+            window=config["window"], backend=config["backend"], return_swaps=True)
         mask.data.copy_(~pruned)
         self.state[tensor_fqn]["swaps"] = int(swaps.sum())
         self.state[tensor_fqn]["sparsity"] = float(pruned.float().mean())

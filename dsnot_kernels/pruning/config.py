@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 PATTERNS_HELP = '"unstructured" or "N:M" (e.g. "2:4", "4:8")'
 INITIAL_METHODS = ("wanda", "magnitude", "sparsegpt")
 SKIP_CHOICES = ("mlp", "none", "self_attn")
+OBJECTIVE_CHOICES = ("dsnot", "mse", "cov", "cov_window")
+# objectives that need the inputs' (cols, cols) second moment per sub-layer
+SECOND_MOMENT_OBJECTIVES = ("cov", "cov_window")
 
 
 @dataclass
@@ -25,7 +28,9 @@ class PruneConfig:
     objective: "dsnot" (the authors' rule), "mse" (swap only when the row's mean² + variance
         output error drops; uses ``CalibrationStats.mean``) or "cov" (swap only when the row's full
         output error drops, with the inputs' (cols, cols) second moment: keeps one per sub-layer
-        and runs on the "torch" backend).
+        and runs on the "torch" backend) or "cov_window" (as "cov", but each cycle applies the
+        best swap among the next ``window`` candidates of each cursor; the "torch" backend).
+    window: candidates per list that objective "cov_window" compares each cycle (int >= 1).
     backend: refine_mask backend (None = best for the device).
     batch_size: calibration samples per forward pass (statistics do not depend on it).
     device: where each block is computed (None = where the model is). Only the current block and
@@ -46,6 +51,7 @@ class PruneConfig:
     pow_of_var_regrowing: float = 1.0
     without_same_sign: bool = True
     objective: str = "dsnot"
+    window: int = 50
     backend: "str | None" = None
     batch_size: int = 8
     device: "str | None" = None
@@ -60,8 +66,10 @@ class PruneConfig:
             raise ValueError(f"skip must be one of {SKIP_CHOICES}, got {self.skip!r}")
         if self.initial not in INITIAL_METHODS:
             raise ValueError(f"initial must be one of {INITIAL_METHODS}, got {self.initial!r}")
-        if self.objective not in ("dsnot", "mse", "cov"):
-            raise ValueError(f'objective must be "dsnot", "mse" or "cov", got {self.objective!r}')
+        if self.objective not in OBJECTIVE_CHOICES:
+            raise ValueError(f"objective must be one of {OBJECTIVE_CHOICES}, got {self.objective!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"window must be an int >= 1, got {self.window!r}")
         self.prune_n, self.prune_m = parse_pattern(self.pattern)
         if self.prune_n == 0 and not (0.0 <= float(self.sparsity) < 1.0):
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")

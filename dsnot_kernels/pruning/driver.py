@@ -19,7 +19,7 @@ from dsnot_kernels.pruning.adapters import (find_blocks, find_sublayers, is_refi
                                             weight_view)
 from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, move_outside,
                                            restore_devices, snapshot_devices)
-from dsnot_kernels.pruning.config import PruneConfig
+from dsnot_kernels.pruning.config import SECOND_MOMENT_OBJECTIVES, PruneConfig
 from dsnot_kernels.pruning.output_error import output_error, second_moment
 from dsnot_kernels.stats import CalibrationStats
 
@@ -61,11 +61,12 @@ def _sublayer_mask(name, module, stats, config, want_error):
                   without_same_sign=config.without_same_sign, backend=config.backend, return_swaps=True)
     t0 = time.perf_counter()
     if refined:
-        mse, cov = config.objective == "mse", config.objective == "cov"
+        mse, cov = config.objective == "mse", config.objective in SECOND_MOMENT_OBJECTIVES
         mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
                                   max_cycle_time=config.max_cycle_time, objective=config.objective,
                                   mean=stats.mean if mse else None,
-                                  second_moment=stats.hessian if cov else None, **common)
+                                  second_moment=stats.hessian if cov else None, window=config.window,
+                                  **common)
     else:
         mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
                                   max_cycle_time=0, **common)
@@ -107,7 +108,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     path, blocks = find_blocks(model)
     first = next(model.parameters())
     device = torch.device(config.device) if config.device else first.device
-    need_hessian = config.initial == "sparsegpt" or config.record_error or config.objective == "cov"
+    need_hessian = (config.initial == "sparsegpt" or config.record_error
+                    or config.objective in SECOND_MOMENT_OBJECTIVES)
 
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "config": config.to_dict(),
