@@ -87,6 +87,7 @@ def main():
     ap.add_argument("--eval-seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backend", default=None, help="refine_mask backend (default: the best for CPU tensors)")
     ap.add_argument("--patterns", default=",".join(p[0] for p in PATTERNS),
                     help="comma-separated subset of " + ",".join(p[0] for p in PATTERNS))
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
@@ -145,9 +146,8 @@ def main():
                 if run_key in runs:
                     continue
                 model.load_state_dict(dense_state)
-                # objectives "cov" and "cov_window" are implemented by the reference only
-                backend = "torch" if METHODS[method].get("objective") in dk.ops.REFERENCE_ONLY_OBJECTIVES \
-                    else dk.available_backends("cpu")[0]
+                # objectives "cov" and "cov_window": the "cpu" kernel when built, else the reference
+                backend = args.backend or dk.available_backends("cpu")[0]
                 cfg = dk.PruneConfig(sparsity=sparsity, pattern=pattern, initial="wanda",
                                      batch_size=args.batch_size, backend=backend, progress=False,
                                      **METHODS[method])

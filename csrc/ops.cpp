@@ -17,4 +17,11 @@ TORCH_LIBRARY(dsnot_kernels, m) {
       "Tensor? initial_metric, Tensor? initial_mask, Tensor? mean, float sparsity, int prune_n, "
       "int prune_m, int max_cycle_time, float update_threshold, float pow_of_var_regrowing, "
       "bool same_sign, int objective) -> (Tensor, Tensor)");
+  // Objectives 2 ("cov", window == 0) and 3 ("cov_window", window >= 1): the caller gives the
+  // initial mask and g0 = D0 @ second_moment (float64), as the reference computes them.
+  m.def(
+      "refine_mask_cov(Tensor weight, Tensor sum_metric_row, Tensor var, Tensor scaler_row, "
+      "Tensor? initial_metric, Tensor initial_mask, Tensor second_moment, Tensor g0, int prune_m, "
+      "int max_cycle_time, float update_threshold, float pow_of_var_regrowing, int window) "
+      "-> (Tensor, Tensor)");
 }

@@ -22,12 +22,12 @@ else:
 _warned = False
 
 
-def has_kernel(dispatch_key: str) -> bool:
-    """True if the compiled op ``dsnot_kernels::refine_mask`` has a kernel for ``dispatch_key``."""
+def has_kernel(dispatch_key: str, op: str = "refine_mask") -> bool:
+    """True if the compiled op ``dsnot_kernels::<op>`` has a kernel for ``dispatch_key``."""
     if _C is None:
         return False
     try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key("dsnot_kernels::refine_mask", dispatch_key)
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"dsnot_kernels::{op}", dispatch_key)
     except RuntimeError:
         return False
 

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sub-layers that get the initial mask only (default mlp, the authors' default)")
     p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov", "cov_window"],
                    help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
-                        "cov: only if the full output error drops (second moment per sub-layer, torch backend); "
+                        "cov: only if the full output error drops (second moment per sub-layer; cpu or torch backend); "
                         "cov_window: the best such swap among the next --window candidates of each cursor")
     p.add_argument("--window", type=int, default=50, help="candidates per list for --objective cov_window")
     p.add_argument("--max-cycle-time", type=int, default=50)

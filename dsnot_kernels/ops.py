@@ -19,13 +19,14 @@ from typing import Callable, NamedTuple
 import torch
 
 from dsnot_kernels import _extension
-from dsnot_kernels.reference import refine_mask_reference
+from dsnot_kernels.reference import cov_g0, refine_mask_reference
 
 OBJECTIVES = {"dsnot": 0, "mse": 1, "cov": 2, "cov_window": 3}
-# Objectives that only the reference implements (so far): an automatic choice goes to "torch".
-REFERENCE_ONLY_OBJECTIVES = ("cov", "cov_window")
-# Objectives that score swaps with the inputs' second moment (``second_moment=``).
+# Objectives that score swaps with the inputs' second moment (``second_moment=``); the reference
+# and the CPU kernel implement them (no GPU kernel yet): an automatic choice takes "cpu" on CPU
+# tensors when it is built, else "torch".
 SECOND_MOMENT_OBJECTIVES = ("cov", "cov_window")
+SECOND_MOMENT_BACKENDS = ("cpu", "torch")
 DEFAULT_WINDOW = 50
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKEND_ENV = "DSNOT_KERNELS_BACKEND"
@@ -77,6 +78,47 @@ def _serve_triton(device: torch.device) -> "str | None":
     except ImportError as exc:
         return f"triton is not importable ({exc})"
     return None
+
+
+def _serve_cov_cpu(device: torch.device) -> "str | None":
+    why = _serve_cpu(device)
+    if why is None and not _extension.has_kernel("CPU", "refine_mask_cov"):
+        why = "the compiled extension has no refine_mask_cov kernel (rebuild it)"
+    return why
+
+
+def _cov_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean, sparsity,
+             prune_n, prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, same_sign,
+             objective, second_moment=None, window=0):
+    """Objectives 2 and 3 on the CPU kernel: the initial mask (compiled op) and g0 = D0 @ M (the
+    reference's one matmul) here, the cycles in C++ (csrc/cpu/refine_cov_cpu.cpp)."""
+    if initial_mask is None:
+        initial_mask, _ = _compiled_op(weight, sum_metric_row, var, scaler_row, initial_metric, None, None,
+                                       sparsity, prune_n, prune_m, 0, update_threshold, pow_of_var_regrowing,
+                                       same_sign, 0)
+    if max_cycle_time == 0:
+        return initial_mask.clone(), torch.zeros(weight.shape[0], dtype=torch.int32)
+    g0 = cov_g0(weight, initial_mask, second_moment)
+    return torch.ops.dsnot_kernels.refine_mask_cov.default(
+        weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, second_moment, g0, prune_m,
+        max_cycle_time, update_threshold, pow_of_var_regrowing, window if objective == 3 else 0)
+
+
+def _choose_second_moment_backend(name, device: torch.device, objective: str) -> Backend:
+    """The backend of objectives "cov" and "cov_window": "cpu" or "torch"."""
+    if name is None:
+        name = os.environ.get(BACKEND_ENV) or None
+    if name is not None and name not in SECOND_MOMENT_BACKENDS:
+        raise ValueError(f"objective={objective!r} is implemented by the {' and '.join(map(repr, SECOND_MOMENT_BACKENDS))} "
+                         f"backends only, not {name!r}")
+    why = _serve_cov_cpu(device)
+    if name == "cpu" and why is not None:
+        raise RuntimeError(f"dsnot_kernels: backend 'cpu' cannot serve this call: {why}")
+    if name is None and why is not None and device.type == "cpu":
+        _extension.warn_once_missing()
+    if name == "cpu" or (name is None and why is None):
+        return Backend("cpu", _cov_cpu, _serve_cov_cpu)
+    return BACKENDS["torch"]
 
 
 def _triton_fn(*args):
@@ -312,8 +354,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
             row's mean² + variance output error; needs ``mean``) or "cov" (accept a swap only if it
             lowers the row's full output error ``D M Dᵀ``; needs ``second_moment``) or "cov_window"
             (each cycle, the swap that lowers ``D M Dᵀ`` most among the next ``window`` candidates
-            of each cursor; needs ``second_moment``). "cov" and "cov_window": the "torch" backend
-            only, so far (``docs/KERNEL_CONTRACT.md``, objectives 2 and 3).
+            of each cursor; needs ``second_moment``). "cov" and "cov_window": the "torch" and
+            "cpu" backends, no GPU kernel yet (``docs/KERNEL_CONTRACT.md``, objectives 2 and 3).
         mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
         second_moment: (cols, cols) float, ``E[x xᵀ]`` of the layer's inputs up to a positive scale
             (``CalibrationStats(..., hessian=True).hessian``); only for "cov" and "cov_window".
@@ -335,12 +377,10 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         raise TypeError(f"window must be an int, got {type(window).__name__}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    if objective in REFERENCE_ONLY_OBJECTIVES:
-        name = backend if backend is not None else os.environ.get(BACKEND_ENV) or None
-        if name not in (None, "torch"):
-            raise ValueError(f'objective={objective!r} is implemented by the "torch" backend only, not {name!r}')
-        backend = "torch"
-    chosen = _choose_backend(backend, weight.device)
+    if objective in SECOND_MOMENT_OBJECTIVES:
+        chosen = _choose_second_moment_backend(backend, weight.device, objective)
+    else:
+        chosen = _choose_backend(backend, weight.device)
     rows, cols = weight.shape
     if rows == 0 or cols == 0:
         mask = torch.zeros((rows, cols), dtype=torch.bool, device=weight.device)
@@ -363,6 +403,15 @@ if _extension._C is not None:
     def _refine_mask_fake(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
                           sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
                           pow_of_var_regrowing, same_sign, objective):
+        mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+        swaps = torch.empty((weight.shape[0],), dtype=torch.int32, device=weight.device)
+        return mask, swaps
+
+if _extension._C is not None and hasattr(torch.ops.dsnot_kernels, "refine_mask_cov"):  # (a stale build lacks it)
+    @torch.library.register_fake("dsnot_kernels::refine_mask_cov")
+    def _refine_mask_cov_fake(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask,
+                              second_moment, g0, prune_m, max_cycle_time, update_threshold,
+                              pow_of_var_regrowing, window):
         mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
         swaps = torch.empty((weight.shape[0],), dtype=torch.int32, device=weight.device)
         return mask, swaps

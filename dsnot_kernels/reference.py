@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dsnot_kernels.reference_window import refine_cov_window
+from dsnot_kernels.reference_window import cov_g0, refine_cov_window
 
 SUM_LANES = 256
 
@@ -172,7 +172,7 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
         Wd = W.double()
         M = second_moment
         Mdiag = torch.diagonal(M).clone()
-        g = torch.where(mask, Wd, torch.zeros((), dtype=torch.float64, device=dev)) @ M
+        g = cov_g0(W, mask, M)
 
     row_ids = torch.arange(rows, device=dev)
     active = torch.ones(rows, dtype=torch.bool, device=dev)

@@ -68,6 +68,14 @@ def _cross(Wd, M, rows, q_col, r_col):
     return ((2 * wq) * wr) * M[q_col, r_col]
 
 
+def cov_g0(W: torch.Tensor, mask: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``g = D0 @ M`` of objectives 2 and 3 (contract "Objective 2"): D0 = the float32 weight on the
+    initially pruned set, in float64; ONE torch matmul, which every backend shares by calling this
+    (its rounding is the BLAS's). (rows, cols) float64."""
+    D = torch.where(mask, W.float().double(), torch.zeros((), dtype=torch.float64, device=W.device))
+    return D @ M
+
+
 def refine_cov_window(W, dm, mask, err, thr, M, *, window, max_cycle_time, prune_m=0,
                       grow_order=None, n_hi=None, n_lo=None, prune_order=None, n_plo=None, n_phi=None):
     """Objective 3 on the reference's prepared state; returns ``(mask, swaps)``.
@@ -86,7 +94,7 @@ def refine_cov_window(W, dm, mask, err, thr, M, *, window, max_cycle_time, prune
     K = min(int(window), cols)
     Wd = W.double()
     Mdiag = torch.diagonal(M).clone()
-    g = torch.where(mask, Wd, torch.zeros((), dtype=torch.float64, device=dev)) @ M
+    g = cov_g0(W, mask, M)
     swaps = torch.zeros(rows, dtype=torch.int32, device=dev)
     pos = torch.arange(cols, device=dev)
 

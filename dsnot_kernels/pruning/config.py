@@ -28,8 +28,8 @@ class PruneConfig:
     objective: "dsnot" (the authors' rule), "mse" (swap only when the row's mean² + variance
         output error drops; uses ``CalibrationStats.mean``) or "cov" (swap only when the row's full
         output error drops, with the inputs' (cols, cols) second moment: keeps one per sub-layer
-        and runs on the "torch" backend) or "cov_window" (as "cov", but each cycle applies the
-        best swap among the next ``window`` candidates of each cursor; the "torch" backend).
+        and runs on the "cpu" or "torch" backend) or "cov_window" (as "cov", but each cycle applies
+        the best swap among the next ``window`` candidates of each cursor; "cpu" or "torch").
     window: candidates per list that objective "cov_window" compares each cycle (int >= 1).
     backend: refine_mask backend (None = best for the device).
     batch_size: calibration samples per forward pass (statistics do not depend on it).
