@@ -37,6 +37,7 @@ spec = importlib.util.spec_from_file_location("dsnot_kernels._C", so)
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
 for key in ("CPU", "CUDA"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key("dsnot_kernels::refine_mask", key), key
+assert torch._C._dispatch_has_kernel_for_dispatch_key("dsnot_kernels::refine_mask_cov", "CPU")
 print(f"loaded {so}: refine_mask has CPU and CUDA kernels (torch {torch.__version__})")
 EOF
 echo "venv ready in $((t1 - t0))s, build in $((t2 - t1))s (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
