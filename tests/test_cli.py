@@ -84,11 +84,12 @@ def test_python_m_help():
     assert res.returncode == 0
     for flag in ("--model", "--sparsity", "--pattern", "--initial", "--no-refine", "--skip", "--nsamples",
                  "--seqlen", "--calib", "--eval", "--save", "--backend", "--json", "--objective",
-                 "--record-error", "--plot"):
+                 "--window", "--record-error", "--plot"):
         assert flag in res.stdout
 
 
-def test_authors_main_flags(tiny_dir, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("extra", [[], ["--objective", "cov_window", "--window", "4"]], ids=["dsnot", "cov_window"])
+def test_authors_main_flags(tiny_dir, tmp_path, monkeypatch, capsys, extra):
     calib = tmp_path / "calib.txt"
     calib.write_text("The quick brown fox jumps over the lazy dog. " * 200)
     results, saved = tmp_path / "results.txt", tmp_path / "saved"
@@ -98,7 +99,7 @@ def test_authors_main_flags(tiny_dir, tmp_path, monkeypatch, capsys):
         "--max_cycle_time", "50", "--update_threshold", "0.1", "--pow_of_var_regrowing", "1",
         "--skip_layer", "no_skip", "--save_model", str(saved), "--seed", "0", "--cache_dir", "x",
         "--eval_zero_shot", "--seqlen", "32", "--eval_windows", "2", "--calib", str(calib),
-        "--output_results_file", str(results)])
+        "--output_results_file", str(results)] + extra)
     runpy.run_path(str(ROOT / "python" / "main.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "sparsity sanity check 0.5000" in out and "ppl on wikitext2" in out
