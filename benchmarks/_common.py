@@ -7,7 +7,9 @@ import datetime
 import os
 import platform
 import re
+import shlex
 import statistics
+import sys
 import time
 
 import torch
@@ -78,6 +80,12 @@ def header(command: str) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"- date: {now}\n- machine: {machine()}\n- torch {torch.__version__}, "
             f"python {platform.python_version()}\n- command: `{command}`\n")
+
+
+def command_line(script: str, argv=None) -> str:
+    """How the script was run, for the RESULTS.md header: ``python <script> <args>``."""
+    args = sys.argv[1:] if argv is None else argv
+    return f"python {script}" + (" " + shlex.join(args) if args else "")
 
 
 def write_section(key: str, title: str, body: str, path: str = RESULTS_MD) -> None:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import header, median, warm_up, write_csv, write_section  # noqa: E402
+from _common import command_line, header, median, warm_up, write_csv, write_section  # noqa: E402
 
 import dsnot_kernels as dk  # noqa: E402
 from dsnot_kernels import ops  # noqa: E402
@@ -97,8 +96,7 @@ def main(argv=None):
     if args.no_write:
         return
     path = write_csv("kernels_cov.csv", rows_out)
-    cmd = "python benchmarks/bench_cov.py" + ("" if argv is None and len(sys.argv) == 1
-                                              else " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    cmd = command_line("benchmarks/bench_cov.py", argv)
     body = header(cmd) + (
         f"\nMasks and swap counts of both backends checked equal before timing. Times: median wall clock "
         f"of `refine_mask(..., backend=...)`; the cpu figure includes its Python side (initial mask, "

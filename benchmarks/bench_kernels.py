@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import LLAMA_SHAPES, header, median, synthetic_layer, warm_up, write_csv, write_section  # noqa: E402
+from _common import LLAMA_SHAPES, command_line, header, median, synthetic_layer, warm_up, write_csv, write_section  # noqa: E402
 
 from dsnot_kernels import ops  # noqa: E402
 
@@ -93,8 +92,7 @@ def main(argv=None):
     if args.no_write:
         return
     path = write_csv("kernels_cpu.csv", rows_out)
-    cmd = "python benchmarks/bench_kernels.py" + ("" if argv is None and len(sys.argv) == 1
-                                                   else " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    cmd = command_line("benchmarks/bench_kernels.py", argv)
     body = header(cmd) + (
         "\nMasks and swap counts of both backends checked equal before timing. Times: median wall clock of "
         "the backend call on validated arguments (`validate` = `refine_mask`'s argument checks, paid by "

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS_DIR, header, median, synthetic_layer, warm_up, write_csv, write_section  # noqa: E402
+from _common import RESULTS_DIR, command_line, header, median, synthetic_layer, warm_up, write_csv, write_section  # noqa: E402
 
 from dsnot_kernels import ops  # noqa: E402
 
@@ -82,8 +81,7 @@ def main(argv=None):
     csv_path = write_csv("scaling_cpu.csv", records)
     png = os.path.join(RESULTS_DIR, "scaling_cpu.png")
     plot(records, png)
-    cmd = "python benchmarks/scaling.py" + ("" if not (sys.argv[1:] if argv is None else argv)
-                                           else " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    cmd = command_line("benchmarks/scaling.py", argv)
     body = header(cmd) + (f"\nMedian ns per weight of the cpu backend (op on validated arguments, "
                           f"{args.threads} thread(s)), "
                           f"synthetic LLM-like statistics. Plot: `benchmarks/results/scaling_cpu.png`, "
