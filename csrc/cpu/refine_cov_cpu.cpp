@@ -84,6 +84,69 @@ struct Window {
   }
 };
 
+// Row stride of the unstructured cross-term cache and length of B: K rounded up to the vector
+// width of best_pair (the padding has B = +inf, so it never wins).
+constexpr int64_t kVec = 4;
+inline int64_t padded(int64_t K) { return (K + kVec - 1) / kVec * kVec; }
+
+// The first minimum, in row-major (q slot, r slot) order, of d = (A[qs] - C[qs * Kp + rs]) + B[rs]
+// over the q slots with a finite A; +inf (flat = -1) if none. Pass 1 takes the minimum value with
+// independent accumulators (no dependency chain through one running minimum: the kernel measured
+// 1.6x faster at window 100 than with a scalar scan); pass 2 recomputes d in order up to the first
+// one equal to it. That is the pair a scalar row-major scan with `<` picks, with the same operations per
+// pair (no FMA). Compiled for AVX-512, AVX2 and the baseline ISA (GCC function multiversioning).
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(DSNOT_CPU_NO_CLONES)
+#define DSNOT_COV_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define DSNOT_COV_CLONES
+#endif
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4l __attribute__((vector_size(32)));
+
+DSNOT_COV_CLONES double best_pair(const double* A, const double* B, const double* C, int64_t K, int64_t Kp,
+                                  int64_t* flat) {
+  // Pass 1: the minimum value, with four independent accumulators.
+  const v4d inf = {kInf, kInf, kInf, kInf};
+  v4d m0 = inf, m1 = inf, m2 = inf, m3 = inf;
+  auto vmin = [](v4d x, v4d y) { const v4l lt = x < y; return (v4d)(((v4l)x & lt) | ((v4l)y & ~lt)); };
+  for (int64_t qs = 0; qs < K; ++qs) {
+    if (!(A[qs] < kInf)) continue;  // empty q slot: no pair
+    const v4d a = {A[qs], A[qs], A[qs], A[qs]};
+    const double* crow = C + qs * Kp;
+    int64_t rs = 0;
+    for (; rs + 4 * kVec <= Kp; rs += 4 * kVec) {
+      v4d c[4], b[4];
+      std::memcpy(c, crow + rs, sizeof(c));
+      std::memcpy(b, B + rs, sizeof(b));
+      m0 = vmin((a - c[0]) + b[0], m0);
+      m1 = vmin((a - c[1]) + b[1], m1);
+      m2 = vmin((a - c[2]) + b[2], m2);
+      m3 = vmin((a - c[3]) + b[3], m3);
+    }
+    for (; rs < Kp; rs += kVec) {
+      v4d c, b;
+      std::memcpy(&c, crow + rs, sizeof(c));
+      std::memcpy(&b, B + rs, sizeof(b));
+      m0 = vmin((a - c) + b, m0);
+    }
+  }
+  const v4d mm = vmin(vmin(m0, m1), vmin(m2, m3));
+  double v = kInf;
+  for (int l = 0; l < kVec; ++l) v = mm[l] < v ? mm[l] : v;
+  *flat = -1;
+  if (!(v < kInf)) return v;
+  // Pass 2: the first pair (row-major) whose d, recomputed with the same operations, equals the
+  // minimum (-0.0 == +0.0, as a scan with < would see it).
+  for (int64_t qs = 0; qs < K; ++qs) {
+    if (!(A[qs] < kInf)) continue;
+    const double a = A[qs];
+    const double* crow = C + qs * Kp;
+    for (int64_t rs = 0; rs < Kp; ++rs)
+      if ((a - crow[rs]) + B[rs] == v) { *flat = qs * Kp + rs; return v; }
+  }
+  return v;
+}
+
 struct CovScratch {
   std::vector<double> w, g, A, B, cross[2];
   std::vector<float> dm;
@@ -95,8 +158,8 @@ struct CovScratch {
     if (P.prune_m > 0) chosen.resize(P.cols);
     const int64_t K = std::min(P.window, P.cols);
     if (K > 0) {
-      const int64_t width = P.prune_m > 0 ? P.prune_m : K;
-      A.resize(K * width); B.resize(K);
+      const int64_t width = P.prune_m > 0 ? P.prune_m : padded(K);
+      A.resize(K * width); B.resize(padded(K), kInf);
       cross[0].resize(K * width); cross[1].resize(K * width);
     }
   }
@@ -166,6 +229,7 @@ int32_t cycles_linear(const CovProblem& P, int64_t i, CovScratch& S, uint8_t* ou
 int32_t cycles_window(const CovProblem& P, CovScratch& S, uint8_t* out, const uint8_t* init, float err) {
   const int64_t cols = P.cols;
   const int64_t K = std::min(P.window, cols);
+  const int64_t Kp = padded(K);  // unstructured cache stride (the padding is never read as a pair)
   const double* w = S.w.data();
   double* g = S.g.data();
   const float* dm = S.dm.data();
@@ -173,8 +237,10 @@ int32_t cycles_window(const CovProblem& P, CovScratch& S, uint8_t* out, const ui
   const bool nm = P.prune_m > 0;
   const int64_t m = P.prune_m;
   for (int l = 0; l < (nm ? 2 : 4); ++l) S.win[l].init(S.lists[l], K);
-  // cross[1]: the err > 0 pair (plo x hi), cross[0]: err < 0 (phi x lo); N:M: (r slot, group pos)
-  for (int dir = 0; dir < 2; ++dir) {
+  // cross[1]: the err > 0 pair (plo x hi), cross[0]: err < 0 (phi x lo); N:M: (r slot, group pos).
+  // Filled when a direction is first used (many rows never change the sign of err).
+  bool filled[2] = {false, false};
+  auto fill = [&](int dir) {
     const Window& gw = S.win[dir ? kHi : kLo];
     double* cx = S.cross[dir].data();
     if (nm) {
@@ -184,19 +250,23 @@ int32_t cycles_window(const CovProblem& P, CovScratch& S, uint8_t* out, const ui
       }
     } else {
       const Window& pw = S.win[dir ? kPlo : kPhi];
-      for (int64_t qs = 0; qs < K; ++qs)
+      for (int64_t qs = 0; qs < K; ++qs) {
+        const int64_t q = pw.slot[qs];
         for (int64_t rs = 0; rs < K; ++rs) {
-          const int64_t q = pw.slot[qs], r = gw.slot[rs];
-          cx[qs * K + rs] = (q < 0 || r < 0) ? 0.0 : cross_term(P, w, q, r);
+          const int64_t r = gw.slot[rs];
+          cx[qs * Kp + rs] = (q < 0 || r < 0) ? 0.0 : cross_term(P, w, q, r);
         }
+      }
     }
-  }
+    filled[dir] = true;
+  };
   double* A = S.A.data();
   double* B = S.B.data();
   int32_t swaps = 0;
   for (int64_t cycle = 0; cycle < P.max_cycles; ++cycle) {
     if (!(std::fabs(err) > P.thr)) break;
     const int dir = err > 0.0f ? 1 : 0;
+    if (!filled[dir]) fill(dir);
     Window& gw = S.win[dir ? kHi : kLo];
     double* cx = S.cross[dir].data();
     for (int64_t rs = 0; rs < K; ++rs) {
@@ -224,20 +294,14 @@ int32_t cycles_window(const CovProblem& P, CovScratch& S, uint8_t* out, const ui
         const int64_t q = pw.slot[qs];
         A[qs] = q < 0 ? kInf : (2.0 * w[q]) * g[q] + (w[q] * w[q]) * M[q * cols + q];
       }
-      for (int64_t qs = 0; qs < K; ++qs) {
-        if (pw.slot[qs] < 0) continue;
-        const double a = A[qs];
-        const double* crow = cx + qs * K;
-        // first minimum of the row, then compare with the best so far (same as one row-major scan)
-        double rb = kInf;
-        int64_t rsb = -1;
-        for (int64_t rs = 0; rs < K; ++rs) {
-          const double d = (a - crow[rs]) + B[rs];
-          if (d < rb) { rb = d; rsb = rs; }
-        }
-        if (rb < best) { best = rb; bqs = qs; brs = rsb; }
+      int64_t flat = -1;
+      best = best_pair(A, B, cx, K, Kp, &flat);
+      if (flat >= 0) {
+        bqs = flat / Kp;
+        brs = flat % Kp;
+        bq = pw.slot[bqs];
+        br = gw.slot[brs];
       }
-      if (bqs >= 0) { bq = pw.slot[bqs]; br = gw.slot[brs]; }
     }
     if (!(best < 0.0)) break;  // no pair lowers L: the row stops
     const double wq = w[bq], wr = w[br];
@@ -254,11 +318,11 @@ int32_t cycles_window(const CovProblem& P, CovScratch& S, uint8_t* out, const ui
       const int64_t nq = pw.refill(S.lists[dir ? kPlo : kPhi], bqs);
       for (int64_t qs = 0; qs < K; ++qs) {
         const int64_t q = pw.slot[qs];
-        cx[qs * K + brs] = (q < 0 || nr < 0) ? 0.0 : cross_term(P, w, q, nr);
+        cx[qs * Kp + brs] = (q < 0 || nr < 0) ? 0.0 : cross_term(P, w, q, nr);
       }
       for (int64_t rs = 0; rs < K; ++rs) {
         const int64_t r = gw.slot[rs];
-        cx[bqs * K + rs] = (nq < 0 || r < 0) ? 0.0 : cross_term(P, w, nq, r);
+        cx[bqs * Kp + rs] = (nq < 0 || r < 0) ? 0.0 : cross_term(P, w, nq, r);
       }
     }
   }
