@@ -33,14 +33,16 @@ METHODS = {  # name -> PruneConfig overrides; run order = round 1 for all patter
     "dsnot_attn": dict(refine=True, skip="mlp", objective="dsnot"),
     "cov_all": dict(refine=True, skip="none", objective="cov"),
     "cov_window_all": dict(refine=True, skip="none", objective="cov_window", window=50),
+    "cov_window100_all": dict(refine=True, skip="none", objective="cov_window", window=100),
 }
-ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"]]
+ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"]]
 LABELS = {"dense": "dense", "wanda": "Wanda",
           "dsnot_attn": "Wanda + DSnoT, attention only (skip=mlp, the authors' default)",
           "dsnot_all": "Wanda + DSnoT, every sub-layer (skip=none)",
           "mse_all": "Wanda + DSnoT objective=mse, every sub-layer (skip=none)",
           "cov_all": "Wanda + DSnoT objective=cov, every sub-layer (skip=none)",
-          "cov_window_all": "Wanda + DSnoT objective=cov_window (window 50), every sub-layer (skip=none)"}
+          "cov_window_all": "Wanda + DSnoT objective=cov_window (window 50), every sub-layer (skip=none)",
+          "cov_window100_all": "Wanda + DSnoT objective=cov_window (window 100), every sub-layer (skip=none)"}
 
 
 def load(path=RESULTS) -> dict:
@@ -69,7 +71,7 @@ def table(data, key) -> str:
     dense = runs.get("dense")
     if dense:
         lines.append("| dense | " + " | ".join(f"{dense['ppl']:.2f}" for _ in order) + " |")
-    for method in ["wanda", "dsnot_attn", "dsnot_all", "mse_all", "cov_all", "cov_window_all"]:
+    for method in ["wanda", "dsnot_attn", "dsnot_all", "mse_all", "cov_all", "cov_window_all", "cov_window100_all"]:
         cells = []
         for c in order:
             r = runs.get(f"{method}@{c}")

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
                         "cov: only if the full output error drops (second moment per sub-layer; cpu or torch backend); "
                         "cov_window: the best such swap among the next --window candidates of each cursor")
-    p.add_argument("--window", type=int, default=50, help="candidates per list for --objective cov_window")
+    p.add_argument("--window", type=int, default=100, help="candidates per list for --objective cov_window")
     p.add_argument("--max-cycle-time", type=int, default=50)
     p.add_argument("--update-threshold", type=float, default=0.1)
     p.add_argument("--pow-of-var-regrowing", type=float, default=1.0)

@@ -27,7 +27,10 @@ OBJECTIVES = {"dsnot": 0, "mse": 1, "cov": 2, "cov_window": 3}
 # tensors when it is built, else "torch".
 SECOND_MOMENT_OBJECTIVES = ("cov", "cov_window")
 SECOND_MOMENT_BACKENDS = ("cpu", "torch")
-DEFAULT_WINDOW = 50
+# Candidates per list that "cov_window" compares by default: measured on the embedded model (README
+# setup), 100 beat 50 at 50/60/70 % and 2:4 (benchmarks/experiments/RESULTS_window_sweep.md); 200
+# was better again at 70 % but doubles the mask time (the search is K² per cycle).
+DEFAULT_WINDOW = 100
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKEND_ENV = "DSNOT_KERNELS_BACKEND"
 

@@ -56,7 +56,7 @@ def parse(argv=None):
     p.add_argument("--eval", dest="eval_file", default=None, help="evaluation text file")
     p.add_argument("--eval_windows", type=int, default=0, help="evaluate on the first N windows (0 = all)")
     p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov", "cov_window"])
-    p.add_argument("--window", type=int, default=50, help="candidates per list for objective cov_window")
+    p.add_argument("--window", type=int, default=100, help="candidates per list for objective cov_window")
     p.add_argument("--backend", default=None)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None)

@@ -38,7 +38,7 @@ def _sign(x) -> int:
 
 def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsity=0.5, prune_n=0,
                prune_m=0, max_cycle_time=50, update_threshold=0.1, p=1.0, same_sign=False,
-               objective="dsnot", g0=None, M=None, window=50):
+               objective="dsnot", g0=None, M=None, window=100):
     """Refine one row. ``w, s, var, scaler, metric, mean``: lists of floats; ``pruned``: list of bools.
     Objectives "cov" and "cov_window": ``M`` the (cols, cols) float64 numpy second moment and ``g0``
     this row's ``D M`` for the initial pruned set (from one torch matmul over all rows, as the
@@ -203,7 +203,7 @@ def _window_cycles(w, dm, err, thr, pruned, initial, hi, lo, plo, phi, g, M, m, 
 
 def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None, mean=None,
            sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
-           pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot", second_moment=None, window=50):
+           pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot", second_moment=None, window=100):
     """``refine_mask``'s keyword interface over ``oracle_row``; returns (mask, swaps) tensors."""
     W = weight.float().tolist()
     cols = weight.shape[1]

@@ -106,7 +106,7 @@ def test_exact_ties(seed):
 
 def test_real_layer_shape():
     W, st = correlated(64, 1536, seed=9)
-    for objective, window in (("cov", 50), ("cov_window", 50)):
+    for objective, window in (("cov", 50), ("cov_window", 50), ("cov_window", dk.ops.DEFAULT_WINDOW)):
         assert int(check(W, st, objective=objective, window=window, sparsity=0.6).sum()) > 0
 
 

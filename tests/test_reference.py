@@ -284,7 +284,7 @@ def test_cov_window_lowers_the_row_output_error_every_swap(cfg):
     assert torch.equal((win ^ init).sum(1), 2 * swaps.long())
     if "prune_n" in cfg:
         assert bool((win.view(48, -1, 4).sum(-1) == 2).all())
-    if cfg.get("window", 50) >= 20:
+    if cfg.get("window", dk.ops.DEFAULT_WINDOW) >= 20:
         assert float(l1.sum()) < float(loss(cov).sum())
 
 

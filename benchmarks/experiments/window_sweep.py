@@ -44,7 +44,7 @@ def main():
     for spec in args.runs.split(","):
         if spec in data["runs"]:
             continue
-        pat, window, thr, cycles = spec.split(":")
+        pat, window, thr, cycles = spec.rsplit(":", 3)  # the pattern may be N:M
         sparsity, pattern = PATTERNS[pat]
         model.load_state_dict(dense)
         cfg = dk.PruneConfig(sparsity=sparsity, pattern=pattern, initial="wanda", batch_size=H.BATCH,

@@ -52,7 +52,7 @@ class DSnoTSparsifier(BaseSparsifier):
     def __init__(self, sparsity_level: float = 0.5, semi_structured_block_size=None, prune_n: int = 0,
                  prune_m: int = 0, initial: str = "wanda", refine: bool = True, max_cycle_time: int = 50,
                  update_threshold: float = 0.1, pow_of_var_regrowing: float = 1.0,
-                 without_same_sign: bool = True, objective: str = "dsnot", window: int = 50, backend=None,
+                 without_same_sign: bool = True, objective: str = "dsnot", window: int = 100, backend=None,
                  stats_device=None):
         defaults = dict(sparsity_level=sparsity_level, semi_structured_block_size=semi_structured_block_size,
                         prune_n=prune_n, prune_m=prune_m, initial=initial, refine=refine,

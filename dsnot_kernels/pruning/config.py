@@ -51,7 +51,7 @@ class PruneConfig:
     pow_of_var_regrowing: float = 1.0
     without_same_sign: bool = True
     objective: str = "dsnot"
-    window: int = 50
+    window: int = 100
     backend: "str | None" = None
     batch_size: int = 8
     device: "str | None" = None
