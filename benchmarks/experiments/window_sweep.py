@@ -7,6 +7,7 @@ max_cycle_time=C, skip="none")`` on the package's CPU kernel: no prototype code.
 already in the JSON are skipped.
 
     OMP_NUM_THREADS=1 python benchmarks/experiments/window_sweep.py --runs 70%:100:0.1:50,70%:50:0:50
+    python benchmarks/experiments/window_sweep.py --table
 """
 from __future__ import annotations
 
@@ -28,13 +29,30 @@ PATTERNS = {"50%": (0.5, "unstructured"), "60%": (0.6, "unstructured"), "70%": (
             "2:4": (0.5, "2:4")}
 
 
+def table(data) -> str:
+    """Markdown: one row per run, by pattern then window, threshold and cycles."""
+    order = {p: i for i, p in enumerate(PATTERNS)}
+    runs = sorted(data["runs"].values(), key=lambda r: (order[r["pattern"]], r["window"], -r["update_threshold"],
+                                                       r["max_cycle_time"]))
+    lines = ["| pattern | window | update_threshold | max_cycle_time | perplexity | swaps | mask time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['pattern']} | {r['window']} | {r['update_threshold']:g} | {r['max_cycle_time']} | "
+                     f"{r['ppl']:.2f} | {r['swaps']} | {r['mask_time_s']:.1f} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", required=True, help="comma-separated PATTERN:WINDOW:THRESHOLD:CYCLES")
+    ap.add_argument("--runs", default="", help="comma-separated PATTERN:WINDOW:THRESHOLD:CYCLES")
     ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of the JSON and exit")
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     data = json.loads(OUT.read_text()) if OUT.exists() else {"setup": {}, "runs": {}}
+    if args.table:
+        print(table(data))
+        return
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, calib, eval_ids, load_s = H.setup()
     data["setup"] = {"calibration": f"{H.NSAMPLES} x {H.SEQLEN} tokens, random windows (seed 0), "
                                     "pydoc_data.topics first half",
