@@ -122,3 +122,28 @@ def test_torch_compile_fullgraph_inductor(device):
     """The same through Inductor (needs a C++ compiler on CPU, as the extension does; ~4 s)."""
     _need_kernel(device)
     _compiled_equals_eager("inductor", device)
+
+
+@pytest.mark.parametrize("window", [0, 3, 100])
+@pytest.mark.parametrize("pattern", [dict(sparsity=0.6), dict(prune_n=2, prune_m=4)], ids=["unstructured", "2:4"])
+def test_opcheck_refine_mask_cov(window, pattern):
+    """``dsnot_kernels::refine_mask_cov`` (objectives 2 and 3 on the CPU): schema, fake kernel,
+    autograd registration and AOT dispatch, on the arguments ``refine_mask`` gives it."""
+    if not _extension.has_kernel("CPU", "refine_mask_cov"):
+        pytest.skip("the compiled extension has no refine_mask_cov CPU kernel here")
+    import dsnot_kernels as dk
+    from dsnot_kernels.reference_window import cov_g0
+
+    g = torch.Generator().manual_seed(3)
+    rows, cols = 5, 32
+    W = torch.randn(rows, cols, generator=g)
+    x = torch.randn(40, cols, generator=g) @ (torch.eye(cols) + 0.3 * torch.randn(cols, cols, generator=g))
+    M = (x.t() @ x / 40).double()
+    s, var, sc = torch.randn(cols, generator=g), torch.rand(cols, generator=g) + 0.1, torch.rand(cols, generator=g)
+    mask0 = dk.refine_mask(W, s, var, sc, max_cycle_time=0, **pattern)
+    args = (W, s, var, sc, None, mask0, M, cov_g0(W, mask0, M), pattern.get("prune_m", 0), 50, 0.0, 1.0, window)
+    op = torch.ops.dsnot_kernels.refine_mask_cov.default
+    first, again = op(*args), op(*args)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert int(first[1].sum()) > 0
+    torch.library.opcheck(op, args)
