@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from dsnot_kernels.ops import OBJECTIVES
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsnot-prune", description=__doc__.split("\n\n")[0])
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refine", action="store_true", help="the initial method alone (no DSnoT)")
     p.add_argument("--skip", default="mlp", choices=["mlp", "none", "self_attn"],
                    help="sub-layers that get the initial mask only (default mlp, the authors' default)")
-    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov", "cov_window"],
+    p.add_argument("--objective", default="dsnot", choices=list(OBJECTIVES),
                    help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
                         "cov: only if the full output error drops (second moment per sub-layer; cpu or torch backend); "
                         "cov_window: the best such swap among the next --window candidates of each cursor")

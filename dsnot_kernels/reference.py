@@ -134,20 +134,6 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
     hi_ptr = torch.full((rows,), cols - 1, dtype=torch.int64, device=dev)
     lo_ptr = torch.zeros(rows, dtype=torch.int64, device=dev)
 
-    if objective == 3:
-        if nm:
-            return refine_cov_window(W, dm, mask, err, thr, second_moment, window=window,
-                                     max_cycle_time=max_cycle_time, prune_m=prune_m, grow_order=grow_order,
-                                     n_hi=cols - hi_end, n_lo=lo_end)
-        kept = ~mask
-        cls = torch.ones((rows, cols), dtype=torch.int8, device=dev)
-        cls[kept & (dm < 0)] = 0
-        cls[kept & (dm > 0)] = 2
-        return refine_cov_window(W, dm, mask, err, thr, second_moment, window=window,
-                                 max_cycle_time=max_cycle_time, grow_order=grow_order, n_hi=cols - hi_end,
-                                 n_lo=lo_end, prune_order=_ordered_candidates(wanda + 0.0, cls),
-                                 n_plo=(cls == 0).sum(1), n_phi=(cls == 2).sum(1))
-
     if nm:
         # q in r's group: smallest initial metric among kept, not yet chosen columns (§3 step 1).
         q_metric = torch.where(mask, torch.full((), float("inf"), device=dev), metric)
@@ -162,6 +148,11 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
         plo_end = (cls == 0).sum(1)
         phi_ptr = cols - (cls == 2).sum(1)   # phi valid while phi_ptr < cols
         plo_ptr = torch.zeros(rows, dtype=torch.int64, device=dev)
+
+    if objective == 3:  # windows over these same lists (reference_window.py)
+        lists = dict(prune_m=prune_m) if nm else dict(prune_order=prune_order, n_plo=plo_end, n_phi=cols - phi_ptr)
+        return refine_cov_window(W, dm, mask, err, thr, second_moment, window=window, max_cycle_time=max_cycle_time,
+                                 grow_order=grow_order, n_hi=cols - hi_end, n_lo=lo_end, **lists)
 
     if objective == 1:
         Wd = W.double()

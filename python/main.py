@@ -21,6 +21,8 @@ import time
 import numpy as np
 import torch
 
+from dsnot_kernels.ops import OBJECTIVES
+
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description="DSnoT (authors' flags) on dsnot_kernels")
@@ -55,7 +57,7 @@ def parse(argv=None):
     p.add_argument("--calib", default=None, help="calibration text file")
     p.add_argument("--eval", dest="eval_file", default=None, help="evaluation text file")
     p.add_argument("--eval_windows", type=int, default=0, help="evaluate on the first N windows (0 = all)")
-    p.add_argument("--objective", default="dsnot", choices=["dsnot", "mse", "cov", "cov_window"])
+    p.add_argument("--objective", default="dsnot", choices=list(OBJECTIVES))
     p.add_argument("--window", type=int, default=100, help="candidates per list for objective cov_window")
     p.add_argument("--backend", default=None)
     p.add_argument("--batch_size", type=int, default=8)

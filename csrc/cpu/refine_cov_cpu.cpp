@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "dsnot_common.h"
+#include "refine_row.h"  // lane_tree, keep_if and the list ids kHi/kLo/kPlo/kPhi of the main CPU kernel
 
 namespace dsnot {
 namespace cpu {
@@ -64,8 +65,6 @@ struct KeyList {
   }
   int64_t col(int64_t t) const { return col_of(keys[static_cast<size_t>(t)], desc); }
 };
-
-enum { kHi = 0, kLo = 1, kPlo = 2, kPhi = 3 };
 
 // K slots over a list (contract "Objective 3"): the first K entries, a used slot takes the next.
 struct Window {
@@ -347,7 +346,7 @@ void cov_row(const CovProblem& P, int64_t i, CovScratch& S) {
     const float d = wf * P.dmul[j];
     S.w[j] = static_cast<double>(wf);
     S.dm[j] = d;
-    part[j % kSumLanes] += init[j] ? d : 0.0f;
+    part[j % kSumLanes] += keep_if(d, init[j]);
     if (init[j]) {  // growth candidates by key (spec §3); NaN keys are in neither list
       const float key = d / P.divisor[j];
       if (key > 0.0f) S.lists[kHi].keys.push_back(desc_key(key, j));
@@ -358,9 +357,7 @@ void cov_row(const CovProblem& P, int64_t i, CovScratch& S) {
       else if (d > 0.0f) S.lists[kPhi].keys.push_back(asc_key(wanda, j));
     }
   }
-  for (int n = kSumLanes; n > 1; n /= 2)
-    for (int l = 0; l < n / 2; ++l) part[l] = part[2 * l] + part[2 * l + 1];
-  const float err = part[0];
+  const float err = lane_tree(part);
   const int64_t need = std::min(P.window, cols) + P.max_cycles;
   for (auto& L : S.lists) L.order_prefix(need);
   P.swaps_out[i] = P.window > 0 ? cycles_window(P, S, out, init, err) : cycles_linear(P, i, S, out, init, err);

@@ -4,12 +4,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from dsnot_kernels.ops import OBJECTIVES
+
 PATTERNS_HELP = '"unstructured" or "N:M" (e.g. "2:4", "4:8")'
 INITIAL_METHODS = ("wanda", "magnitude", "sparsegpt")
 SKIP_CHOICES = ("mlp", "none", "self_attn")
-OBJECTIVE_CHOICES = ("dsnot", "mse", "cov", "cov_window")
-# objectives that need the inputs' (cols, cols) second moment per sub-layer
-SECOND_MOMENT_OBJECTIVES = ("cov", "cov_window")
+OBJECTIVE_CHOICES = tuple(OBJECTIVES)
 
 
 @dataclass

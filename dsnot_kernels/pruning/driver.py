@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from dsnot_kernels.metrics import initial_metric
-from dsnot_kernels.ops import refine_mask
+from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
 from dsnot_kernels.pruning.adapters import (find_blocks, find_sublayers, is_refined, sublayer_kind,
                                             weight_view)
 from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, move_outside,
                                            restore_devices, snapshot_devices)
-from dsnot_kernels.pruning.config import SECOND_MOMENT_OBJECTIVES, PruneConfig
+from dsnot_kernels.pruning.config import PruneConfig
 from dsnot_kernels.pruning.output_error import output_error, second_moment
 from dsnot_kernels.stats import CalibrationStats
 
