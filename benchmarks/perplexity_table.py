@@ -1,5 +1,7 @@
 """Perplexity of the embedded model (SmolLM2-135M-Instruct) pruned with Wanda, Wanda + DSnoT and
-Wanda + DSnoT with the "mse", "cov" and "cov_window" objectives, at 50/60/70 % unstructured and 2:4.
+Wanda + DSnoT with the "mse", "cov" and "cov_window" objectives, SparseGPT as published, and the
+same with the exact reconstruction of the kept weights (``reconstruct=True``), at 50/60/70 %
+unstructured and 2:4.
 
 Setup (stated in the JSON): calibration = --nsamples random windows x --seqlen tokens of the first
 half of pydoc_data.topics (default 16 x 256: the recorded run was made on 2 CPU cores shared with
@@ -34,15 +36,28 @@ METHODS = {  # name -> PruneConfig overrides; run order = round 1 for all patter
     "cov_all": dict(refine=True, skip="none", objective="cov"),
     "cov_window_all": dict(refine=True, skip="none", objective="cov_window", window=50),
     "cov_window100_all": dict(refine=True, skip="none", objective="cov_window", window=100),
+    "sparsegpt": dict(initial="sparsegpt", refine=False),
+    # SparseGPT's mask refined against the dense weights, then the kept weights reconstructed
+    "sparsegpt_cov_window_rec": dict(initial="sparsegpt", refine=True, skip="none", objective="cov_window",
+                                     window=100, reconstruct=True),
+    "cov_window100_all_rec": dict(refine=True, skip="none", objective="cov_window", window=100, reconstruct=True),
+    "wanda_rec": dict(refine=False, reconstruct=True),
+    "sparsegpt_rec": dict(initial="sparsegpt", refine=False, reconstruct=True),
 }
-ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"]]
+ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"],
+          ["sparsegpt"], ["sparsegpt_cov_window_rec"], ["cov_window100_all_rec"], ["wanda_rec"], ["sparsegpt_rec"]]
 LABELS = {"dense": "dense", "wanda": "Wanda",
           "dsnot_attn": "Wanda + DSnoT, attention only (skip=mlp, the authors' default)",
           "dsnot_all": "Wanda + DSnoT, every sub-layer (skip=none)",
           "mse_all": "Wanda + DSnoT objective=mse, every sub-layer (skip=none)",
           "cov_all": "Wanda + DSnoT objective=cov, every sub-layer (skip=none)",
           "cov_window_all": "Wanda + DSnoT objective=cov_window (window 50), every sub-layer (skip=none)",
-          "cov_window100_all": "Wanda + DSnoT objective=cov_window (window 100), every sub-layer (skip=none)"}
+          "cov_window100_all": "Wanda + DSnoT objective=cov_window (window 100), every sub-layer (skip=none)",
+          "sparsegpt": "SparseGPT (as published: mask + weight updates)",
+          "sparsegpt_rec": "SparseGPT + reconstruct",
+          "wanda_rec": "Wanda + reconstruct",
+          "cov_window100_all_rec": "Wanda + cov_window (window 100, skip=none) + reconstruct",
+          "sparsegpt_cov_window_rec": "SparseGPT + cov_window (window 100, skip=none) + reconstruct"}
 
 
 def load(path=RESULTS) -> dict:
@@ -71,7 +86,8 @@ def table(data, key) -> str:
     dense = runs.get("dense")
     if dense:
         lines.append("| dense | " + " | ".join(f"{dense['ppl']:.2f}" for _ in order) + " |")
-    for method in ["wanda", "dsnot_attn", "dsnot_all", "mse_all", "cov_all", "cov_window_all", "cov_window100_all"]:
+    for method in ["wanda", "dsnot_attn", "dsnot_all", "mse_all", "cov_all", "cov_window_all", "cov_window100_all",
+                   "sparsegpt", "sparsegpt_rec", "wanda_rec", "cov_window100_all_rec", "sparsegpt_cov_window_rec"]:
         cells = []
         for c in order:
             r = runs.get(f"{method}@{c}")
@@ -150,9 +166,9 @@ def main():
                 model.load_state_dict(dense_state)
                 # objectives "cov" and "cov_window": the "cpu" kernel when built, else the reference
                 backend = args.backend or dk.available_backends("cpu")[0]
-                cfg = dk.PruneConfig(sparsity=sparsity, pattern=pattern, initial="wanda",
-                                     batch_size=args.batch_size, backend=backend, progress=False,
-                                     **METHODS[method])
+                cfg = dk.PruneConfig(**{"sparsity": sparsity, "pattern": pattern, "initial": "wanda",
+                                        "batch_size": args.batch_size, "backend": backend, "progress": False,
+                                        **METHODS[method]})
                 report = dk.prune_model(model, calib, cfg)
                 value, dt = ppl()
                 runs[run_key] = {
@@ -161,6 +177,16 @@ def main():
                     "swaps": report["swaps"], "prune_time_s": report["total_time_s"],
                     "mask_time_s": report["mask_time_s"], "forward_time_s": report["forward_time_s"],
                     "stats_time_s": report["stats_time_s"], "eval_time_s": dt}
+                if cfg.initial == "sparsegpt" or cfg.reconstruct:
+                    recs = [e["reconstruct"] for e in report["sublayers"] if "reconstruct" in e]
+                    runs[run_key].update(
+                        reconstruct_time_s=report["reconstruct_time_s"],
+                        reconstruct_not_converged=report["reconstruct_not_converged"],
+                        reconstruct_max_iterations=max((r["iterations"] for r in recs), default=0),
+                        reconstruct_mean_iterations=sum(r["iterations"] for r in recs) / max(len(recs), 1),
+                        reconstruct_max_rel_residual=max((r["max_rel_residual"] for r in recs), default=0.0),
+                        reconstruct_rows_reverted=sum(r["rows_reverted"] for r in recs),
+                        sparsegpt_time_s=sum(e.get("sparsegpt_time_s", 0.0) for e in report["sublayers"]))
                 save(data, args.out)
                 print(f"{run_key}: ppl {value:.3f}, prune {report['total_time_s']:.0f} s "
                       f"(masks {report['mask_time_s']:.1f} s), {report['swaps']} swaps", flush=True)

@@ -6,11 +6,13 @@ from dsnot_kernels.stats import CalibrationStats
 from dsnot_kernels.sparse24 import check_nm, nm_violations, to_sparse_24
 from dsnot_kernels.pruning import PruneConfig, prune_model
 from dsnot_kernels.eval import perplexity
+from dsnot_kernels.sparsegpt import sparsegpt
+from dsnot_kernels.reconstruct import reconstruct
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationStats", "refine_mask", "available_backends", "initial_metric", "wanda_metric",
     "magnitude_metric", "sparsegpt_metric", "prune_model", "PruneConfig", "perplexity",
-    "nm_violations", "check_nm", "to_sparse_24",
+    "nm_violations", "check_nm", "to_sparse_24", "sparsegpt", "reconstruct",
 ]

@@ -1,4 +1,9 @@
-"""Initial pruning metrics (spec §2): wanda, magnitude, sparsegpt. All (rows, cols) float32."""
+"""Initial pruning metrics (spec §2): wanda, magnitude, sparsegpt_metric. All (rows, cols) float32.
+
+"sparsegpt_metric" is the authors' DSnoT flag ``--initial_method sparsegpt``: SparseGPT's saliency for
+the mask only, no weight update. SparseGPT as published (mask and weight updates) is
+``dsnot_kernels.sparsegpt``.
+"""
 from __future__ import annotations
 
 import torch
@@ -33,13 +38,16 @@ def sparsegpt_metric(weight: torch.Tensor, hessian: torch.Tensor, percdamp: floa
 
 
 def initial_metric(method: str, weight: torch.Tensor, stats) -> torch.Tensor:
-    """The initial metric named ``method`` ("wanda", "magnitude", "sparsegpt") from ``stats``."""
+    """The initial metric named ``method`` ("wanda", "magnitude", "sparsegpt_metric") from ``stats``."""
     if method == "wanda":
         return wanda_metric(weight, stats.scaler_row)
     if method == "magnitude":
         return magnitude_metric(weight)
-    if method == "sparsegpt":
+    if method == "sparsegpt_metric":
         if getattr(stats, "hessian", None) is None:
-            raise ValueError("the sparsegpt metric needs CalibrationStats(..., hessian=True)")
+            raise ValueError("the sparsegpt_metric metric needs CalibrationStats(..., hessian=True)")
         return sparsegpt_metric(weight, stats.hessian)
-    raise ValueError(f"unknown initial method {method!r}; expected wanda, magnitude or sparsegpt")
+    if method == "sparsegpt":
+        raise ValueError('"sparsegpt" is SparseGPT as published (mask and weight updates, '
+                         'dsnot_kernels.sparsegpt), not a metric; the saliency alone is "sparsegpt_metric"')
+    raise ValueError(f"unknown initial method {method!r}; expected wanda, magnitude or sparsegpt_metric")

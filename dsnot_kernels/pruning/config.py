@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from dsnot_kernels.ops import OBJECTIVES
 
 PATTERNS_HELP = '"unstructured" or "N:M" (e.g. "2:4", "4:8")'
-INITIAL_METHODS = ("wanda", "magnitude", "sparsegpt")
+INITIAL_METHODS = ("wanda", "magnitude", "sparsegpt", "sparsegpt_metric")
 SKIP_CHOICES = ("mlp", "none", "self_attn")
 OBJECTIVE_CHOICES = tuple(OBJECTIVES)
 
@@ -18,7 +18,10 @@ class PruneConfig:
 
     sparsity: unstructured ratio in [0, 1) (ignored for N:M patterns, which prune N of every M).
     pattern: "unstructured" or "N:M".
-    initial: initial metric, "wanda" | "magnitude" | "sparsegpt" (spec §2).
+    initial: initial method, "wanda" | "magnitude" (spec §2) | "sparsegpt" (SparseGPT as published:
+        its mask and its OBS weight updates; a refinement then starts from its mask and the kept
+        weights are reconstructed, docs/KERNEL_CONTRACT.md) | "sparsegpt_metric" (the authors' DSnoT
+        flag: SparseGPT's saliency W²/d² for the mask only, no weight update).
     refine: False = the initial mask alone (no §3 swaps anywhere).
     skip: which sub-layers get the initial mask only: "mlp" (the authors' default), "self_attn",
         or "none" (refine every linear sub-layer).
@@ -30,6 +33,9 @@ class PruneConfig:
         output error drops, with the inputs' (cols, cols) second moment: keeps one per sub-layer
         and runs on the "cpu" or "torch" backend) or "cov_window" (as "cov", but each cycle applies
         the best swap among the next ``window`` candidates of each cursor; "cpu" or "torch").
+    reconstruct: after each sub-layer's final mask, re-solve every row's kept weights to minimise
+        its output error on the calibration inputs (``dsnot_kernels.reconstruct``; any initial
+        method and objective). The mask does not change; residual and iterations go in the report.
     window: candidates per list that objective "cov_window" compares each cycle (int >= 1).
     backend: refine_mask backend (None = best for the device).
     batch_size: calibration samples per forward pass (statistics do not depend on it).
@@ -52,6 +58,7 @@ class PruneConfig:
     without_same_sign: bool = True
     objective: str = "dsnot"
     window: int = 100
+    reconstruct: bool = False
     backend: "str | None" = None
     batch_size: int = 8
     device: "str | None" = None
@@ -68,6 +75,8 @@ class PruneConfig:
             raise ValueError(f"initial must be one of {INITIAL_METHODS}, got {self.initial!r}")
         if self.objective not in OBJECTIVE_CHOICES:
             raise ValueError(f"objective must be one of {OBJECTIVE_CHOICES}, got {self.objective!r}")
+        if not isinstance(self.reconstruct, bool):
+            raise TypeError(f"reconstruct must be a bool, got {type(self.reconstruct).__name__}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be an int >= 1, got {self.window!r}")
         self.prune_n, self.prune_m = parse_pattern(self.pattern)

@@ -21,6 +21,7 @@ from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, mo
                                            restore_devices, snapshot_devices)
 from dsnot_kernels.pruning.config import PruneConfig
 from dsnot_kernels.pruning.output_error import output_error, second_moment
+from dsnot_kernels.pruning.weight_update import reconstruct_kept, sparsegpt_initial, updated_output_error
 from dsnot_kernels.stats import CalibrationStats
 
 
@@ -51,15 +52,23 @@ def _run_block(block, inputs, calls, state):
 
 
 def _sublayer_mask(name, module, stats, config, want_error):
-    """(mask, swaps, entry) of one sub-layer; the weight is not modified."""
+    """(mask, new_weight, entry) of one sub-layer; the weight is not modified.
+
+    new_weight is None when only the mask is applied (pruned weights zeroed), else the (rows, cols)
+    weights to write (SparseGPT's updates and/or the reconstruction; pruning/weight_update.py)."""
     W = weight_view(module)
     refined = is_refined(name, config)
-    metric = None if config.initial == "wanda" else initial_metric(config.initial, W, stats)
+    sgpt = config.initial == "sparsegpt"
+    metric = None if config.initial in ("wanda", "sparsegpt") else initial_metric(config.initial, W, stats)
     common = dict(initial_metric=metric, sparsity=config.sparsity, prune_n=config.prune_n,
                   prune_m=config.prune_m, update_threshold=config.update_threshold,
                   pow_of_var_regrowing=config.pow_of_var_regrowing,
                   without_same_sign=config.without_same_sign, backend=config.backend, return_swaps=True)
     t0 = time.perf_counter()
+    new_w, sgpt_s = None, 0.0
+    if sgpt:
+        initial_mask, new_w, sgpt_s = sparsegpt_initial(W, stats, config)
+        common["initial_mask"] = initial_mask
     if refined:
         mse, cov = config.objective == "mse", config.objective in SECOND_MOMENT_OBJECTIVES
         mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
@@ -67,6 +76,8 @@ def _sublayer_mask(name, module, stats, config, want_error):
                                   mean=stats.mean if mse else None,
                                   second_moment=stats.hessian if cov else None, window=config.window,
                                   **common)
+    elif sgpt:
+        mask, swaps = initial_mask, torch.zeros(W.shape[0], dtype=torch.int32, device=W.device)
     else:
         mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
                                   max_cycle_time=0, **common)
@@ -74,17 +85,29 @@ def _sublayer_mask(name, module, stats, config, want_error):
     entry = {"name": name, "kind": sublayer_kind(name), "shape": list(W.shape), "refined": refined,
              "sparsity": float(mask.float().mean()), "swaps": int(swaps.sum()),
              "rows_swapped": int((swaps > 0).sum()), "mask_time_s": mask_time}
+    if sgpt:
+        entry["sparsegpt_time_s"] = sgpt_s
+    # SparseGPT's weights fit SparseGPT's mask only: after swaps, the kept weights are re-solved
+    if config.reconstruct or (sgpt and bool((mask != initial_mask).any())):
+        new_w, info = reconstruct_kept(W, mask, stats, init=new_w)
+        entry["reconstruct"] = info
+        entry["reconstruct_time_s"] = info["time_s"]
     if want_error:
         moment = second_moment(stats)
         after = output_error(W, mask, stats, moment)
         if refined and config.max_cycle_time > 0:
-            initial, _ = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
-                                     max_cycle_time=0, **common)
+            if sgpt:
+                initial = common["initial_mask"]
+            else:
+                initial, _ = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
+                                         max_cycle_time=0, **common)
             before = output_error(W, initial, stats, moment)
         else:
             before = dict(after)
         entry["error"] = {"initial": before, "refined": after}
-    return mask, entry
+        if new_w is not None:  # the error of the weights actually written (updated kept weights)
+            entry["error"]["final"] = updated_output_error(W, new_w, stats, moment)
+    return mask, new_w, entry
 
 
 def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfig | None" = None,
@@ -108,8 +131,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     path, blocks = find_blocks(model)
     first = next(model.parameters())
     device = torch.device(config.device) if config.device else first.device
-    need_hessian = (config.initial == "sparsegpt" or config.record_error
-                    or config.objective in SECOND_MOMENT_OBJECTIVES)
+    need_hessian = (config.initial in ("sparsegpt", "sparsegpt_metric") or config.record_error
+                    or config.reconstruct or config.objective in SECOND_MOMENT_OBJECTIVES)
 
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "config": config.to_dict(),
@@ -168,19 +191,21 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 masks = {}
                 for name, module in subs.items():
                     where["sublayer"] = name
-                    mask, entry = _sublayer_mask(name, module, state["stats"][name], config,
-                                                 config.record_error)
+                    mask, new_w, entry = _sublayer_mask(name, module, state["stats"][name], config,
+                                                        config.record_error)
                     entry["block"] = i
-                    masks[name] = (mask, entry)
+                    masks[name] = (mask, entry, new_w)
                 state["stats"] = {}
                 if on_mask is not None:
                     where["stage"] = "on_mask"
-                    for name, (mask, _) in masks.items():
+                    for name, (mask, _, _) in masks.items():
                         where["sublayer"] = name
                         on_mask(i, name, mask)
                 where.update(sublayer=None, stage="apply")
-                for name, (mask, entry) in masks.items():
+                for name, (mask, entry, new_w) in masks.items():
                     W = weight_view(subs[name])
+                    if new_w is not None:  # SparseGPT / reconstruct: updated kept weights, 0 on the mask
+                        W.copy_(new_w)
                     W[mask] = 0
                     entry["zeros"] = float((W == 0).float().mean())
                     report["sublayers"].append(entry)
@@ -219,6 +244,9 @@ def _summarise(report, total_time):
     report["sparsity"] = sum(e["sparsity"] * e["shape"][0] * e["shape"][1] for e in subs) / max(numel, 1)
     report["swaps"] = sum(e["swaps"] for e in subs)
     report["mask_time_s"] = sum(e["mask_time_s"] for e in subs)
+    report["reconstruct_time_s"] = sum(e.get("reconstruct_time_s", 0.0) for e in subs)
+    report["reconstruct_not_converged"] = [e["name"] if "block" not in e else f"{e['block']}.{e['name']}"
+                                           for e in subs if not e.get("reconstruct", {}).get("converged", True)]
     report["forward_time_s"] = sum(b["forward_s"] for b in report["blocks"])
     report["stats_time_s"] = sum(b["stats_s"] for b in report["blocks"])
     report["total_time_s"] = total_time

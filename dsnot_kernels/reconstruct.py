@@ -1,0 +1,197 @@
+"""Exact weight reconstruction after any mask: each row's kept weights re-solved for the layer's inputs.
+
+For a dense row ``w`` (1, cols), its pruned set P (the mask) and kept set K, and the inputs'
+second moment M (cols, cols), the reconstructed row is
+
+    ŵ = argmin (w - ŵ) M (w - ŵ)ᵀ  subject to ŵ_P = 0,   i.e.   M_KK ŵ_K = M_K: wᵀ,
+
+the least-squares kept weights for the calibration outputs. Method: a batched preconditioned
+conjugate gradient over all rows at once (the rows are independent systems that share M): each
+iteration is one ``(active rows, cols) @ (cols, cols)`` product with M, masked to K, plus one with
+the preconditioner; float64 throughout. Preconditioner ``"inverse"`` (default): ``(M⁻¹)_KK``, the
+kept block of the dense inverse (one Cholesky per layer, shared by all rows; SPD on K; on this
+project's model it cut the iterations 3-6x against Jacobi); ``"jacobi"``: ``1 / diag M`` (also the
+fallback when M cannot be factored). A row stops when its relative residual
+``‖M_KK ŵ_K - M_K: w‖ / ‖M_K: w‖ <= tol``; the reported residual is recomputed from ŵ at the end.
+
+Dampening (the same rule as SparseGPT): M' = M with dead channels (``M[j, j] == 0``) set to 1 on
+the diagonal, plus ``percdamp * mean(diag M)`` on the diagonal; the systems solved are M'_KK.
+Since M' = M + λI (λ >= 0) on the live channels, a drop of the damped loss implies a drop of the
+undamped loss, so the row loss never rises. Guard: any row whose undamped loss after is higher
+than before (only possible without convergence or by rounding) or non-finite gets its starting
+weights back and is counted in ``rows_reverted``. The mask never changes: ŵ is exactly 0 on it.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from dsnot_kernels.sparsegpt import damped_hessian
+
+__all__ = ["reconstruct", "row_losses", "DEFAULT_TOL", "DEFAULT_MAX_ITER"]
+
+DEFAULT_TOL = 1e-4        # relative residual per row
+DEFAULT_MAX_ITER = 300
+
+
+def row_losses(weight: torch.Tensor, new_weight: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
+    """(rows,) float64: ``(w - ŵ) M (w - ŵ)ᵀ`` per row (the undamped output error on the inputs)."""
+    D = weight.double() - new_weight.double()
+    return ((D @ second_moment.double()) * D).sum(1)
+
+
+def _check(weight, mask, second_moment, init, tol, max_iter, percdamp):
+    for name, t in (("weight", weight), ("mask", mask), ("second_moment", second_moment)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"reconstruct: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"reconstruct: weight must be a 2-D float tensor, got {tuple(weight.shape)} {weight.dtype}")
+    rows, cols = weight.shape
+    if tuple(mask.shape) != (rows, cols) or mask.dtype != torch.bool:
+        raise ValueError(f"reconstruct: mask must be a ({rows}, {cols}) bool tensor (True = pruned), "
+                         f"got {tuple(mask.shape)} {mask.dtype}")
+    if tuple(second_moment.shape) != (cols, cols) or not second_moment.is_floating_point():
+        raise ValueError(f"reconstruct: second_moment must be a ({cols}, {cols}) float tensor, "
+                         f"got {tuple(second_moment.shape)} {second_moment.dtype}")
+    if init is not None and (not isinstance(init, torch.Tensor) or tuple(init.shape) != (rows, cols)):
+        raise ValueError(f"reconstruct: init must be a ({rows}, {cols}) tensor")
+    for name, t in (("mask", mask), ("second_moment", second_moment), ("init", init)):
+        if t is not None and t.device != weight.device:
+            raise ValueError(f"reconstruct: {name} is on {t.device} but weight is on {weight.device}")
+    for name, t in (("weight", weight), ("second_moment", second_moment), ("init", init)):
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"reconstruct: {name} has non-finite values (NaN or inf)")
+    if bool((torch.diagonal(second_moment) < 0).any()):
+        raise ValueError("reconstruct: second_moment has negative diagonal entries; it must be E[x xᵀ] "
+                         "(positive semi-definite) up to a positive scale")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 < tol < 1):
+        raise ValueError(f"reconstruct: tol must be a number in (0, 1), got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"reconstruct: max_iter must be an int >= 1, got {max_iter!r}")
+    if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) \
+            or not math.isfinite(percdamp) or percdamp < 0:
+        raise ValueError(f"reconstruct: percdamp must be a finite number >= 0, got {percdamp!r}")
+
+
+def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.Tensor, *,
+                tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, percdamp: float = 0.01,
+                init: "torch.Tensor | None" = None, preconditioner: str = "inverse",
+                return_info: bool = False, warn: bool = True):
+    """Kept weights minimising each row's output error for a fixed mask.
+
+    Args:
+        weight: (rows, cols) the *dense* weights ``w`` (float32/float16/bfloat16/float64).
+        mask: (rows, cols) bool, True = pruned; never changed.
+        second_moment: (cols, cols) float, E[x xᵀ] of the inputs up to a positive scale
+            (``CalibrationStats(hessian=True).hessian`` as it is).
+        tol: relative residual per row at which a row has converged, in (0, 1).
+        max_iter: conjugate-gradient iterations at most.
+        percdamp: dampening ``percdamp * mean(diag M)`` on the diagonal (dead channels: 1 first).
+            0 solves the undamped systems (they may then be singular: a row that does not
+            converge is reported, never NaN).
+        init: (rows, cols) starting weights (e.g. SparseGPT's updated weights; their values on the
+            mask are ignored); None = ``weight`` with the mask zeroed. The guard compares with it.
+        preconditioner: "inverse" (``(M⁻¹)_KK``) or "jacobi" (``1 / diag M``).
+        return_info: also return a dict: ``iterations``, ``max_rel_residual``, ``converged``,
+            ``rows_not_converged``, ``rows_reverted``, ``loss_before``/``loss_after`` (mean row
+            loss, undamped), ``tol``, ``percdamp``, ``method``, ``time_s``.
+        warn: warn (``RuntimeWarning``) when some rows did not converge.
+
+    Returns:
+        new_weight (rows, cols) in weight's dtype, exactly 0 on the mask; with ``return_info``,
+        ``(new_weight, info)``.
+    """
+    import time
+    t0 = time.perf_counter()
+    _check(weight, mask, second_moment, init, tol, max_iter, percdamp)
+    if preconditioner not in ("inverse", "jacobi"):
+        raise ValueError(f'reconstruct: preconditioner must be "inverse" or "jacobi", got {preconditioner!r}')
+    rows, cols = weight.shape
+    f64 = torch.float64
+    w = weight.detach().to(f64)
+    keep = (~mask).to(f64)
+    M = second_moment.detach().to(f64)
+    M = (M + M.t()) * 0.5
+    Md, _ = damped_hessian(M, percdamp, dtype=f64)
+    x0 = (w if init is None else init.detach().to(f64)) * keep
+    info = {"iterations": 0, "max_rel_residual": 0.0, "converged": True, "rows_not_converged": 0,
+            "rows_reverted": 0, "loss_before": 0.0, "loss_after": 0.0, "tol": float(tol),
+            "max_iter": int(max_iter), "percdamp": float(percdamp), "method": f"pcg-{preconditioner}-float64"}
+    if rows == 0 or cols == 0:
+        out = x0.to(weight.dtype)
+        info["time_s"] = time.perf_counter() - t0
+        return (out, info) if return_info else out
+
+    b = (w @ Md) * keep                                  # M'_K: w   (rows, cols), 0 on the mask
+    bnorm = b.norm(dim=1)
+    x = x0.clone()
+    r = b - (x @ Md) * keep
+    inv_diag = 1.0 / torch.diagonal(Md)                  # > 0 after dampening / dead-channel fix
+    Minv = None
+    if preconditioner == "inverse":
+        Lc, bad_factor = torch.linalg.cholesky_ex(Md)
+        if int(bad_factor) == 0:
+            Minv = torch.cholesky_inverse(Lc)
+            Minv = (Minv + Minv.t()) * 0.5
+        else:
+            info["method"] = "pcg-jacobi-float64 (M not positive definite: no inverse preconditioner)"
+
+    def precondition(res, rows_idx):
+        if Minv is None:
+            return res * inv_diag
+        return (res @ Minv) * keep[rows_idx]
+
+    denom = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
+    rel = r.norm(dim=1) / denom
+    active = torch.nonzero(rel > tol).flatten()
+    z = precondition(r[active], active)
+    p = z.clone()
+    rz = (r[active] * z).sum(1)
+    it = 0
+    while active.numel() and it < max_iter:
+        it += 1
+        q = (p @ Md) * keep[active]
+        pq = (p * q).sum(1)
+        ok = pq > 0                                      # pq == 0: a zero direction (singular M_KK)
+        alpha = torch.where(ok, rz / torch.where(ok, pq, torch.ones_like(pq)), torch.zeros_like(pq))
+        x[active] += alpha.unsqueeze(1) * p
+        r_a = r[active] - alpha.unsqueeze(1) * q
+        r[active] = r_a
+        rel_a = r_a.norm(dim=1) / denom[active]
+        rel[active] = rel_a
+        still = (rel_a > tol) & ok & torch.isfinite(rel_a)
+        if not bool(still.any()):
+            active = active[:0]
+            break
+        keep_idx = torch.nonzero(still).flatten()
+        active = active[keep_idx]
+        r_a = r_a[keep_idx]
+        z = precondition(r_a, active)
+        rz_new = (r_a * z).sum(1)
+        beta = rz_new / rz[keep_idx]
+        p = z + beta.unsqueeze(1) * p[keep_idx]
+        rz = rz_new
+
+    x = x * keep                                         # exactly 0 on the mask
+    rel = (((w - x) @ Md) * keep).norm(dim=1) / denom    # the true residual b - M'_KK x_K
+    before = row_losses(w, x0, M)
+    after = row_losses(w, x, M)
+    bad = ~torch.isfinite(after) | ~torch.isfinite(x).all(1) | (after > before + 1e-12 * before.abs() + 1e-300)
+    if bool(bad.any()):
+        x[bad] = x0[bad]
+        after = torch.where(bad, before, after)
+    rel = torch.where(torch.isfinite(rel), rel, torch.full_like(rel, float("inf")))
+    not_conv = int((rel > tol).sum())
+    info.update(iterations=it, max_rel_residual=float(rel.max()), converged=not_conv == 0,
+                rows_not_converged=not_conv, rows_reverted=int(bad.sum()),
+                loss_before=float(before.mean()), loss_after=float(after.mean()))
+    if not_conv and warn:
+        warnings.warn(f"reconstruct: {not_conv} of {rows} rows did not reach relative residual {tol:g} in "
+                      f"{it} iterations (max {info['max_rel_residual']:.3g}); their loss still did not rise",
+                      RuntimeWarning, stacklevel=2)
+    out = x.to(weight.dtype)
+    out[mask] = 0
+    info["time_s"] = time.perf_counter() - t0
+    return (out, info) if return_info else out
