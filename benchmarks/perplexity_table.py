@@ -45,7 +45,7 @@ METHODS = {  # name -> PruneConfig overrides; run order = round 1 for all patter
     "sparsegpt_rec": dict(initial="sparsegpt", refine=False, reconstruct=True),
 }
 ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"],
-          ["sparsegpt"], ["sparsegpt_cov_window_rec"], ["cov_window100_all_rec"], ["wanda_rec"], ["sparsegpt_rec"]]
+          ["sparsegpt", "sparsegpt_cov_window_rec", "cov_window100_all_rec"], ["wanda_rec", "sparsegpt_rec"]]
 LABELS = {"dense": "dense", "wanda": "Wanda",
           "dsnot_attn": "Wanda + DSnoT, attention only (skip=mlp, the authors' default)",
           "dsnot_all": "Wanda + DSnoT, every sub-layer (skip=none)",
@@ -107,7 +107,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backend", default=None, help="refine_mask backend (default: the best for CPU tensors)")
     ap.add_argument("--patterns", default=",".join(p[0] for p in PATTERNS),
-                    help="comma-separated subset of " + ",".join(p[0] for p in PATTERNS))
+                    help="comma-separated subset of " + ",".join(p[0] for p in PATTERNS) + ", run in that order")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -143,7 +143,8 @@ def main():
         raise SystemExit(f"{args.out} holds {key} runs with another setup; move it away first")
     entry["setup"] = {**entry["setup"], **setup}
     runs = entry["runs"]
-    patterns = [p for p in PATTERNS if p[0] in args.patterns.split(",")]
+    by_label = {p[0]: p for p in PATTERNS}
+    patterns = [by_label[name] for name in args.patterns.split(",")]  # in the order given
     wanted = set(args.methods.split(","))
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
 

@@ -23,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--sparsity", type=float, default=0.5, help="unstructured sparsity ratio")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
-    p.add_argument("--initial", default="wanda", choices=["wanda", "magnitude", "sparsegpt"])
+    p.add_argument("--initial", default="wanda", choices=["wanda", "magnitude", "sparsegpt", "sparsegpt_metric"],
+                   help="sparsegpt: SparseGPT as published (mask and weight updates); sparsegpt_metric: its "
+                        "saliency for the mask only (the authors' DSnoT flag)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="after each sub-layer's final mask, re-solve the kept weights for the calibration outputs")
     p.add_argument("--no-refine", action="store_true", help="the initial method alone (no DSnoT)")
     p.add_argument("--skip", default="mlp", choices=["mlp", "none", "self_attn"],
                    help="sub-layers that get the initial mask only (default mlp, the authors' default)")
@@ -65,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _label(initial, refine, objective, skip):
-    name = {"wanda": "Wanda", "magnitude": "Magnitude", "sparsegpt": "SparseGPT"}[initial]
+    name = {"wanda": "Wanda", "magnitude": "Magnitude", "sparsegpt": "SparseGPT",
+            "sparsegpt_metric": "SparseGPT metric"}[initial]
     if not refine:
         return name
     return f"{name} + DSnoT" + (f" ({objective})" if objective != "dsnot" else "") + f" [skip={skip}]"
@@ -155,10 +160,11 @@ def run(args) -> dict:
         config = dk.PruneConfig(
             sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=args.skip,
             objective=args.objective, window=args.window, max_cycle_time=args.max_cycle_time, update_threshold=args.update_threshold,
-            pow_of_var_regrowing=args.pow_of_var_regrowing, backend=args.backend, batch_size=args.batch_size,
+            pow_of_var_regrowing=args.pow_of_var_regrowing, reconstruct=args.reconstruct,
+            backend=args.backend, batch_size=args.batch_size,
             device=args.device, record_error=record_error and (refine or args.no_refine),
             progress=not args.quiet)
-        label = _label(args.initial, refine, args.objective, args.skip)
+        label = _label(args.initial, refine, args.objective, args.skip) + (" + reconstruct" if args.reconstruct else "")
         say(f"pruning: {label}")
         report = dk.prune_model(model, calib, config)
         value, dt = ppl()

@@ -127,7 +127,13 @@ def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.T
     b = (w @ Md) * keep                                  # M'_K: w   (rows, cols), 0 on the mask
     bnorm = b.norm(dim=1)
     x = x0.clone()
-    r = b - (x @ Md) * keep
+    # M' = M + diag(shift) (dead channels and dampening): one product with M gives both the
+    # undamped loss and the damped residual  keep * (w - x) M'
+    shift = torch.diagonal(Md) - torch.diagonal(M)
+    D0 = w - x0
+    G0 = D0 @ M
+    before = (G0 * D0).sum(1)
+    r = (G0 + D0 * shift) * keep
     inv_diag = 1.0 / torch.diagonal(Md)                  # > 0 after dampening / dead-channel fix
     Minv = None
     if preconditioner == "inverse":
@@ -175,9 +181,10 @@ def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.T
         rz = rz_new
 
     x = x * keep                                         # exactly 0 on the mask
-    rel = (((w - x) @ Md) * keep).norm(dim=1) / denom    # the true residual b - M'_KK x_K
-    before = row_losses(w, x0, M)
-    after = row_losses(w, x, M)
+    D1 = w - x
+    G1 = D1 @ M
+    after = (G1 * D1).sum(1)
+    rel = ((G1 + D1 * shift) * keep).norm(dim=1) / denom  # the true residual b - M'_KK x_K
     bad = ~torch.isfinite(after) | ~torch.isfinite(x).all(1) | (after > before + 1e-12 * before.abs() + 1e-300)
     if bool(bad.any()):
         x[bad] = x0[bad]

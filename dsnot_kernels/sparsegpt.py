@@ -118,7 +118,7 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 
     rows, cols = weight.shape
     if rows == 0 or cols == 0:
         return torch.zeros((rows, cols), dtype=torch.bool, device=weight.device), weight.clone()
-    W = weight.detach().to(torch.float32).clone()
+    W = weight.detach().to(torch.float32).contiguous().clone()
     H, dead = damped_hessian(hessian.detach(), percdamp)
     W[:, dead] = 0
     Hinv = _upper_cholesky_of_inverse(H)
@@ -132,7 +132,7 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diagonal(Hinv1)
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        mask1 = torch.zeros(W1.shape, dtype=torch.bool, device=W1.device)
         if not nm:
             k = int(W1.numel() * float(sparsity))
             if k:

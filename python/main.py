@@ -60,6 +60,7 @@ def parse(argv=None):
     p.add_argument("--objective", default="dsnot", choices=list(OBJECTIVES))
     p.add_argument("--window", type=int, default=100, help="candidates per list for objective cov_window")
     p.add_argument("--backend", default=None)
+    p.add_argument("--reconstruct", action="store_true", help="re-solve the kept weights after each final mask")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None)
     return p.parse_args(argv)
@@ -87,7 +88,10 @@ def main(argv=None):
 
     prune_time = 0.0
     if args.sparsity_ratio != 0 and args.prune_method != "dense":
-        initial = args.initial_method if args.prune_method == "DSnoT" else args.prune_method
+        # the authors' flags: --initial_method sparsegpt = SparseGPT's saliency for DSnoT's initial mask
+        # (no weight update); --prune_method sparsegpt = SparseGPT as published (mask + weight updates)
+        initial = ({"sparsegpt": "sparsegpt_metric"}.get(args.initial_method, args.initial_method)
+                   if args.prune_method == "DSnoT" else args.prune_method)
         refine = args.prune_method == "DSnoT" and not args.without_DSnoT
         skip_sub = () if args.skip_sub_layer == "no_skip" else (args.skip_sub_layer,)
         config = dk.PruneConfig(
@@ -95,7 +99,7 @@ def main(argv=None):
             skip=args.skip_layer, skip_sublayers=skip_sub, max_cycle_time=args.max_cycle_time,
             update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
             without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
-            backend=args.backend,
+            backend=args.backend, reconstruct=args.reconstruct,
             batch_size=args.batch_size)
         calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed)
         print(f"pruning starts: {args.prune_method} ({text_desc['calibration']}, {args.nsamples} x {args.seqlen})")

@@ -55,7 +55,7 @@ CASES = [  # sparsifier kwargs, refine_mask kwargs
     (dict(semi_structured_block_size=4), dict(prune_n=2, prune_m=4)),
     (dict(prune_n=4, prune_m=8), dict(prune_n=4, prune_m=8)),
     (dict(sparsity_level=0.5, initial="magnitude"), dict(sparsity=0.5, initial="magnitude")),
-    (dict(sparsity_level=0.5, initial="sparsegpt"), dict(sparsity=0.5, initial="sparsegpt")),
+    (dict(sparsity_level=0.5, initial="sparsegpt_metric"), dict(sparsity=0.5, initial="sparsegpt_metric")),
     (dict(sparsity_level=0.5, refine=False), dict(sparsity=0.5, max_cycle_time=0)),
     (dict(sparsity_level=0.5, max_cycle_time=5, pow_of_var_regrowing=0.5),
      dict(sparsity=0.5, max_cycle_time=5, pow_of_var_regrowing=0.5)),
@@ -68,7 +68,7 @@ def test_masks_equal_refine_mask(case):
     model, data = small_model(), calibration()
     dense = copy.deepcopy(model)
     initial = ref_kw.pop("initial", "wanda")
-    stats = own_stats(dense, data, hessian=initial == "sparsegpt")
+    stats = own_stats(dense, data, hessian=initial == "sparsegpt_metric")
     sparsifier = DSnoTSparsifier(**sparsifier_kw)
     run(model, data, sparsifier)
     refined_somewhere = False

@@ -45,8 +45,8 @@ def test_target_sparsity_and_nm(family, pattern, sparsity):
 
 @pytest.mark.parametrize("family,initial,objective,pattern", [
     ("llama", "wanda", "dsnot", "unstructured"), ("qwen2", "magnitude", "dsnot", "2:4"),
-    ("opt", "wanda", "mse", "unstructured"), ("gpt2", "sparsegpt", "dsnot", "unstructured"),
-    ("mistral", "sparsegpt", "mse", "2:4"), ("llama", "wanda", "cov", "unstructured"),
+    ("opt", "wanda", "mse", "unstructured"), ("gpt2", "sparsegpt_metric", "dsnot", "unstructured"),
+    ("mistral", "sparsegpt_metric", "mse", "2:4"), ("llama", "wanda", "cov", "unstructured"),
     ("qwen2", "wanda", "cov", "2:4"), ("llama", "magnitude", "cov_window", "unstructured"),
     ("mistral", "wanda", "cov_window", "2:4")])
 def test_masks_equal_refine_mask_on_own_statistics(family, initial, objective, pattern):

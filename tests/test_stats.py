@@ -54,12 +54,14 @@ def test_sparsegpt_metric_from_stats():
     st = dk.CalibrationStats(16, hessian=True)
     st.add_batch(_samples(B=4, C=16))
     W = torch.randn(8, 16)
-    metric = dk.initial_metric("sparsegpt", W, st)
+    metric = dk.initial_metric("sparsegpt_metric", W, st)
     H = st.hessian.double() + 0.01 * st.hessian.diag().double().mean() * torch.eye(16, dtype=torch.float64)
     d = torch.linalg.cholesky(torch.linalg.inv(H), upper=True).diag()
     torch.testing.assert_close(metric.double(), W.double() ** 2 / d ** 2, rtol=1e-3, atol=1e-6)
     with pytest.raises(ValueError, match="hessian=True"):
-        dk.initial_metric("sparsegpt", W, dk.CalibrationStats(16))
+        dk.initial_metric("sparsegpt_metric", W, dk.CalibrationStats(16))
+    with pytest.raises(ValueError, match="sparsegpt_metric"):  # "sparsegpt" is SparseGPT as published, not a metric
+        dk.initial_metric("sparsegpt", W, st)
 
 
 def test_add_batch_rejects_bad_input():

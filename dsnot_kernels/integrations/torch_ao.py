@@ -18,17 +18,25 @@ torch.ao masks are 1 = keep (float, the weight's dtype); ``refine_mask`` returns
 Per-layer options go in the config entries and override the constructor's defaults, e.g. OWL-style
 ratios: ``[{"tensor_fqn": "0.weight", "sparsity_level": 0.55}, ...]``. Options: ``sparsity_level``,
 ``semi_structured_block_size`` (M of N:M with N = M/2), ``prune_n``/``prune_m`` (any N:M),
-``initial`` ("wanda", "magnitude", "sparsegpt"), ``refine`` (False = initial mask only),
-``max_cycle_time``, ``update_threshold``, ``pow_of_var_regrowing``, ``without_same_sign``,
-``objective``, ``window``, ``backend``.
+``initial`` ("wanda", "magnitude", "sparsegpt", "sparsegpt_metric"), ``refine`` (False = initial
+mask only), ``reconstruct``, ``max_cycle_time``, ``update_threshold``, ``pow_of_var_regrowing``,
+``without_same_sign``, ``objective``, ``window``, ``backend``.
+
+Weight updates (``initial="sparsegpt"``: SparseGPT as published; ``reconstruct=True``: the kept
+weights re-solved for the final mask; the rule of docs/KERNEL_CONTRACT.md, "Weight updates"): the
+updated weights are written into the parametrization's ``original`` and the dense weights are kept
+aside until ``squash_mask``, so every ``step()`` starts again from the dense weights.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.ao.pruning import BaseSparsifier
 
 from dsnot_kernels.metrics import initial_metric as compute_metric
 from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
+from dsnot_kernels.reconstruct import reconstruct as reconstruct_weights
+from dsnot_kernels.sparsegpt import sparsegpt
 from dsnot_kernels.stats import CalibrationStats
 
 __all__ = ["DSnoTSparsifier"]
@@ -41,9 +49,14 @@ class DSnoTSparsifier(BaseSparsifier):
         sparsity_level: unstructured sparsity per row, in [0, 1).
         semi_structured_block_size: M for an (M/2):M pattern (4 = 2:4); overrides sparsity_level.
         prune_n, prune_m: any N:M pattern (overrides the two above when prune_n > 0).
-        initial: initial metric, "wanda" (default), "magnitude" or "sparsegpt" (gathers a Hessian,
-            as objectives "cov" and "cov_window" do).
+        initial: "wanda" (default), "magnitude", "sparsegpt" (SparseGPT as published: its mask and
+            its weight updates) or "sparsegpt_metric" (SparseGPT's saliency for the mask only, the
+            authors' DSnoT flag). Both SparseGPT options gather a Hessian, as objectives "cov" and
+            "cov_window" and ``reconstruct`` do.
         refine: False = the initial mask alone (the plain Wanda/magnitude/SparseGPT baseline).
+            After "sparsegpt" the refinement starts from its mask and the kept weights are then
+            reconstructed.
+        reconstruct: re-solve each row's kept weights for the final mask (``dk.reconstruct``).
         max_cycle_time, update_threshold, pow_of_var_regrowing, without_same_sign, objective,
         window, backend: as in ``dsnot_kernels.refine_mask``.
         stats_device: where statistics are kept (None = each layer's weight device).
@@ -53,16 +66,17 @@ class DSnoTSparsifier(BaseSparsifier):
                  prune_m: int = 0, initial: str = "wanda", refine: bool = True, max_cycle_time: int = 50,
                  update_threshold: float = 0.1, pow_of_var_regrowing: float = 1.0,
                  without_same_sign: bool = True, objective: str = "dsnot", window: int = 100, backend=None,
-                 stats_device=None):
+                 stats_device=None, reconstruct: bool = False):
         defaults = dict(sparsity_level=sparsity_level, semi_structured_block_size=semi_structured_block_size,
                         prune_n=prune_n, prune_m=prune_m, initial=initial, refine=refine,
                         max_cycle_time=max_cycle_time, update_threshold=update_threshold,
                         pow_of_var_regrowing=pow_of_var_regrowing, without_same_sign=without_same_sign,
-                        objective=objective, window=window, backend=backend)
+                        objective=objective, window=window, backend=backend, reconstruct=reconstruct)
         super().__init__(defaults=defaults)
         self.stats_device = stats_device
         self.stats: dict = {}     # tensor_fqn -> CalibrationStats
         self._hooks: dict = {}    # tensor_fqn -> hook handle
+        self._dense: dict = {}    # tensor_fqn -> dense weight, kept while weights are updated
 
     # -- prepare: parametrizations (BaseSparsifier) + calibration hooks -------------------------
     def prepare(self, model: nn.Module, config=None) -> None:
@@ -79,8 +93,9 @@ class DSnoTSparsifier(BaseSparsifier):
                 raise ValueError(f"{fqn}: {n}:{m} needs in_features divisible by {m}, got {weight.shape[1]}")
             device = self.stats_device if self.stats_device is not None else weight.device
             self.stats[fqn] = CalibrationStats(weight.shape[1], device=device,
-                                               hessian=group["initial"] == "sparsegpt"
-                                               or group["objective"] in SECOND_MOMENT_OBJECTIVES)
+                                               hessian=group["initial"] in ("sparsegpt", "sparsegpt_metric")
+                                               or group["objective"] in SECOND_MOMENT_OBJECTIVES
+                                               or bool(group.get("reconstruct")))
             self._hooks[fqn] = module.register_forward_pre_hook(self._make_hook(fqn), with_kwargs=True)
 
     def _make_hook(self, fqn):
@@ -99,14 +114,23 @@ class DSnoTSparsifier(BaseSparsifier):
             raise RuntimeError(f"{tensor_fqn}: no calibration inputs seen; run forward passes on calibration "
                                "data between prepare() and step()")
         parametrization = getattr(module.parametrizations, tensor_name)
+        updating = config["initial"] == "sparsegpt" or bool(config.get("reconstruct"))
         weight = parametrization.original.detach()
+        if updating:  # start from the dense weights, whatever an earlier step() wrote
+            weight = self._dense.setdefault(tensor_fqn, weight.clone())
         mask = parametrization[0].mask
         n, m = _pattern(config)
-        metric = None if config["initial"] == "wanda" else compute_metric(config["initial"], weight, stats)
+        metric = (None if config["initial"] in ("wanda", "sparsegpt")
+                  else compute_metric(config["initial"], weight, stats))
+        hessian = stats.hessian.to(weight.device) if stats.hessian is not None else None
+        initial_mask = new_w = None
+        if config["initial"] == "sparsegpt":
+            initial_mask, new_w = sparsegpt(weight, hessian, sparsity=float(config["sparsity_level"]),
+                                            prune_n=n, prune_m=m)
         pruned, swaps = refine_mask(
             weight, stats.sum_metric_row.to(weight.device), stats.var.to(weight.device),
             stats.scaler_row.to(weight.device),
-            initial_metric=None if metric is None else metric.to(weight.device),
+            initial_metric=None if metric is None else metric.to(weight.device), initial_mask=initial_mask,
             sparsity=config["sparsity_level"], prune_n=n, prune_m=m,
             max_cycle_time=config["max_cycle_time"] if config["refine"] else 0,
             update_threshold=config["update_threshold"], pow_of_var_regrowing=config["pow_of_var_regrowing"],
@@ -115,6 +139,10 @@ class DSnoTSparsifier(BaseSparsifier):
             second_moment=(stats.hessian.to(weight.device) if config["objective"] in SECOND_MOMENT_OBJECTIVES
                            else None),
             window=config["window"], backend=config["backend"], return_swaps=True)
+        if config.get("reconstruct") or (initial_mask is not None and not torch.equal(pruned, initial_mask)):
+            new_w = reconstruct_weights(weight, pruned, hessian, init=new_w)
+        if new_w is not None:
+            parametrization.original.data.copy_(new_w)
         mask.data.copy_(~pruned)
         self.state[tensor_fqn]["swaps"] = int(swaps.sum())
         self.state[tensor_fqn]["sparsity"] = float(pruned.float().mean())
@@ -125,6 +153,7 @@ class DSnoTSparsifier(BaseSparsifier):
         self.remove_hooks()
         super().squash_mask(params_to_keep=params_to_keep, params_to_keep_per_layer=params_to_keep_per_layer)
         self.stats.clear()
+        self._dense.clear()
 
     def remove_hooks(self) -> None:
         """Stop gathering statistics (the masks stay)."""
