@@ -20,11 +20,6 @@ from dsnot_kernels.reconstruct import reconstruct
 from dsnot_kernels.sparsegpt import sparsegpt
 
 
-def needs_weight_update(config) -> bool:
-    """True when a sub-layer's kept weights change (not only zeroed) under ``config``."""
-    return config.initial == "sparsegpt" or bool(getattr(config, "reconstruct", False))
-
-
 def sparsegpt_initial(W: torch.Tensor, stats, config):
     """(mask, new_weight, seconds) of SparseGPT on the dense (rows, cols) ``W`` with the stats' Hessian."""
     if stats.hessian is None:
