@@ -263,3 +263,38 @@ def test_cli_arguments():
         dk.PruneConfig(initial="sparsegptx")
     with pytest.raises(TypeError, match="reconstruct"):
         dk.PruneConfig(reconstruct="yes")
+
+
+# -- command lines -----------------------------------------------------------------------------------
+
+from test_cli import ROOT, tiny_dir  # noqa: E402,F401  (the tiny Hugging Face model folder fixture)
+
+
+def test_cli_sparsegpt_reconstruct_end_to_end(tiny_dir, tmp_path):  # noqa: F811
+    import json
+    from dsnot_kernels.cli import main
+    out = tmp_path / "r.json"
+    main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
+          "--no-refine", "--initial", "sparsegpt", "--reconstruct", "--json", str(out), "--quiet"])
+    res = json.loads(out.read_text())
+    assert res["rows"][-1]["method"] == "SparseGPT + reconstruct"
+    report = res["reports"][-1]
+    assert report["config"]["initial"] == "sparsegpt" and report["config"]["reconstruct"] is True
+    assert all(e["reconstruct"]["converged"] for e in report["sublayers"])
+    assert report["reconstruct_not_converged"] == []
+
+
+@pytest.mark.parametrize("flags,initial,refine", [
+    (["--prune_method", "DSnoT", "--initial_method", "sparsegpt"], "sparsegpt_metric", True),
+    (["--prune_method", "sparsegpt"], "sparsegpt", False)])
+def test_authors_main_sparsegpt_flags(tiny_dir, tmp_path, monkeypatch, flags, initial, refine):  # noqa: F811
+    import runpy
+    import sys
+    seen = []
+    real = dk.prune_model
+    monkeypatch.setattr(dk, "prune_model", lambda model, calib, config: seen.append(config) or real(model, calib, config))
+    monkeypatch.setattr(sys, "argv", ["main.py", "--model", str(tiny_dir), "--sparsity_ratio", "0.5", "--nsamples", "2",
+                                      "--seqlen", "32", "--eval_windows", "1",
+                                      "--output_results_file", str(tmp_path / "r.txt")] + flags)
+    runpy.run_path(str(ROOT / "python" / "main.py"), run_name="__main__")
+    assert len(seen) == 1 and seen[0].initial == initial and seen[0].refine == refine
