@@ -70,3 +70,101 @@ def test_add_batch_rejects_bad_input():
         st.add_batch(torch.tensor([[float("nan")] * 4]))
     with pytest.raises(TypeError):
         st.add_batch(torch.ones(2, 4, dtype=torch.int64))
+
+
+# --- bit-identity of the batched statistics to the per-sample implementation (issue #16) --------
+
+class _OldStats:
+    """The per-sample implementation before the batched reductions (the oracle, kept verbatim)."""
+
+    def __init__(self, C, hessian):
+        z = lambda: torch.zeros(C, dtype=torch.float32)  # noqa: E731
+        self.scaler_row, self.sum_metric_row, self.var, self.mean = z(), z(), z(), z()
+        self.nsamples = self.ntokens = 0
+        self.hessian = torch.zeros((C, C), dtype=torch.float32) if hessian else None
+
+    def add_batch(self, x):
+        import math
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        for b in range(x.shape[0]):
+            inp = x[b].t().type(torch.float32)
+            mean_inp = torch.mean(inp, dim=1)
+            var_inp = torch.var(inp, dim=1, unbiased=False)
+            num = inp.shape[1]
+            if self.ntokens == 0:
+                self.var, self.mean = var_inp, mean_inp
+            else:
+                self.var = (self.var * self.ntokens + var_inp * num) / (self.ntokens + num)
+                self.mean = (self.mean * self.ntokens + mean_inp * num) / (self.ntokens + num)
+            self.ntokens += num
+            self.scaler_row *= self.nsamples / (self.nsamples + 1)
+            self.sum_metric_row *= self.nsamples / (self.nsamples + 1)
+            if self.hessian is not None:
+                self.hessian *= self.nsamples / (self.nsamples + 1)
+            self.nsamples += 1
+            self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
+            self.sum_metric_row += torch.sum(inp, dim=1) / self.nsamples
+            if self.hessian is not None:
+                scaled = math.sqrt(2 / self.nsamples) * inp
+                self.hessian += scaled.matmul(scaled.t())
+
+
+NAMES = ("scaler_row", "sum_metric_row", "var", "mean", "hessian")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape,splits,dtype,layout", [
+    ((8, 256, 576), (8,), torch.float32, "contiguous"),
+    ((7, 33, 24), (3, 1, 3), torch.float32, "contiguous"),
+    ((5, 17, 5), (1, 1, 1, 1, 1), torch.bfloat16, "contiguous"),
+    ((6, 9, 1), (2, 4), torch.float32, "contiguous"),
+    ((3, 40000, 1), (3,), torch.float32, "contiguous"),     # C == 1: torch splits one output's sum across threads
+    ((4, 64, 130), (4,), torch.float16, "contiguous"),
+    ((6, 31, 48), (2, 2, 2), torch.float32, "transposed"),  # a (B, T, C) view of (B, C, T) memory
+    ((4, 1, 9), (4,), torch.float32, "contiguous"),         # one token per sample
+])
+def test_batched_stats_bit_identical_to_per_sample(shape, splits, dtype, layout, threads):
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        B, T, C = shape
+        for seed in range(2):
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn(B, C, T, generator=g).transpose(1, 2) if layout == "transposed" else \
+                torch.randn(B, T, C, generator=g)
+            x = (x * torch.rand(C, generator=g) * 4 + torch.randn(C, generator=g)).to(dtype)
+            hess = C <= 600
+            old, new = _OldStats(C, hess), dk.CalibrationStats(C, hessian=hess)
+            start = 0
+            for n in splits:
+                old.add_batch(x[start:start + n])
+                new.add_batch(x[start:start + n])
+                start += n
+            for name in NAMES:
+                if getattr(old, name) is None:
+                    continue
+                assert torch.equal(getattr(old, name), getattr(new, name)), (name, shape, seed)
+            assert (old.nsamples, old.ntokens) == (new.nsamples, new.ntokens)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def test_batched_stats_reject_non_finite_and_leave_state_untouched():
+    st = dk.CalibrationStats(6, hessian=True)
+    st.add_batch(_samples(B=2, C=6))
+    before = {k: v.clone() for k, v in st.to_dict().items() if isinstance(v, torch.Tensor)}
+    x = _samples(B=3, C=6, seed=3)
+    x[2, 5, 1] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        st.add_batch(x)
+    x[2, 5, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        st.add_batch(x)
+    assert st.nsamples == 2
+    for k, v in before.items():
+        assert torch.equal(v, getattr(st, k)), k
+    # finite but huge: the per-sample sum overflows; accepted, as before (the check is on the input)
+    big = torch.full((1, 4, 6), 3e38)
+    st.add_batch(big)
+    assert st.nsamples == 3
