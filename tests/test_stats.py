@@ -168,3 +168,64 @@ def test_batched_stats_reject_non_finite_and_leave_state_untouched():
     big = torch.full((1, 4, 6), 3e38)
     st.add_batch(big)
     assert st.nsamples == 3
+
+
+# --- the driver's statistics pass: shared inputs, M only where needed (issue #16) -------------------
+
+def _block_and_inputs(seed=0):
+    from pruning_models import calibration, tiny_model
+    from dsnot_kernels.pruning.adapters import find_blocks
+    from dsnot_kernels.pruning.capture import capture_block_calls
+    model = tiny_model("llama", seed=seed)
+    _, blocks = find_blocks(model)
+    with torch.no_grad():
+        cap = capture_block_calls(model, blocks, list(calibration(nsamples=7).split(3)), "cpu")
+    return blocks[0], cap.inputs, [c[0] for c in cap.calls]
+
+
+def test_shared_statistics_are_bit_identical_to_separate_ones():
+    from dsnot_kernels.pruning.adapters import find_sublayers, weight_view
+    from dsnot_kernels.pruning.driver import _statistics_pass
+    block, inputs, calls = _block_and_inputs()
+    subs = find_sublayers(block)
+    config = dk.PruneConfig(objective="cov", skip="none")
+    with torch.no_grad():
+        shared = _statistics_pass(block, subs, inputs, calls, torch.device("cpu"), config, None, 0)
+        separate = {n: dk.CalibrationStats(weight_view(m).shape[1], hessian=True) for n, m in subs.items()}
+        hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: separate[n].add_batch(inp[0]))
+                 for n, m in subs.items()]
+        for x, c in zip(inputs, calls):
+            block(x, *c.args, **c.kwargs)
+        for h in hooks:
+            h.remove()
+    groups = shared.groups()
+    assert groups["self_attn.q_proj"] == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+    assert groups["mlp.gate_proj"] == ["mlp.gate_proj", "mlp.up_proj"]
+    assert len(groups) == 4  # qkv, o, gate/up, down
+    for name in subs:
+        got, want = shared.stats_of(name), separate[name]
+        for field in NAMES:
+            assert torch.equal(getattr(got, field), getattr(want, field)), (name, field)
+        assert got.nsamples == want.nsamples == 7
+
+
+@pytest.mark.parametrize("kw,with_m", [
+    (dict(objective="cov", refine=False), set()),                     # Wanda-only baseline: no M
+    (dict(objective="cov_window", refine=False), set()),
+    (dict(objective="dsnot", skip="none"), set()),
+    (dict(objective="cov_window", skip="mlp"), {"self_attn"}),         # only refined sub-layers
+    (dict(objective="cov", skip="none"), {"self_attn", "mlp"}),
+    (dict(objective="dsnot", refine=False, record_error=True), {"self_attn", "mlp"}),
+    (dict(initial="sparsegpt", refine=False), {"self_attn", "mlp"}),
+])
+def test_second_moment_only_where_needed(kw, with_m):
+    from dsnot_kernels.pruning.adapters import find_sublayers, sublayer_kind
+    from dsnot_kernels.pruning.driver import _statistics_pass, needs_second_moment
+    block, inputs, calls = _block_and_inputs()
+    subs = find_sublayers(block)
+    config = dk.PruneConfig(**kw)
+    assert needs_second_moment(config) == bool(with_m)
+    with torch.no_grad():
+        st = _statistics_pass(block, subs, inputs, calls, torch.device("cpu"), config, None, 0)
+    for name in subs:
+        assert (st.stats_of(name).hessian is not None) == (sublayer_kind(name) in with_m), name

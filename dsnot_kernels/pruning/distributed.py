@@ -177,3 +177,38 @@ def all_finished(device) -> None:
     import torch.distributed as dist
     t = torch.ones(1, dtype=torch.int64, device=device)
     dist.all_reduce(t)
+
+
+def init_from_env() -> int:
+    """Initialise the default process group from torchrun's environment (``WORLD_SIZE`` > 1).
+
+    gloo on CPU, and NCCL for CUDA tensors where CUDA is available (each rank on ``LOCAL_RANK``).
+    The timeout is ``DSNOT_DIST_TIMEOUT`` seconds (default 1800), so a dead rank ends the others.
+    Returns this process's rank (0 without torchrun). Does nothing if a group is already set up.
+    """
+    import datetime
+    import os
+
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=float(os.environ.get("DSNOT_DIST_TIMEOUT", "1800")))
+        backend = "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            backend = "cpu:gloo,cuda:nccl"
+        dist.init_process_group(backend=backend, timeout=timeout)
+        _OWN_GROUP.append(True)
+    return dist.get_rank()
+
+
+_OWN_GROUP: list = []
+
+
+def close_own_group() -> None:
+    """Destroy the process group if ``init_from_env`` created it."""
+    import torch.distributed as dist
+    if _OWN_GROUP and dist.is_initialized():
+        dist.destroy_process_group()
+        _OWN_GROUP.clear()
