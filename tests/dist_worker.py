@@ -3,6 +3,7 @@ WORLD_SIZE, MASTER_PORT in the environment (127.0.0.1 only). Writes OUTDIR/CASE-
 import datetime
 import os
 import sys
+import time
 import traceback
 
 import torch
@@ -37,18 +38,25 @@ def prune_collect(pattern, objective, nsamples=7, on_extra=None, **kw):
 
 
 def main():
-    case, out = sys.argv[1], sys.argv[2]
+    cases, out = sys.argv[1].split(","), sys.argv[2]
     rank = int(os.environ["RANK"])
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}", rank=rank,
                             world_size=int(os.environ["WORLD_SIZE"]),
                             timeout=datetime.timedelta(seconds=float(os.environ.get("DIST_TIMEOUT", "30"))))
+    for case in cases:
+        run_case(case, rank, out)
+    os._exit(0)  # quick exit: a failed peer may be gone, and exiting closes the connections
+
+
+def run_case(case, rank, out):
     result = {}
+    t0 = time.perf_counter()
     try:
         if case == "masks":
             for pattern, objective in MASK_CASES:
                 masks, state, report = prune_collect(pattern, objective)
-                result[(pattern, objective)] = (masks, state, report["reduce_time_s"])
+                result[(pattern, objective)] = (masks, state, report["reduce_time_s"], report["local_samples"])
         elif case == "too_many":
             prune_collect("unstructured", "dsnot", nsamples=2)      # one batch of 2 for 2 ranks
         elif case == "mismatch":
@@ -62,8 +70,8 @@ def main():
     except Exception as exc:  # reported to the test, which checks the message
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()
+    result["seconds"] = time.perf_counter() - t0
     torch.save(result, os.path.join(out, f"{case}-{rank}.pt"))
-    # no destroy_process_group: a failed peer may be gone, and exiting closes the connections
 
 
 if __name__ == "__main__":

@@ -180,7 +180,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "config": config.to_dict(),
               "device": str(device), "sublayers": [], "blocks": [], "completed": False,
-              "world_size": 1 if ranks is None else ranks[1]}
+              "world_size": 1 if ranks is None else ranks[1],
+              "local_samples": sum(b.shape[0] for b in batches)}
     snapshot = snapshot_devices(model)
     cfg = getattr(model, "config", None)
     use_cache = getattr(cfg, "use_cache", None)
