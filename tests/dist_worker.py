@@ -15,7 +15,8 @@ from pruning_models import calibration, tiny_model  # noqa: E402
 
 import dsnot_kernels as dk  # noqa: E402
 
-MASK_CASES = [("unstructured", "dsnot"), ("2:4", "dsnot"), ("unstructured", "cov_window"), ("2:4", "cov_window")]
+MASK_CASES = [("unstructured", "dsnot"), ("2:4", "dsnot"), ("unstructured", "cov_window"), ("2:4", "cov_window"),
+              ("unstructured", "cov_window", "gpt2")]  # GPT-2: transposed (Conv1D) weights
 
 
 def config(pattern, objective, **kw):
@@ -23,9 +24,9 @@ def config(pattern, objective, **kw):
                           batch_size=2, progress=False, **kw)
 
 
-def prune_collect(pattern, objective, nsamples=7, on_extra=None, **kw):
-    """(masks, state_dict, report) of pruning a fresh tiny Llama (3 blocks)."""
-    model = tiny_model("llama", seed=0, layers=3)
+def prune_collect(pattern, objective, family="llama", nsamples=7, on_extra=None, **kw):
+    """(masks, state_dict, report) of pruning a fresh tiny model (3 blocks)."""
+    model = tiny_model(family, seed=0, layers=3)
     masks = {}
 
     def on_mask(i, name, mask):
@@ -54,9 +55,9 @@ def run_case(case, rank, out):
     t0 = time.perf_counter()
     try:
         if case == "masks":
-            for pattern, objective in MASK_CASES:
-                masks, state, report = prune_collect(pattern, objective)
-                result[(pattern, objective)] = (masks, state, report["reduce_time_s"], report["local_samples"])
+            for case_ in MASK_CASES:
+                masks, state, report = prune_collect(*case_)
+                result[case_] = (masks, state, report["reduce_time_s"], report["local_samples"])
         elif case == "too_many":
             prune_collect("unstructured", "dsnot", nsamples=2)      # one batch of 2 for 2 ranks
         elif case == "mismatch":
