@@ -156,9 +156,17 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         on_mask: optional ``fn(block_index, sublayer_name, mask)`` called with each (rows, cols)
             bool mask (True = pruned) before it is applied.
 
+    Under an initialised ``torch.distributed`` process group (world size > 1), call it on every
+    rank with the same arguments: each rank runs a contiguous share of the calibration batches and
+    of each sub-layer's mask rows, and every rank ends with the masks (and weights) one process
+    would give (``dsnot_kernels.pruning.distributed``); the report adds ``world_size``,
+    ``local_samples`` and ``reduce_time_s``.
+
     Raises:
-        PruningError naming the block, sub-layer and stage. Blocks finished before the error are
-        pruned, the rest untouched, and every tensor is back on its original device.
+        PruningError naming the block, sub-layer and stage (and, under torch.distributed, the rank).
+        Blocks finished before the error are pruned, the rest untouched, and every tensor is back
+        on its original device. ValueError before any work if the ranks' arguments differ or there
+        are more ranks than calibration batches.
     """
     config = config if config is not None else PruneConfig()
     calibration = _check_calibration(calibration)
