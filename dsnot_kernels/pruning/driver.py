@@ -64,7 +64,7 @@ def needs_second_moment(config, name=None) -> bool:
     for what reads it: the sparsegpt initial metric, ``record_error``, and refined sub-layers of an
     objective that uses it (``SECOND_MOMENT_OBJECTIVES``).
     """
-    if config.initial == "sparsegpt" or config.record_error:
+    if config.initial in ("sparsegpt", "sparsegpt_metric") or config.record_error:
         return True
     if config.objective not in SECOND_MOMENT_OBJECTIVES:
         return False
