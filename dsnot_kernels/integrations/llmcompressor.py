@@ -186,7 +186,8 @@ class DSnoTModifier(SparsityModifierBase):
 
     @model_validator(mode="after")
     def _check_structure_and_sparsity(self):
-        if self._prune_n == 0 and self.sparsity is None and self.sparsity_profile is None:
+        unstructured = str(self.mask_structure).split(":")[0].strip() == "0"
+        if unstructured and self.sparsity is None and self.sparsity_profile is None:
             raise ValueError("sparsity is required for an unstructured mask (mask_structure='0:0')")
         return self
 
@@ -265,9 +266,14 @@ class DSnoTModifier(SparsityModifierBase):
             logger.info(f"DSnoT: pruning {name} using {stats.nsamples} samples")
             t0 = time.perf_counter()
             with torch.no_grad(), align_module_device(module):
-                mask, entry = driver._sublayer_mask(relative, module, stats, config, False)
+                result = driver._sublayer_mask(relative, module, stats, config, False)
+                # (mask, entry), or (mask, new weight or None, entry) where the initial method updates
+                # the kept weights (SparseGPT as published)
+                mask, new_weight, entry = result if len(result) == 3 else (result[0], None, result[1])
                 pruned = module.weight.data.clone()
                 view = pruned.t() if is_transposed(module) else pruned  # (out, in), as the mask
+                if new_weight is not None:
+                    view.copy_(new_weight)
                 view[mask.to(view.device)] = 0
             update_offload_parameter(module, "weight", pruned)
             entry.update(name=name, kind=sublayer_kind(relative), nsamples=stats.nsamples,

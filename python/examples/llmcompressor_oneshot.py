@@ -19,6 +19,7 @@ sm80+ GPU in fp16/bf16 and call ``dsnot_kernels.to_sparse_24(model)`` (or PyTorc
 """
 import argparse
 import importlib.util
+import os
 import sys
 import tempfile
 import time
@@ -56,7 +57,7 @@ def zero_masks(model):
     return {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
 
 
-def tiny(tokenizer):
+def tiny(tokenizer, workdir):
     import dsnot_kernels as dk
     from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -64,7 +65,7 @@ def tiny(tokenizer):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    folder = tempfile.mkdtemp(prefix="tiny-llama-")
+    folder = os.path.join(workdir, "tiny-llama")
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     ids = torch.randint(0, cfg.vocab_size, (8, 32))
@@ -87,9 +88,9 @@ def tiny(tokenizer):
     if not same:
         sys.exit(1)
 
-    out = tempfile.mkdtemp(prefix="dsnot-llmc-")
+    out = os.path.join(workdir, "pruned")
     pruned.save_pretrained(out)   # dense safetensors with zeros
-    print(f"saved (dense, zeros in place) to {out}")
+    print("save_pretrained wrote a dense checkpoint with the zeros in place (a temporary folder here)")
     if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
         pruned = pruned.half().cuda()
         dk.to_sparse_24(pruned)
@@ -98,7 +99,7 @@ def tiny(tokenizer):
         print("no sm80+ GPU here: dk.to_sparse_24(model) would turn the 2:4 layers into sparse tensor-core weights")
 
 
-def embedded(tokenizer):
+def embedded(tokenizer, workdir):
     import dsnot_kernels as dk
     from dsnot_kernels.data import calibration_windows, default_texts, tokenize
     from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
@@ -106,7 +107,7 @@ def embedded(tokenizer):
     from transformers import AutoModelForCausalLM
 
     model, tok = load_embedded()
-    folder = tempfile.mkdtemp(prefix="smollm2-")
+    folder = os.path.join(workdir, "smollm2")
     save_model(model, tok, folder)
     calib_text, eval_text = default_texts()
     ids = calibration_windows(tokenize(tok, calib_text), 32, 128, seed=0)
@@ -135,7 +136,8 @@ def main():
     from dsnot_kernels.models import embedded_model_file
     folder, name = embedded_model_file()
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
-    (embedded if args.embedded else tiny)(tokenizer)
+    with tempfile.TemporaryDirectory() as workdir:
+        (embedded if args.embedded else tiny)(tokenizer, workdir)
     print("done")
 
 
