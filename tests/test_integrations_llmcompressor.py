@@ -15,8 +15,11 @@ since ``oneshot`` reads the config from ``model.config.name_or_path``):
   pipeline calibrates one decoder layer on unpruned weights, prunes it, then propagates the pruned
   layer's outputs to the next layer (``propagate_error=True``, its default), as ``prune_model``
   does; both feed ``CalibrationStats`` per sample. Calibration is not shuffled
-  (``shuffle_calibration_samples=False``) and both run the same batch size, so each layer sees
-  bit-identical inputs.
+  (``shuffle_calibration_samples=False``), both run the same batch size, and ``prune_model`` runs
+  the model with eager attention, which llm-compressor forces during calibration
+  (``calibration_forward_context``); so each layer sees bit-identical inputs. (With SDPA on the
+  ``prune_model`` side, the embedded model's hidden states differ from layer 0's attention on by
+  float rounding, ~1e-6, and masks start to differ around layer 22; perplexity agreed to 0.01 %.)
 """
 import copy
 import importlib.util
@@ -99,9 +102,9 @@ def tiny(tmp_path_factory, tokenizer, llmc):
     return str(folder), ids
 
 
-def _load(folder):
+def _load(folder, attn="sdpa"):
     from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn).eval()
 
 
 def _dataset(ids):
@@ -171,7 +174,7 @@ def test_refined_equals_prune_model(llmc, tiny, tokenizer, structure, pattern, o
     options = dict(objective=objective, skip=skip, window=8 if objective == "cov_window" else 100)
     modifier = DSnoT(sparsity=0.5, mask_structure=structure, **options)
     ours = _masks(_oneshot(_load(folder), tokenizer, ids, [modifier]))
-    expected = _prune_model_masks(_load(folder), ids, sparsity=0.5, pattern=pattern, batch_size=1, **options)
+    expected = _prune_model_masks(_load(folder, "eager"), ids, sparsity=0.5, pattern=pattern, batch_size=1, **options)
     assert _diff(ours, expected) == {}
     _check_pattern(ours, structure)
     # the refinement did something, and only where skip allows it
@@ -181,7 +184,7 @@ def test_refined_equals_prune_model(llmc, tiny, tokenizer, structure, pattern, o
     assert any(".mlp." in n for n in refined) == (skip == "none"), refined
     assert any(".mlp." in n for n in swapped) == (skip == "none"), swapped
     # layer 0's statistics come from the dense model, so its masks differ from Wanda's exactly where refined
-    wanda = _prune_model_masks(_load(folder), ids, sparsity=0.5, pattern=pattern, refine=False, batch_size=1)
+    wanda = _prune_model_masks(_load(folder, "eager"), ids, sparsity=0.5, pattern=pattern, refine=False, batch_size=1)
     changed = {n for n in _diff(ours, wanda) if ".layers.0." in n}
     assert changed == {n for n in swapped if ".layers.0." in n}
 
@@ -192,7 +195,7 @@ def test_batched_calibration_is_fed_per_sample(llmc, tiny, tokenizer):
     folder, ids = tiny
     modifier = DSnoT(sparsity=0.5)
     ours = _masks(_oneshot(_load(folder), tokenizer, ids, [modifier], batch_size=4))
-    assert _diff(ours, _prune_model_masks(_load(folder), ids, sparsity=0.5, batch_size=4)) == {}
+    assert _diff(ours, _prune_model_masks(_load(folder, "eager"), ids, sparsity=0.5, batch_size=4)) == {}
     assert all(e["nsamples"] == NSAMPLES for e in modifier.report)
 
 
@@ -200,7 +203,7 @@ def test_other_initial_methods(llmc, tiny, tokenizer):
     _, _, DSnoT = llmc
     folder, ids = tiny
     ours = _masks(_oneshot(_load(folder), tokenizer, ids, [DSnoT(sparsity=0.6, initial="magnitude")]))
-    assert _diff(ours, _prune_model_masks(_load(folder), ids, sparsity=0.6, initial="magnitude",
+    assert _diff(ours, _prune_model_masks(_load(folder, "eager"), ids, sparsity=0.6, initial="magnitude",
                                           batch_size=1)) == {}
     _check_pattern(ours, "0:0", 0.6)
 
@@ -339,18 +342,18 @@ def test_embedded_model_perplexity_matches_prune_model(llmc, tokenizer, tmp_path
     ids = calibration_windows(tokenize(tok, calib_text), 16, 128, seed=0)
     eval_ids = tokenize(tok, eval_text)
 
-    ours = _oneshot(_load(str(tmp_path / "smollm2")), tok, ids, [DSnoT(sparsity=0.5)])
-    theirs = _load(str(tmp_path / "smollm2"))
+    modifier = DSnoT(sparsity=0.5)
+    ours = _oneshot(_load(str(tmp_path / "smollm2")), tok, ids, [modifier])
+    theirs = _load(str(tmp_path / "smollm2"), "eager")   # llm-compressor calibrates with eager attention
     dk.prune_model(theirs, ids, dk.PruneConfig(sparsity=0.5, batch_size=1, progress=False))
-    dense = _load(str(tmp_path / "smollm2"))
-    ppl = {name: dk.perplexity(m, eval_ids, 256, max_windows=16)
-           for name, m in (("oneshot", ours), ("prune_model", theirs), ("dense", dense))}
+    theirs.set_attn_implementation(ours.config._attn_implementation)   # evaluate both the same way
+    assert _diff(_masks(ours), _masks(theirs)) == {}
+    _check_pattern(_masks(ours), "0:0")
+    assert len(modifier.report) == 7 * 30 and sum(e["swaps"] for e in modifier.report) > 0
+    ppl = {name: dk.perplexity(m, eval_ids, 256, max_windows=16) for name, m in (("oneshot", ours),
+                                                                                ("prune_model", theirs))}
     print("perplexity", ppl)
     assert ppl["oneshot"] <= ppl["prune_model"] * 1.01, ppl
-    assert ppl["dense"] < ppl["prune_model"], ppl
-    diff = _diff(_masks(ours), _masks(theirs))
-    total = sum(m.numel() for m in _masks(ours).values())
-    assert sum(diff.values()) <= 1e-3 * total, diff  # expected 0; tolerated: rounding-level ties
 
 
 def test_example_runs(llmc):
