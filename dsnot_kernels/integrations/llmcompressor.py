@@ -97,7 +97,9 @@ class DSnoTModifier(SparsityModifierBase):
         mask_structure: "0:0" (unstructured, default) or "N:M" such as "2:4".
         targets, ignore: which modules to prune (llm-compressor's matching). ``ignore`` defaults to
             ``["re:.*lm_head"]`` (DSnoT, Wanda and SparseGPT never prune the output head).
-        sparsity_profile="owl", owl_m, owl_lmbda: OWL layer-wise sparsities (llm-compressor's).
+        sparsity_profile="owl", owl_m, owl_lmbda: OWL layer-wise sparsities (llm-compressor's; in
+            0.14.0.1 its OWL pass fails inside llm-compressor before any modifier runs, its own Wanda
+            included: pass per-layer ratios as ``sparsity=[...]`` with decoder-layer ``targets``).
 
     Options of DSnoT, with ``dsnot_kernels.PruneConfig``'s names and meanings:
         initial: initial mask, "wanda" (default), "magnitude", or any other ``PruneConfig.initial``.
