@@ -240,6 +240,25 @@ def test_yaml_recipe_names_the_modifier(llmc, tiny, tokenizer):
     _check_pattern(from_yaml, "2:4")
 
 
+def test_output_dir_saves_dense_zeros_and_a_recipe_that_reloads(llmc, tiny, tokenizer, tmp_path):
+    """oneshot(output_dir=...) writes a dense checkpoint with the zeros and a recipe.yaml naming us."""
+    from llmcompressor import oneshot
+    from llmcompressor.recipe import Recipe
+    _, _, DSnoT = llmc
+    folder, ids = tiny
+    modifier = DSnoT(mask_structure="2:4", objective="cov_window", window=5, skip="none")
+    model = _load(folder)
+    oneshot(model=model, processor=tokenizer, dataset=_dataset(ids), recipe=[modifier], output_dir=str(tmp_path),
+            num_calibration_samples=ids.shape[0], max_seq_length=ids.shape[1], shuffle_calibration_samples=False)
+    reloaded = _masks(_load(str(tmp_path)))
+    assert _diff(reloaded, _masks(model)) == {}
+    _check_pattern(reloaded, "2:4")
+    (again,) = Recipe.create_instance(str(tmp_path / "recipe.yaml")).modifiers
+    assert type(again) is DSnoT
+    fields = ("mask_structure", "objective", "window", "skip", "initial", "refine", "ignore", "max_cycle_time")
+    assert {f: getattr(again, f) for f in fields} == {f: getattr(modifier, f) for f in fields}
+
+
 def test_disk_offloaded_model_gets_the_same_masks(llmc, tiny, tokenizer, tmp_path):
     from compressed_tensors.offload import offload_module
     from compressed_tensors.offload.cache import OffloadCache

@@ -34,6 +34,12 @@ of the unpruned layer, and the next layer sees the pruned layer's outputs.
   copy is written back with ``update_offload_parameter``, so offloaded (CPU or disk) and
   device-mapped models work.
 
+With ``sequential_targets_per_subgraph > 1`` llm-compressor calibrates several decoder layers in
+one pass, so the later ones see the earlier ones unpruned (``prune_model`` always goes one block
+at a time). ``oneshot(output_dir=...)`` writes the pruned model dense, with the zeros in place,
+and a ``recipe.yaml`` that names ``DSnoTModifier`` with its options (it reloads once this module is
+imported).
+
 ``skip`` is decided on the module's name relative to its decoder layer (the sequential target
 that holds it): "mlp" (default, the authors') refines attention projections only, "self_attn"
 refines the MLP only, "none" refines every target module.
