@@ -199,13 +199,27 @@ def test_batched_calibration_is_fed_per_sample(llmc, tiny, tokenizer):
     assert all(e["nsamples"] == NSAMPLES for e in modifier.report)
 
 
-def test_other_initial_methods(llmc, tiny, tokenizer):
+def _initial_methods():
+    from dsnot_kernels.pruning import config
+    return [m for m in config.INITIAL_METHODS if m != "wanda"]   # whatever PruneConfig accepts today
+
+
+@pytest.mark.parametrize("initial", _initial_methods())
+def test_other_initial_methods_give_prune_model_weights(llmc, tiny, tokenizer, initial):
+    """Every other initial method: the same weights as prune_model (masks, and any updated kept weights)."""
     _, _, DSnoT = llmc
     folder, ids = tiny
-    ours = _masks(_oneshot(_load(folder), tokenizer, ids, [DSnoT(sparsity=0.6, initial="magnitude")]))
-    assert _diff(ours, _prune_model_masks(_load(folder, "eager"), ids, sparsity=0.6, initial="magnitude",
-                                          batch_size=1)) == {}
-    _check_pattern(ours, "0:0", 0.6)
+    ours = _oneshot(_load(folder), tokenizer, ids, [DSnoT(sparsity=0.6, initial=initial)])
+    theirs = _load(folder, "eager")
+    dk.prune_model(theirs, ids, dk.PruneConfig(sparsity=0.6, initial=initial, batch_size=1, progress=False))
+    assert _diff(_masks(ours), _masks(theirs)) == {}
+    for name, module in ours.named_modules():
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            assert torch.equal(module.weight, theirs.get_submodule(name).weight), name
+    if initial == "sparsegpt":   # SparseGPT as published picks per column block, not per row
+        assert all(abs(float(m.float().mean()) - 0.6) < 0.01 for m in _masks(ours).values())
+    else:
+        _check_pattern(_masks(ours), "0:0", 0.6)
 
 
 def test_per_layer_sparsities_like_wanda(llmc, tiny, tokenizer):
