@@ -32,7 +32,8 @@ of the unpruned layer, and the next layer sees the pruned layer's outputs.
 * Zeroing: as the base class's modifiers do, the weight is read inside
   ``compressed_tensors``' ``align_module_device`` (onloaded to the execution device), the masked
   copy is written back with ``update_offload_parameter``, so offloaded (CPU or disk) and
-  device-mapped models work.
+  device-mapped models are handled as llm-compressor's own modifiers handle them (disk offload is
+  tested; a GPU run is not).
 
 With ``sequential_targets_per_subgraph > 1`` llm-compressor calibrates several decoder layers in
 one pass, so the later ones see the earlier ones unpruned (``prune_model`` always goes one block
@@ -61,7 +62,8 @@ except ImportError as exc:  # pragma: no cover - exercised only where llm-compre
     raise ImportError(
         "dsnot_kernels.integrations.llmcompressor needs llm-compressor, which is not importable here "
         f"({exc}). Install it in its own environment (it pins transformers<=5.17): "
-        "pip install -r requirements-llmcompressor.txt, or `make test-llmcompressor` in this repository."
+        "pip install llmcompressor==0.14.0.1, or in this repository `make llmcompressor-venv` "
+        "(.venv-llmc from the exact pins of requirements-llmcompressor.txt)."
     ) from exc
 
 import torch
