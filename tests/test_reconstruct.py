@@ -193,3 +193,10 @@ def test_driver_reconstruct_lowers_every_sublayer_error(initial, refine, pattern
             for x in inputs[name]:
                 own.add_batch(x.reshape(calib.shape[0], -1, x.shape[-1]))
             assert err(W) <= err(dk.sparsegpt(W0, own.hessian, sparsity=0.6)[1]) * (1 + 1e-6), name
+
+
+def test_second_moment_is_gathered_for_reconstruct_and_sparsegpt():
+    from dsnot_kernels.pruning.driver import needs_second_moment
+    assert needs_second_moment(dk.PruneConfig(refine=False, reconstruct=True))
+    assert needs_second_moment(dk.PruneConfig(refine=False, initial="sparsegpt"))
+    assert not needs_second_moment(dk.PruneConfig(refine=False))
