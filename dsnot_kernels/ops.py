@@ -1,6 +1,6 @@
-"""The public kernel API: ``refine_mask`` and ``available_backends``.
+"""The public kernel API: ``refine_mask``, ``available_backends`` and ``backend_report``.
 
-Every call is validated and canonicalised here (spec: ALGORITHM.md §2-§3, numerics:
+Every call is validated and canonicalised here (spec: docs/ALGORITHM.md §2-§3, numerics:
 docs/KERNEL_CONTRACT.md), then handed to one backend. All backends take the same positional
 arguments as the compiled op ``dsnot_kernels::refine_mask`` and return ``(mask, swaps)``.
 
@@ -46,6 +46,8 @@ def _compiled_op(*args):
 
 
 def _serve_torch(device: torch.device) -> "str | None":
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "this torch has no usable CUDA (torch.cuda.is_available() is False)"
     return None
 
 
@@ -76,6 +78,8 @@ def _serve_triton(device: torch.device) -> "str | None":
         return "the triton backend serves CPU tensors only under TRITON_INTERPRET=1"
     if device.type not in ("cpu", "cuda"):
         return f"the triton backend does not serve {device.type} tensors"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "the triton backend needs a CUDA device, and torch.cuda.is_available() is False"
     try:
         from dsnot_kernels.triton import refine_mask_triton  # noqa: F401
     except ImportError as exc:
@@ -140,12 +144,18 @@ _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _fallback_said: set = set()
 
 
-def available_backends(device="cpu") -> list:
-    """Names of the backends that can serve tensors on ``device``, best first."""
+def backend_report(device="cpu") -> dict:
+    """``{backend name: None if it can serve tensors on device, else the reason why not}``, best first."""
     device = torch.device(device)
     order = list(_AUTO_ORDER.get(device.type, ("torch",)))
     order += [n for n in BACKENDS if n not in order]
-    return [n for n in order if BACKENDS[n].can_serve(device) is None]
+    return {n: BACKENDS[n].can_serve(device) for n in order}
+
+
+def available_backends(device="cpu") -> list:
+    """Names of the backends that can serve tensors on ``device``, best first ([] when none can:
+    e.g. "cuda" on a torch without CUDA). ``backend_report(device)`` says why each other one cannot."""
+    return [n for n, why in backend_report(device).items() if why is None]
 
 
 def _choose_backend(name, device: torch.device) -> Backend:

@@ -132,7 +132,7 @@ def test_save_is_atomic_and_reloads_identically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(model), "save_pretrained", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_model(model, None, target)
+        save_model(model, None, target, overwrite=True)
     assert sorted(p.name for p in target.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert AutoModelForCausalLM.from_pretrained(target) is not None

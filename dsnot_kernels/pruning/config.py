@@ -68,6 +68,10 @@ class PruneConfig:
             raise ValueError(f"initial must be one of {INITIAL_METHODS}, got {self.initial!r}")
         if self.objective not in OBJECTIVE_CHOICES:
             raise ValueError(f"objective must be one of {OBJECTIVE_CHOICES}, got {self.objective!r}")
+        if self.backend is not None:
+            from dsnot_kernels.ops import BACKENDS
+            if self.backend not in BACKENDS:
+                raise ValueError(f"backend must be None or one of {sorted(BACKENDS)}, got {self.backend!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be an int >= 1, got {self.window!r}")
         self.prune_n, self.prune_m = parse_pattern(self.pattern)
