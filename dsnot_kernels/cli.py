@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
                         "cov: only if the full output error drops (second moment per sub-layer; cpu or torch backend); "
                         "cov_window: the best such swap among the next --window candidates of each cursor")
+    p.add_argument("--also-objective", action="append", default=[], choices=list(OBJECTIVES), metavar="OBJECTIVE",
+                   help="one more refined run (and table row) with this objective, on the sub-layers of "
+                        "--also-skip; repeatable (the demo adds its best objective this way)")
+    p.add_argument("--also-skip", default="none", choices=["mlp", "none", "self_attn"],
+                   help="--skip of the --also-objective runs (default none: every sub-layer)")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="candidates per list for --objective cov_window")
     p.add_argument("--max-cycle-time", type=int, default=50,
                    help="swap cycles per row at most (0 = the initial mask only; default 50)")
@@ -148,12 +153,18 @@ def check_args(args) -> list:
     cli_checks.check_finite("--pow-of-var-regrowing", args.pow_of_var_regrowing)
     device = cli_checks.check_device(args.device)
     cli_checks.check_backend(args.backend, device, args.objective)
+    for objective in args.also_objective:
+        cli_checks.check_backend(args.backend, device, objective)
+    if args.also_objective and args.no_refine:
+        raise ValueError("--also-objective adds refined runs; it cannot go with --no-refine")
+    runs = [(False, args.skip, args.objective)] + ([] if args.no_refine else [(True, args.skip, args.objective)])
+    runs += [(True, args.also_skip, objective) for objective in args.also_objective]
     configs = []
-    for refine in [False] + ([] if args.no_refine else [True]):
+    for refine, skip, objective in runs:
         try:
             configs.append(dk.PruneConfig(
-                sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=args.skip,
-                objective=args.objective, window=args.window, max_cycle_time=args.max_cycle_time,
+                sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=skip,
+                objective=objective, window=args.window, max_cycle_time=args.max_cycle_time,
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
                 backend=args.backend, batch_size=args.batch_size, device=args.device,
                 record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
@@ -237,13 +248,14 @@ def run(args, configs=None) -> dict:
         result["rows"].append({"method": "dense", "ppl": value, "prune_time_s": 0.0, "mask_time_s": 0.0,
                                "eval_time_s": dt, "sparsity": 0.0, "swaps": 0})
         say(f"dense perplexity {value:.3f}")
-    dense = {k: v.detach().clone() for k, v in model.state_dict().items()} if not args.no_refine else None
-    for config in configs:
+    dense = {k: v.detach().clone() for k, v in model.state_dict().items()} if len(configs) > 1 else None
+    for k, config in enumerate(configs):
         refine = config.refine
-        if refine:
+        if k > 0:
             model.load_state_dict(dense)
+        if k == len(configs) - 1:
             dense = None
-        label = _label(args.initial, refine, args.objective, args.skip)
+        label = _label(args.initial, refine, config.objective, config.skip)
         say(f"pruning: {label}")
         report = dk.prune_model(model, calib, config)
         value, dt = ppl(label)
