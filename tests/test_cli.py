@@ -166,3 +166,20 @@ def test_sparse24_is_refused_before_pruning(tiny_dir, capsys):
         with pytest.raises(SystemExit):
             main(["--model", str(tiny_dir), "--pattern", "2:4", "--sparse24", "--quiet"])
         assert re.search("refused: .*CUDA", capsys.readouterr().err)
+
+
+def test_dtype_bfloat16_loads_prunes_and_saves_in_bfloat16(tiny_dir, tmp_path):
+    from safetensors import safe_open
+
+    from dsnot_kernels.cli import main
+
+    saved32, saved16 = tmp_path / "f32", tmp_path / "bf16"
+    common = ["--model", str(tiny_dir), "--nsamples", "2", "--seqlen", "32", "--eval-windows", "1", "--no-dense",
+              "--no-refine", "--quiet"]
+    main(common + ["--save", str(saved32)])
+    main(common + ["--save", str(saved16), "--dtype", "bfloat16"])
+    with safe_open(str(saved16 / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.bfloat16}
+    size16, size32 = (p.joinpath("model.safetensors").stat().st_size for p in (saved16, saved32))
+    assert size16 < 0.55 * size32
