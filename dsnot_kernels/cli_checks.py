@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dsnot_kernels.ops import BACKENDS, SECOND_MOMENT_BACKENDS, SECOND_MOMENT_OBJECTIVES, backend_report
+from dsnot_kernels.ops import BACKENDS, OBJECTIVES, backend_report
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -105,10 +105,11 @@ def check_backend(backend, device: torch.device, objective: str = "dsnot") -> No
         return
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend}: unknown; expected one of {', '.join(sorted(BACKENDS))}")
-    if objective in SECOND_MOMENT_OBJECTIVES and backend not in SECOND_MOMENT_BACKENDS:
+    served = OBJECTIVES[objective].backends
+    if backend not in served:
         raise ValueError(f"--backend {backend}: objective {objective} runs on the "
-                         f"{' or '.join(SECOND_MOMENT_BACKENDS)} backend only")
-    why = backend_report(device).get(backend)
+                         f"{' or '.join(sorted(served))} backend only")
+    why = backend_report(device, objective)[backend]
     if why is not None:
         raise ValueError(f"--backend {backend} cannot serve {device.type} tensors here (--device "
                          f"{device}): {why}")
