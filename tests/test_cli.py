@@ -183,3 +183,17 @@ def test_dtype_bfloat16_loads_prunes_and_saves_in_bfloat16(tiny_dir, tmp_path):
     assert dtypes == {torch.bfloat16}
     size16, size32 = (p.joinpath("model.safetensors").stat().st_size for p in (saved16, saved32))
     assert size16 < 0.55 * size32
+
+
+def test_table_legend_and_also_objective_row(tiny_dir, tmp_path, capsys):
+    from dsnot_kernels.cli import main
+
+    out = tmp_path / "r.json"
+    main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
+          "--also-objective", "cov_window", "--window", "4", "--json", str(out), "--quiet"])
+    table = capsys.readouterr().out
+    assert "lower is better" in table and "swaps:" in table and "prune s:" in table and "masks s:" in table
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["Wanda", "Wanda + DSnoT [skip=mlp]",
+                                          "Wanda + DSnoT (cov_window) [skip=none]"]
+    assert rows[2]["swaps"] > 0 and rows[2]["sparsity"] == pytest.approx(0.5, abs=0.01)
