@@ -213,6 +213,10 @@ def run(args, configs=None) -> dict:
         configs = check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from dsnot_kernels.pruning.distributed import init_from_env
+    rank = init_from_env()  # under torchrun: every rank prunes its share; only rank 0 speaks and writes
+    if rank:
+        args.quiet, args.save, args.json = True, None, None
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     try:
@@ -272,8 +276,9 @@ def run(args, configs=None) -> dict:
         result["rows"].append({"method": result["rows"][-1]["method"] + " [2:4 sparse fp16]", "ppl": value,
                                "prune_time_s": 0.0, "mask_time_s": 0.0, "eval_time_s": dt,
                                "sparsity": result["rows"][-1]["sparsity"], "swaps": result["rows"][-1]["swaps"]})
-    print(format_table(result))
-    if args.plot:
+    if not rank:
+        print(format_table(result))
+    if args.plot and not rank:
         plot_errors(result["reports"][-1], args.plot)
         say(f"wrote {args.plot}")
     if args.save:
@@ -307,6 +312,9 @@ def main(argv=None) -> int:
         run(args, configs)
     except ArgumentError as exc:
         parser.error(str(exc))
+    finally:
+        from dsnot_kernels.pruning.distributed import close_own_group
+        close_own_group()
     return 0
 
 
