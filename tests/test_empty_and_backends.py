@@ -31,7 +31,7 @@ def test_driver_refuses_a_sublayer_that_saw_no_input():
     mlp = model.model.layers[0].mlp
     mlp.forward = lambda x: mlp.gate_proj(x)[..., : x.shape[-1]]  # up_proj and down_proj never run
     before = mlp.up_proj.weight.detach().clone()
-    with pytest.raises(dk.pruning.driver.PruningError, match="(up|down)_proj.*no sample") as info:
+    with pytest.raises(dk.pruning.driver.PruningError, match="(up|down)_proj.*(no sample|never called)") as info:
         dk.prune_model(model, calibration(), dk.PruneConfig(progress=False, backend="torch"))
     assert info.value.block == 0
     assert torch.equal(mlp.up_proj.weight, before)  # the block was left untouched
