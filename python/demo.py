@@ -6,9 +6,8 @@ pydoc_data.topics; evaluation: 8 windows x 256 tokens of its second half; 50 % u
 Rows: dense, Wanda alone, Wanda + DSnoT with the authors' rule (attention sub-layers, their
 default), and Wanda + DSnoT with ``BEST_OBJECTIVE`` on every sub-layer.
 
-The figures depend on the float32 summation order of the matrix products (torch's CPU kernels,
-which vary with the thread count and the CPU's instruction set): the demo fixes 2 threads, so on
-one machine they repeat exactly; another CPU can differ in the third significant digit.
+The pruned figures moved by up to 3 % between setups (README, "make demo"); the dense one did not.
+The demo fixes 2 threads so that the thread count is not one of the causes.
 Extra arguments go to ``dsnot-prune`` (e.g. ``--sparsity 0.6``, ``--objective mse``, ``--skip none``).
 """
 import sys
