@@ -31,7 +31,7 @@ from dsnot_kernels.triton._common import (KEY_MAX, KEY_MIN, composite_key, dm_at
 from dsnot_kernels.triton.refine import _chunk_best, _growth_values, _prune_values
 
 # list ids in the slots scratch
-HI, LO, PLO, PHI = 0, 1, 2, 3
+HI, LO, PLO, PHI = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
 
 
 @triton.jit

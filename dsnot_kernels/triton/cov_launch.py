@@ -125,7 +125,7 @@ def tile_config(window: int, prune_m: int, interpreting: bool):
     kp = triton.next_power_of_2(max(window, 1))
     if interpreting:
         return min(kp, 64), min(kp, 64)
-    return min(kp, 16), min(kp, 128 if prune_m == 0 else 64)
+    return min(kp, 8), min(kp, 64 if prune_m == 0 else 32)
 
 
 def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
