@@ -147,6 +147,8 @@ RULE_BACKENDS = {
 # dsnot_kernels/triton/cov.py (no CUDA C++: docs/KERNEL_CONTRACT.md, "Objectives 2 and 3 on GPUs").
 COV_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _cov_cpu, _serve_cov_cpu),
                 "triton": Backend("triton", _cov_triton, _serve_triton)}
+# Objective 4: the reference and dsnot_kernels/triton/swap.py (same launcher as objectives 2, 3).
+SWAP_BACKENDS = {"torch": REFERENCE, "triton": Backend("triton", _cov_triton, _serve_triton)}
 
 # THE TABLE: every objective, what it needs and which backends serve it. Adding an objective or a
 # backend is one entry here (and its kernel), not a new branch in refine_mask.
@@ -156,7 +158,7 @@ OBJECTIVES = {
     "mse":        Objective(1, ("mean",),                   RULE_BACKENDS),
     "cov":        Objective(2, ("second_moment",),          COV_BACKENDS),
     "cov_window": Objective(3, ("second_moment", "window"), COV_BACKENDS),
-    "swap":       Objective(4, ("second_moment",),          {"torch": REFERENCE}, swap_default_cycles),
+    "swap":       Objective(4, ("second_moment",),          SWAP_BACKENDS, swap_default_cycles),
 }
 SECOND_MOMENT_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if "second_moment" in o.needs)
 BACKENDS = RULE_BACKENDS  # every backend name appears here
@@ -412,7 +414,7 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
             of each cursor; needs ``second_moment``) or "swap" (each cycle, the swap that lowers
             ``D M Dᵀ`` most among all pairs of the row, until none does; needs ``second_moment``).
             "cov" and "cov_window": the "torch", "cpu" and "triton" backends; "swap": "torch"
-            (``docs/KERNEL_CONTRACT.md``, objectives 2 to 4).
+            and "triton" (``docs/KERNEL_CONTRACT.md``, objectives 2 to 4).
         mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
         second_moment: (cols, cols) float, ``E[x xᵀ]`` of the layer's inputs up to a positive scale
             (``CalibrationStats(..., hessian=True).hessian``); only for "cov", "cov_window", "swap".

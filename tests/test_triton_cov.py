@@ -1,6 +1,7 @@
-"""Triton kernels of objectives 2 ("cov") and 3 ("cov_window") == the PyTorch reference, bit for bit.
+"""Triton kernels of objectives 2 ("cov"), 3 ("cov_window") and 4 ("swap") == the PyTorch
+reference, bit for bit.
 
-docs/KERNEL_CONTRACT.md "Objective 2" / "Objective 3". Each case runs ``refine_mask`` with
+docs/KERNEL_CONTRACT.md "Objective 2" / "Objective 3" / "Objective 4". Each case runs ``refine_mask`` with
 ``backend="torch"`` and ``backend="triton"`` on the same inputs and compares (mask, swaps)
 exactly. Without a GPU the kernels run under ``TRITON_INTERPRET=1`` (conftest.py), which is slow:
 a few rows, <= 100 columns, small windows; wider cases are marked slow.
@@ -53,7 +54,7 @@ def check(W, st, M=None, **kw):
     return got[1]
 
 
-OBJECTIVES = [("cov", 1), ("cov_window", 2), ("cov_window", 6)]
+OBJECTIVES = [("cov", 1), ("cov_window", 2), ("cov_window", 6), ("swap", 1)]
 PATTERNS = [dict(sparsity=0.5), dict(prune_n=2, prune_m=4)]
 
 
@@ -77,7 +78,7 @@ def test_odd_shapes_and_options(objective, window):
     check(W, st, objective=objective, window=window, prune_n=1, prune_m=3, max_cycle_time=8)
 
 
-@pytest.mark.parametrize("objective,window", [("cov", 1), ("cov_window", 3)], ids=str)
+@pytest.mark.parametrize("objective,window", [("cov", 1), ("cov_window", 3), ("swap", 1)], ids=str)
 def test_degenerate_rows(objective, window):
     """An all-zero row, var == 0 channels (+-inf growth keys), a zero channel of M, a zero metric."""
     W, st = correlated(4, 32, seed=5)
@@ -106,29 +107,29 @@ def test_exact_ties(seed):
                          var=torch.randint(0, 2, (cols,), generator=g).float().to(DEV),
                          scaler_row=torch.randint(0, 3, (cols,), generator=g).float().to(DEV))
     W = W.to(DEV)
-    for objective, window in (("cov", 1), ("cov_window", 4)):
+    for objective, window in (("cov", 1), ("cov_window", 4), ("swap", 1)):
         for kw in (dict(sparsity=0.5, update_threshold=0.0), dict(prune_n=2, prune_m=4, update_threshold=0.0)):
             check(W, st, objective=objective, window=window, max_cycle_time=8, **kw)
 
 
 def test_initial_metric_and_mask():
-    W, st = correlated(3, 32, seed=6)
+    W, st = correlated(2, 32, seed=6)
     g = torch.Generator().manual_seed(7)
     metric = torch.rand(W.shape, generator=g)
     metric[torch.rand(W.shape, generator=g) < 0.3] = float("inf")  # never a q of the "cov" N:M rule
     metric = metric.to(DEV)
     init = (torch.rand(W.shape, generator=g) < 0.5).to(DEV)
-    for objective, window in (("cov", 1), ("cov_window", 3)):
+    for objective, window in (("cov", 1), ("cov_window", 3), ("swap", 1)):
         check(W, st, objective=objective, window=window, initial_metric=metric, prune_n=2, prune_m=4,
-              max_cycle_time=8)
-        check(W, st, objective=objective, window=window, initial_mask=init, max_cycle_time=8)
-        check(W, st, objective=objective, window=window, initial_mask=init, max_cycle_time=0)
+              max_cycle_time=6)
+        check(W, st, objective=objective, window=window, initial_mask=init, max_cycle_time=6)
+    check(W, st, objective="cov_window", window=3, initial_mask=init, max_cycle_time=0)
 
 
 def test_second_moment_dtypes():
     """M as float32 (kept, widened per element in the kernel), float64, and a non-symmetric float32
     (symmetrised in float64 as the reference does): the same masks as the reference."""
-    W, st = correlated(3, 32, seed=8)
+    W, st = correlated(2, 32, seed=8)
     M32 = st.hessian.float()
     g = torch.Generator().manual_seed(9)
     skew = M32 + 1e-3 * torch.randn(M32.shape, generator=g).to(DEV)
@@ -136,9 +137,10 @@ def test_second_moment_dtypes():
 
     assert second_moment_for_triton(M32).data_ptr() == M32.data_ptr()  # no copy
     assert second_moment_for_triton(skew).dtype == torch.float64
-    for M in (M32, M32.double(), skew, M32.half()):
-        check(W, st, M=M, objective="cov_window", window=3, sparsity=0.5, max_cycle_time=8)
-    check(W, st, M=skew, objective="cov", sparsity=0.5, max_cycle_time=8)
+    for M in (M32, skew, M32.half()):
+        check(W, st, M=M, objective="cov_window", window=3, sparsity=0.5, max_cycle_time=6)
+    check(W, st, M=skew, objective="cov", sparsity=0.5, max_cycle_time=6)
+    check(W, st, M=M32.double(), objective="swap", sparsity=0.5, max_cycle_time=6)
 
 
 def test_window_larger_than_lists_and_cycles_past_exhaustion():
@@ -147,6 +149,9 @@ def test_window_larger_than_lists_and_cycles_past_exhaustion():
     for objective in ("cov", "cov_window"):
         for kw in (dict(sparsity=0.5), dict(prune_n=3, prune_m=4)):
             check(W, st, objective=objective, window=20, update_threshold=0.0, max_cycle_time=40, **kw)
+    # swap to its local optimum (the default cap), and a cap that stops rows before it
+    for kw in (dict(sparsity=0.5), dict(prune_n=2, prune_m=4), dict(sparsity=0.5, max_cycle_time=1)):
+        check(W, st, objective="swap", **dict(dict(max_cycle_time=None), **kw))
 
 
 def test_memory_check_refuses_before_allocating(monkeypatch):
@@ -189,7 +194,7 @@ def test_memory_check_refuses_before_allocating(monkeypatch):
 def test_backend_choice():
     W, st = correlated(2, 16, seed=12)
     args = (W, st.sum_metric_row, st.var, st.scaler_row)
-    for objective in ("cov", "cov_window"):
+    for objective in ("cov", "cov_window", "swap"):
         assert "triton" in dk.available_backends(DEV, objective)
         with pytest.raises(ValueError, match="not 'cuda'"):
             dk.refine_mask(*args, objective=objective, second_moment=st.hessian, backend="cuda")
@@ -223,7 +228,7 @@ def test_poison_every_element_written(monkeypatch):
 @pytest.mark.parametrize("pattern", PATTERNS + [dict(sparsity=0.7), dict(prune_n=4, prune_m=8)], ids=str)
 def test_wider_rows_default_window(pattern):
     W, st = correlated(4, 160, torch.float16, seed=14)
-    for objective, window in (("cov", 1), ("cov_window", 20), ("cov_window", dk.ops.DEFAULT_WINDOW)):
+    for objective, window in (("cov", 1), ("cov_window", 20), ("cov_window", dk.ops.DEFAULT_WINDOW), ("swap", 1)):
         assert int(check(W, st, objective=objective, window=window, max_cycle_time=30, **pattern).sum()) > 0
 
 
@@ -234,7 +239,8 @@ def test_multi_chunk_rows(monkeypatch):
     from dsnot_kernels.triton import cov_launch
 
     monkeypatch.setattr(cov_launch, "tile_config", lambda window, prune_m, interpreting: (4, 8))
+    monkeypatch.setattr(cov_launch, "swap_tile_config", lambda cols, prune_m, interpreting: (8, 16))
     W, st = correlated(2, 80, seed=15)
-    for objective, window in (("cov", 1), ("cov_window", 13)):
+    for objective, window in (("cov", 1), ("cov_window", 13), ("swap", 1)):
         for kw in PATTERNS:
             check(W, st, objective=objective, window=window, max_cycle_time=20, update_threshold=0.0, **kw)

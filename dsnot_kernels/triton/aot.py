@@ -16,11 +16,12 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from dsnot_kernels.triton.cov import _cov_kernel
-from dsnot_kernels.triton.cov_launch import tile_config
+from dsnot_kernels.triton.cov_launch import swap_tile_config, tile_config
 from dsnot_kernels.triton.launch import launch_config
 from dsnot_kernels.triton.refine import _refine_kernel, n_chunks
 from dsnot_kernels.triton.select_nm import _select_nm_kernel
 from dsnot_kernels.triton.select_unstructured import _select_unstructured_kernel
+from dsnot_kernels.triton.swap import _swap_kernel
 
 ARCHS = (80, 90)
 LAYER_COLS = (4096, 11008, 14336, 28672)
@@ -80,7 +81,22 @@ def variants(cols: int):
     cov_t = _cov_types("fp16", "fp32")
     add("cov_2_4[fp16,M=fp32]", _cov_kernel, cov_t, _cov_c(True, 4, 0))
     add("cov_window_2_4[fp16,M=fp32]", _cov_kernel, cov_t, _cov_c(True, 4, 100))
+    # objective 4 (swap)
+    for wd, md in (("fp16", "fp32"), ("bf16", "fp32"), ("fp16", "fp64")):
+        add(f"swap_unstructured[{wd},M={md}]", _swap_kernel, _swap_types(wd, md), _swap_c(cols, 0))
+    add("swap_2_4[fp16,M=fp32]", _swap_kernel, _swap_types("fp16", "fp32"), _swap_c(cols, 4))
     return out
+
+
+def _swap_types(wdtype, mdtype):
+    w = "*i16" if wdtype == "bf16" else "*" + wdtype
+    return dict(w_ptr=w, m_ptr="*" + mdtype, g_ptr="*fp64", src_ptr="*u8", out_ptr="*u8",
+                swaps_ptr="*i32", cols="i32", max_cycles="i32")
+
+
+def _swap_c(cols, m):
+    qb, rb = swap_tile_config(cols, m, interpreting=False)
+    return dict(NM=m > 0, PRUNE_M=max(m, 1), M_POW2=triton.next_power_of_2(max(m, 1)), QB=qb, RB=rb)
 
 
 def _cov_types(wdtype, mdtype):

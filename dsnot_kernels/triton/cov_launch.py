@@ -1,9 +1,9 @@
-"""``refine_mask_cov_triton``: objectives 2 ("cov") and 3 ("cov_window") on the Triton backend.
+"""``refine_mask_cov_triton``: objectives 2 ("cov"), 3 ("cov_window") and 4 ("swap") on Triton.
 
 Three steps, as the CPU path (``ops._cov_cpu``): the initial mask (this package's Triton selection
 kernels, or the caller's), ``g0 = D0 @ M`` (``reference_window.cov_g0``: the reference's one
-matmul, on the weight's device), then the fused per-row kernel (``cov.py``), which updates ``g0``
-in place. CUDA tensors run compiled; CPU tensors run under ``TRITON_INTERPRET=1``.
+matmul, on the weight's device), then the fused per-row kernel (``cov.py``; ``swap.py`` for
+objective 4), which updates ``g0`` in place. CUDA tensors run compiled; CPU tensors run under ``TRITON_INTERPRET=1``.
 
 Memory (docs/KERNEL_CONTRACT.md "Objectives 2 and 3 on GPUs"): ``M`` stays in the caller's dtype
 (float32 or float64) when it is exactly symmetric (``second_moment_for_triton``); the layer then
@@ -24,6 +24,7 @@ from dsnot_kernels.triton.cov import cov_refine
 from dsnot_kernels.triton.launch import MASK_POISON, SWAPS_POISON, _poison_on, launch_config
 from dsnot_kernels.triton.select_nm import select_nm
 from dsnot_kernels.triton.select_unstructured import select_unstructured
+from dsnot_kernels.triton.swap import swap_refine
 
 GIB = 2 ** 30
 # the largest window the kernel's int32 pair index (K * K) can address
@@ -117,6 +118,17 @@ def _g0(weight, mask_bool, M, blocked=False):
     return g
 
 
+def swap_tile_config(cols: int, prune_m: int, interpreting: bool):
+    """(QB, RB) of objective 4's pair search: QB q columns by RB r columns (N:M: QB q columns by
+    their group; RB unused)."""
+    import triton
+
+    kp = triton.next_power_of_2(max(cols, 1))
+    if prune_m:
+        return (min(kp, 64) if interpreting else 128), 1
+    return (min(kp, 64), min(kp, 64)) if interpreting else (8, 64)
+
+
 def tile_config(window: int, prune_m: int, interpreting: bool):
     """(QB, RB): the q-slot by r-slot tile of objective 3's pair search (N:M: RB r slots by the
     group). The interpreter pays per operation, not per element: one tile for a small window."""
@@ -131,7 +143,7 @@ def tile_config(window: int, prune_m: int, interpreting: bool):
 def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
                            sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
                            pow_of_var_regrowing, same_sign, objective, second_moment=None, window=0):
-    """Triton backend of objectives 2 and 3 (the op's positional arguments, validated by
+    """Triton backend of objectives 2, 3 and 4 (the op's positional arguments, validated by
     ``ops.refine_mask``, plus ``second_moment`` (cols, cols) float32/float64 exactly symmetric and
     ``window`` for objective 3). Returns (mask (rows, cols) bool, swaps (rows,) int32)."""
     import os
@@ -139,6 +151,8 @@ def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metr
     rows, cols = weight.shape
     dev = weight.device
     K = min(int(window), cols) if objective == 3 else 0
+    if objective == 4 and cols > MAX_WINDOW:
+        raise ValueError(f"the triton swap kernel takes rows of up to {MAX_WINDOW} columns, got {cols}")
     if K > MAX_WINDOW:
         raise ValueError(f"window={window}: the triton cov_window kernel takes windows up to {MAX_WINDOW}")
     blocked = False
@@ -174,8 +188,14 @@ def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metr
                 out.copy_(src)
             return out.view(torch.bool), swaps.zero_()
         g = _g0(weight, src.view(torch.bool), second_moment, blocked)
+        interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        if objective == 4:
+            qb, rb = swap_tile_config(cols, prune_m if nm else 0, interpreting)
+            swap_refine(weight, second_moment, g, src, out, swaps, int(max_cycle_time), prune_m if nm else 0,
+                        chunk, num_warps, qb, rb)
+            return out.view(torch.bool), swaps
         slots = torch.empty((rows, 4, K), dtype=torch.int32, device=dev) if K else None
-        qb, rb = tile_config(K, prune_m if nm else 0, os.environ.get("TRITON_INTERPRET", "0") == "1")
+        qb, rb = tile_config(K, prune_m if nm else 0, interpreting)
         cov_refine(weight, sum_metric_row, varp, sqrt_scaler, initial_metric, second_moment, g, slots,
                    src, out, swaps, int(max_cycle_time), thr, prune_m if nm else 0, K, p != 0.0,
                    chunk, num_warps, qb, rb)
