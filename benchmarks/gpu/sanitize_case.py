@@ -58,12 +58,14 @@ def main():
 
 
 def cov_cases(backend, dev):
-    """Objectives cov / cov_window: odd widths, windows past the list ends, M float32 and float64."""
+    """Objectives cov / cov_window / swap: odd widths, windows past the list ends, M float32 and float64."""
     bad = 0
     for rows, cols, dtype, kw in [(8, 515, torch.float16, dict(objective="cov", update_threshold=0.0)),
                                   (8, 700, torch.bfloat16, dict(objective="cov_window", window=100)),
                                   (8, 512, torch.float32, dict(objective="cov_window", window=7, prune_n=2, prune_m=4)),
-                                  (4, 48, torch.float16, dict(objective="cov_window", window=100, update_threshold=0.0))]:
+                                  (4, 48, torch.float16, dict(objective="cov_window", window=100, update_threshold=0.0)),
+                                  (4, 301, torch.float16, dict(objective="swap", max_cycle_time=20)),
+                                  (4, 256, torch.bfloat16, dict(objective="swap", prune_n=2, prune_m=4))]:
         g = torch.Generator().manual_seed(rows * cols)
         x = torch.randn(64, cols, generator=g)
         M = (x.t() @ x).to(torch.float64 if dtype == torch.float32 else torch.float32).to(dev)
