@@ -244,3 +244,12 @@ def test_multi_chunk_rows(monkeypatch):
     for objective, window in (("cov", 1), ("cov_window", 13), ("swap", 1)):
         for kw in PATTERNS:
             check(W, st, objective=objective, window=window, max_cycle_time=20, update_threshold=0.0, **kw)
+
+
+@pytest.mark.slow
+def test_wide_row():
+    """One row of 2048 columns: many chunks, window 100 of several tiles, int64 offsets into M."""
+    W, st = correlated(1, 2048, torch.bfloat16, seed=16)
+    for objective, window, cycles in (("cov", 1, 50), ("cov_window", 100, 20), ("swap", 1, 3)):
+        check(W, st, objective=objective, window=window, max_cycle_time=cycles, sparsity=0.6)
+    check(W, st, objective="swap", prune_n=2, prune_m=4, max_cycle_time=None)
