@@ -12,8 +12,9 @@
 #   bench_refine (reference vs triton vs cuda on LLaMA shapes at 50/60/70% and 2:4, the copy-
 #   bandwidth floor, a layout sweep, scaling in columns) -> memcheck_cuda, racecheck_cuda
 #   (compute-sanitizer on the CUDA kernel) -> tests_triton, tests_triton_cov -> sparse24 (2:4 sparse
-#   vs dense linear) -> memcheck_triton, memcheck_triton_cov -> report. bench_cov (after bench_refine):
-#   objectives cov/cov_window, triton vs the reference, and the LLaMA-7B layer set.
+#   vs dense linear) -> bench_cov (objectives cov/cov_window/swap, triton vs the reference, the
+#   LLaMA-7B layer set) -> memcheck_triton, memcheck_triton_cov -> report. If the budget runs out
+#   before the cov stages, a second call: --only=bench_cov,tests_triton_cov,memcheck_triton_cov
 # Outputs in $OUT (default /tmp/gpu_check_out), at most 8 files, flat:
 #   gpu_check.log  results.json  bench.csv  sparse24.csv  sanitizer.txt  tests.txt  RESULTS_fragment.md
 # The last lines printed are the stage table and the benchmark table.
@@ -158,16 +159,6 @@ bench_refine() {
 export -f bench_refine
 stage bench_refine 170 "$LOG" bench_refine
 
-# ---- objectives cov / cov_window: triton vs the reference (benchmarks/gpu/bench_cov.py) ------------
-bench_cov() {
-  local extra=()
-  [ "$DRY" = 1 ] && extra+=(--dry-run)
-  [ "$QUICK" = 1 ] && extra+=(--quick)
-  BENCH_DEADLINE=$STAGE_DEADLINE "$PY" benchmarks/gpu/bench_cov.py --out "$WORK/cov.json" "${extra[@]}"
-}
-export -f bench_cov
-stage bench_cov 150 "$LOG" bench_cov
-
 # ---- compute-sanitizer on the CUDA kernel --------------------------------------------------------
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 KFILTER=""   # instrument only our kernel where the sanitizer can filter by name
@@ -216,6 +207,16 @@ stage sparse24 60 "$LOG" bench_sparse
 if [ "$DRY" = 0 ]; then  # dk.to_sparse_24 on a real layer: outputs equal to the masked dense layer
   stage tests_sparse24 60 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE -m gpu tests/test_sparse24.py
 fi
+
+# ---- objectives cov / cov_window / swap: triton vs the reference (benchmarks/gpu/bench_cov.py) ---------
+bench_cov() {
+  local extra=()
+  [ "$DRY" = 1 ] && extra+=(--dry-run)
+  [ "$QUICK" = 1 ] && extra+=(--quick)
+  BENCH_DEADLINE=$STAGE_DEADLINE "$PY" benchmarks/gpu/bench_cov.py --out "$WORK/cov.json" "${extra[@]}"
+}
+export -f bench_cov
+stage bench_cov 150 "$LOG" bench_cov
 
 if [ -n "$SANITIZER" ] && [ "$DRY" = 0 ] && [ "$QUICK" = 0 ]; then
   stage memcheck_triton 60 "$SAN" sanitize memcheck triton --small
