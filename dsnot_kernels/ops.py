@@ -138,6 +138,18 @@ class Objective(NamedTuple):
     code: int           # the op's objective id (docs/KERNEL_CONTRACT.md, "Objective <code>")
     needs: tuple        # refine_mask arguments it needs beyond the weight and the three statistics
     backends: dict      # backend name -> Backend, the implementations that serve it
+    # max_cycle_time when the caller passes None: an int, or a function of the weight's columns
+    default_cycles: "int | Callable[[int], int]" = 50
+
+
+def swap_default_cycles(cols: int) -> int:
+    """Default cap of objective "swap": ``max(64, cols // 4)`` accepted swaps per row.
+
+    The swaps a row needs to reach its local optimum grow with its width (measured on the embedded
+    model, benchmarks/RESULTS.md "Objective swap": about 6 % of cols on average, a few rows up to
+    ~15 %); a quarter of the columns lets every measured row finish, while still bounding the time
+    of a pathological row."""
+    return max(64, cols // 4)
 
 
 REFERENCE = Backend("torch", refine_mask_reference, _serve_torch)
@@ -159,13 +171,23 @@ OBJECTIVES = {
     "mse":        Objective(1, ("mean",),                   RULE_BACKENDS),
     "cov":        Objective(2, ("second_moment",),          COV_BACKENDS),
     "cov_window": Objective(3, ("second_moment", "window"), COV_BACKENDS),
-    "swap":       Objective(4, ("second_moment",),          {"cpu": Backend("cpu", _swap_cpu, _serve_swap_cpu)}),
+    "swap":       Objective(4, ("second_moment",),          {"torch": REFERENCE, "cpu": Backend("cpu", _swap_cpu, _serve_swap_cpu)},
+                          swap_default_cycles),
 }
 SECOND_MOMENT_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if "second_moment" in o.needs)
 BACKENDS = RULE_BACKENDS  # every backend name appears here
 # The automatic choice: the first backend in this order that serves the objective on the device.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _fallback_said: set = set()
+
+
+def default_max_cycle_time(objective: str, cols: int) -> int:
+    """The ``max_cycle_time`` that ``refine_mask(..., max_cycle_time=None)`` uses for ``objective``
+    on a weight of ``cols`` columns (50 for the cursor objectives; "swap": ``swap_default_cycles``)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+    d = OBJECTIVES[objective].default_cycles
+    return int(d(int(cols))) if callable(d) else int(d)
 
 
 def available_backends(device="cpu", objective: str = "dsnot") -> list:
@@ -351,7 +373,7 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
 
 
 def validate_second_moment(second_moment, objective, cols, device):
-    """The (cols, cols) second-moment matrix of objectives "cov" and "cov_window" as float64, exactly symmetric
+    """The (cols, cols) second-moment matrix of objectives "cov", "cov_window", "swap" as float64, exactly symmetric
     (``(M + Mᵀ) / 2``, so that M[q, r] == M[r, q] whatever summation order produced it); None for
     the other objectives. Any positive scale works (``CalibrationStats.hessian`` as it is): the
     objective only compares a change of the loss with 0."""
@@ -370,7 +392,7 @@ def validate_second_moment(second_moment, objective, cols, device):
 
 
 def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None,
-                sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
+                sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=None, update_threshold=0.1,
                 pow_of_var_regrowing=1.0, without_same_sign=True, backend=None, objective="dsnot",
                 mean=None, second_moment=None, window=DEFAULT_WINDOW, return_swaps=False):
     """DSnoT: initial mask plus training-free refinement of one linear layer (spec §2-§3).
@@ -385,7 +407,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
             selection (for N:M it must be N:M already).
         sparsity: unstructured ratio in [0, 1); ``int(cols * sparsity)`` pruned per row.
         prune_n, prune_m: N:M pattern when ``prune_n > 0`` (cols divisible by ``prune_m``).
-        max_cycle_time: swap cycles per row (0 = the initial mask only).
+        max_cycle_time: swap cycles per row (0 = the initial mask only); None = the objective's
+            default (``default_max_cycle_time``: 50, "swap": ``max(64, cols // 4)``).
         update_threshold: a row stops once ``|err| <= update_threshold`` (float32 compare).
         pow_of_var_regrowing: p in the growth key ``dm / var**p`` (0 = no division).
         without_same_sign: unstructured only; False applies the same-sign rule (N:M always does).
@@ -394,11 +417,13 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
             row's mean² + variance output error; needs ``mean``) or "cov" (accept a swap only if it
             lowers the row's full output error ``D M Dᵀ``; needs ``second_moment``) or "cov_window"
             (each cycle, the swap that lowers ``D M Dᵀ`` most among the next ``window`` candidates
-            of each cursor; needs ``second_moment``). "cov" and "cov_window": the "torch" and
-            "cpu" backends, no GPU kernel yet (``docs/KERNEL_CONTRACT.md``, objectives 2 and 3).
+            of each cursor; needs ``second_moment``) or "swap" (each cycle, the swap that lowers
+            ``D M Dᵀ`` most among all pairs of the row, until none does; needs ``second_moment``).
+            "cov", "cov_window" and "swap": no GPU kernel yet (``docs/KERNEL_CONTRACT.md``,
+            objectives 2 to 4).
         mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
         second_moment: (cols, cols) float, ``E[x xᵀ]`` of the layer's inputs up to a positive scale
-            (``CalibrationStats(..., hessian=True).hessian``); only for "cov" and "cov_window".
+            (``CalibrationStats(..., hessian=True).hessian``); only for "cov", "cov_window", "swap".
         window: candidates per list (prune and regrow) that "cov_window" compares each cycle,
             an int >= 1 (it compares up to ``window**2`` pairs; N:M: ``window * M``).
         return_swaps: also return the (rows,) int32 count of accepted swaps per row.
@@ -409,6 +434,10 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
     """
     if isinstance(without_same_sign, (str, bytes)) or without_same_sign not in (True, False):
         raise TypeError(f"without_same_sign must be a bool, got {without_same_sign!r}")
+    if max_cycle_time is None:  # the objective's default (a bad objective or weight raises below)
+        cols = weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() >= 1 else 0
+        known = isinstance(objective, str) and objective in OBJECTIVES
+        max_cycle_time = default_max_cycle_time(objective, cols) if known else 0
     (weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean) = validate_arguments(
         weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, sparsity, prune_n,
         prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, objective, mean)
