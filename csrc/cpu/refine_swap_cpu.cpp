@@ -40,8 +40,8 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 // Slack of every bound, relative to the row's scale (largest |A|, |B|, |cross term|): the float64
-// rounding of a delta or a bound update is below 4 * 2^-53 of that scale; 1e-11 is 20000x more.
-constexpr double kSlack = 1e-11;
+// rounding of a delta or a bound update is below 4 * 2^-53 of that scale; 1e-10 is 2e5 times more.
+constexpr double kSlack = 1e-10;
 
 struct SwapProblem {
   int64_t rows = 0, cols = 0;
@@ -104,16 +104,14 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
 }
 
 struct SwapScratch {
-  std::vector<double> w, g, A, B, Bold, L, cs;
+  std::vector<double> w, g, A, B, Bold, L, cs, key, hm, hb;
   std::vector<uint8_t> pruned;
-  std::vector<int32_t> order;                   // columns by a_j = |w_j| s_j ascending (per row)
-  std::vector<double> key;                      // a_j
-  std::vector<std::pair<double, int64_t>> cand; // (lb, q) visited this cycle
-  std::vector<int64_t> hull;                    // envelope lines (columns)
+  std::vector<int32_t> ps, ks;                  // pruned / kept columns by (a_j, j) ascending
+  std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle
   explicit SwapScratch(const SwapProblem& P) {
     const size_t c = static_cast<size_t>(P.cols);
     w.resize(c); g.resize(c); A.resize(c); B.resize(c); Bold.resize(c); L.resize(c); cs.resize(c);
-    pruned.resize(c); order.resize(c); key.resize(c);
+    key.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c);
   }
 };
 
@@ -128,59 +126,62 @@ inline double a_term(double w, double g, double md) { return (2.0 * w) * g + (w 
 inline double b_term(double w, double g, double md) { return (w * w) * md - (2.0 * w) * g; }
 
 // A on kept columns (+inf on pruned), B on pruned columns (+inf on kept); returns max |A|, |B|.
+// Branch-free: the kept/pruned pattern of a row is random.
 double side_terms(const SwapProblem& P, SwapScratch& S) {
   double mx = 0.0;
+  const double* w = S.w.data();
+  const double* g = S.g.data();
+  const uint8_t* pr = S.pruned.data();
+  double* A = S.A.data();
+  double* B = S.B.data();
   for (int64_t j = 0; j < P.cols; ++j) {
-    if (S.pruned[j]) {
-      S.A[j] = kInf;
-      S.B[j] = b_term(S.w[j], S.g[j], P.diag[j]);
-      mx = std::max(mx, std::fabs(S.B[j]));
-    } else {
-      S.A[j] = a_term(S.w[j], S.g[j], P.diag[j]);
-      S.B[j] = kInf;
-      mx = std::max(mx, std::fabs(S.A[j]));
-    }
+    const double a = a_term(w[j], g[j], P.diag[j]), b = b_term(w[j], g[j], P.diag[j]);
+    const bool p = pr[j] != 0;
+    A[j] = p ? kInf : a;
+    B[j] = p ? b : kInf;
+    const double v = std::fabs(p ? b : a);
+    mx = v > mx ? v : mx;
   }
   return mx;
 }
 
-// Cauchy-Schwarz bound of every kept q: cs_q <= min_{r pruned} (B_r - C_qr), from
+// (a_j, j) order of the row's columns.
+struct KeyLess {
+  const double* key;
+  bool operator()(int32_t x, int32_t y) const { return key[x] < key[y] || (key[x] == key[y] && x < y); }
+};
+
+inline void move_between(std::vector<int32_t>& from, std::vector<int32_t>& to, int32_t c, KeyLess less) {
+  from.erase(std::lower_bound(from.begin(), from.end(), c, less));
+  to.insert(std::lower_bound(to.begin(), to.end(), c, less), c);
+}
+
+// Cauchy-Schwarz bound of every kept q: cs_q <= min_{r pruned} (B_r - C_qr) up to rounding, from
 // |C_qr| <= 2 rho a_q a_r (a_j = |w_j| s_j): the lower envelope of the lines y = B_r - 2 rho a_r x
-// (r pruned) evaluated at x = a_q, both sweeps in the row's fixed order of a. Not slack-adjusted.
+// (r pruned, slopes decreasing in the a order) evaluated at x = a_q (kept, x increasing).
 void cs_bounds(const SwapProblem& P, SwapScratch& S) {
-  const int64_t n = P.cols;
   const double tr = 2.0 * P.rho;
-  auto& H = S.hull;
-  H.clear();
-  // Lines by slope -tr*a_r, decreasing as a_r grows: build the lower envelope for x >= 0.
-  auto slope = [&](int64_t r) { return -tr * S.key[r]; };
-  for (int64_t t = 0; t < n; ++t) {
-    const int64_t r = S.order[t];
-    if (!S.pruned[r]) continue;
-    const double m = slope(r), b = S.B[r];
-    // equal slopes: keep the lower intercept
-    if (!H.empty() && slope(H.back()) == m) {
-      if (S.B[H.back()] <= b) continue;
-      H.pop_back();
+  double* hm = S.hm.data();
+  double* hb = S.hb.data();
+  size_t n = 0;
+  for (const int32_t r : S.ps) {
+    const double m = -tr * S.key[r], b = S.B[r];
+    if (n > 0 && hm[n - 1] == m) {  // equal slopes: the lower intercept
+      if (hb[n - 1] <= b) continue;
+      --n;
     }
-    while (H.size() >= 2) {
-      const int64_t l1 = H[H.size() - 2], l2 = H.back();
-      // l2 is useless if l1 and the new line cross at x <= where l1 and l2 cross
-      const double x12 = (S.B[l2] - S.B[l1]) / (slope(l1) - slope(l2));
-      const double x13 = (b - S.B[l1]) / (slope(l1) - m);
-      if (x13 <= x12) H.pop_back();
-      else break;
-    }
-    H.push_back(r);
+    // drop the last line if the new one meets the one before it no later than the last does
+    while (n >= 2 && (b - hb[n - 2]) * (hm[n - 2] - hm[n - 1]) <= (hb[n - 1] - hb[n - 2]) * (hm[n - 2] - m)) --n;
+    hm[n] = m;
+    hb[n] = b;
+    ++n;
   }
   size_t h = 0;
-  for (int64_t t = 0; t < n; ++t) {
-    const int64_t q = S.order[t];
-    if (S.pruned[q]) continue;
-    if (H.empty()) { S.cs[q] = kInf; continue; }
+  for (const int32_t q : S.ks) {
+    if (n == 0) { S.cs[q] = kInf; continue; }
     const double x = S.key[q];
-    while (h + 1 < H.size() && S.B[H[h + 1]] + slope(H[h + 1]) * x <= S.B[H[h]] + slope(H[h]) * x) ++h;
-    S.cs[q] = S.B[H[h]] + slope(H[h]) * x;
+    while (h + 1 < n && hb[h + 1] + hm[h + 1] * x <= hb[h] + hm[h] * x) ++h;
+    S.cs[q] = hb[h] + hm[h] * x;
   }
 }
 
@@ -192,27 +193,32 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
   double* A = S.A.data();
   double* B = S.B.data();
   double* L = S.L.data();
-  int64_t n_pruned = 0, n_kept = 0;
+  const uint8_t* pr = S.pruned.data();
+  int64_t n_pruned = 0;
   double w_max = 0.0;
   for (int64_t j = 0; j < cols; ++j) {
     n_pruned += S.pruned[j];
     w_max = std::max(w_max, std::fabs(w[j]));
   }
-  n_kept = cols - n_pruned;
+  const int64_t n_kept = cols - n_pruned;
   if (n_pruned == 0 || n_kept == 0) return 0;
   const double c_max = ((2.0 * w_max) * w_max) * P.m_abs_max;  // every |cross term|
   const bool brute = P.search == 1;
-  const bool use_cs = !brute && std::isfinite(P.rho);
+  double scale = side_terms(P, S) + c_max;
+  // Far from overflow only (the bounds multiply two such magnitudes).
+  const bool use_cs = !brute && std::isfinite(P.rho) && scale < 1e100;
+  const KeyLess less{S.key.data()};
   if (use_cs) {
+    S.ps.clear();
+    S.ks.clear();
     for (int64_t j = 0; j < cols; ++j) {
       S.key[j] = std::fabs(w[j]) * P.sd[j];
-      S.order[j] = static_cast<int32_t>(j);
+      (S.pruned[j] ? S.ps : S.ks).push_back(static_cast<int32_t>(j));
     }
-    std::sort(S.order.begin(), S.order.end(),
-              [&](int32_t x, int32_t y) { return S.key[x] < S.key[y] || (S.key[x] == S.key[y] && x < y); });
+    std::sort(S.ps.begin(), S.ps.end(), less);
+    std::sort(S.ks.begin(), S.ks.end(), less);
   }
   for (int64_t j = 0; j < cols; ++j) L[j] = -kInf;
-  double scale = side_terms(P, S) + c_max;
   int32_t swaps = 0;
   for (int64_t cycle = 0; cycle < P.max_cycles; ++cycle) {
     double best = 0.0;  // only pairs with delta < 0 matter: a row stops when none is
@@ -226,15 +232,18 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
     };
     if (brute) {
       for (int64_t q = 0; q < cols; ++q)
-        if (!S.pruned[q]) scan(q);
+        if (!pr[q]) scan(q);
     } else {
-      if (use_cs) cs_bounds(P, S);
+      if (use_cs) {
+        cs_bounds(P, S);
+        for (const int32_t q : S.ks) {
+          const double c = S.cs[q] - kSlack * 2.0 * (scale + std::fabs(S.cs[q]));
+          L[q] = c > L[q] ? c : L[q];
+        }
+      }
       S.cand.clear();
-      for (int64_t q = 0; q < cols; ++q) {
-        if (S.pruned[q]) continue;
-        double lq = L[q];
-        if (use_cs) lq = std::max(lq, S.cs[q] - kSlack * 2.0 * (scale + std::fabs(S.cs[q])));
-        const double lb = (A[q] + lq) - kSlack * (scale + std::fabs(lq));
+      for (int64_t q = 0; q < cols; ++q) {  // A = +inf on pruned columns
+        const double lb = (A[q] + L[q]) - kSlack * (scale + std::fabs(L[q]));
         if (lb < 0.0) S.cand.emplace_back(lb, q);
       }
       std::sort(S.cand.begin(), S.cand.end());
@@ -255,29 +264,35 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
       scale = side_terms(P, S) + c_max;
       continue;
     }
+    if (use_cs) {
+      move_between(S.ps, S.ks, static_cast<int32_t>(br), less);
+      move_between(S.ks, S.ps, static_cast<int32_t>(bq), less);
+    }
     std::memcpy(S.Bold.data(), B, sizeof(double) * static_cast<size_t>(cols));
     scale = std::max(scale, side_terms(P, S) + c_max);
     // B moved by ΔB_r on the columns pruned before and after: every L_q moves by at least its min.
     double dmin = kInf, dmax_abs = 0.0;
+    const double* bold = S.Bold.data();
     for (int64_t j = 0; j < cols; ++j) {
-      if (!S.pruned[j] || j == bq) continue;
-      const double d = B[j] - S.Bold[j];
+      const bool both = pr[j] != 0 && j != bq;
+      const double d = both ? B[j] - bold[j] : kInf;
       dmin = d < dmin ? d : dmin;
-      dmax_abs = std::max(dmax_abs, std::fabs(d));
+      const double ad = both ? std::fabs(d) : 0.0;
+      dmax_abs = ad > dmax_abs ? ad : dmax_abs;
     }
     if (!(dmin < kInf)) dmin = 0.0;  // q* is the only pruned column now
     const double eps = kSlack * (scale + dmax_abs);
     const double* mrow = M + bq * cols;  // M[:, q*] = M[q*, :] (symmetric)
     const double bnew = B[bq];
-    for (int64_t q = 0; q < cols; ++q) {
-      if (S.pruned[q]) continue;
-      // the new pair (q, q*): B_{q*} - ((2 w_q) w_{q*}) M_{q q*}
+    for (int64_t q = 0; q < cols; ++q) {  // kept q: the bound moved, and the new pair (q, q*)
       const double pair = bnew - ((2.0 * w[q]) * wq) * mrow[q];
       const double moved = (L[q] + dmin) - (eps + kSlack * std::fabs(L[q]));
-      L[q] = std::min(moved, pair - kSlack * (scale + std::fabs(pair)));
+      const double lo = pair - kSlack * (scale + std::fabs(pair));
+      const double nl = moved < lo ? moved : lo;
+      L[q] = pr[q] ? L[q] : nl;
     }
     *pairs += n_kept;  // the (q, q*) pairs just read
-    L[br] = -kInf;    // r* is kept now: scanned when next needed
+    L[br] = -kInf;    // r* is kept now: scanned when next needed (or bounded by Cauchy-Schwarz)
   }
   return swaps;
 }
