@@ -14,12 +14,14 @@ and the smallest delta is applied if it is < 0 (ties: the lowest q, then the low
 the row stops (no single swap lowers L: a local optimum). At most ``max_cycle_time`` swaps per
 row. No ``err``, threshold, same-sign rule or cursor: the statistics only shape the initial mask.
 
-Brute force, O(cols²) per swap per row: rows are independent, so the rows are taken in chunks and
-each chunk runs to its end. Per chunk the cross terms ``C[q, r] = ((2 w_q) w_r) M_qr`` of every
-pair are computed once (they do not depend on the mask) and each cycle evaluates
-``(A[:, :, None] - C) + B[:, None, :]`` with ``A = +inf`` on pruned q and ``B = +inf`` on kept r,
-then one row-major arg-min (the first minimum: lowest q, then lowest r). A chunk holds at most
-``CHUNK_BYTES`` of float64 (C and the work buffer). N:M scores only the M x M pairs of each group.
+Brute force, O(kept x cols) per swap per row. Rows are independent, so they are taken in chunks
+and each chunk runs to its end (every row's result is as if all rows went cycle by cycle). Per
+chunk the cross terms ``((2 w_q) w_c) M_qc`` of each kept q with every column c are cached in one
+slot per kept column (a swap puts r in q's slot and recomputes that slot's row: O(cols)); each
+cycle evaluates ``(A_q - cross) + B`` over all slots with ``B = +inf`` on kept columns, takes each
+slot's first minimum (the lowest r) and then the lowest q column among the slots that reach the
+row's minimum. A chunk holds at most ``CHUNK_BYTES`` of float64 (the cache and the work buffer).
+N:M scores only the M x M pairs of each group.
 """
 from __future__ import annotations
 
@@ -32,55 +34,96 @@ CHUNK_BYTES = 256 * 2**20
 _INF = float("inf")
 
 
-def _cycles(Wd, g, mask, M, Mdiag, max_cycle_time, prune_m, swaps, rows_idx):
-    """Run the rows ``rows_idx`` (1-D int64) to their end. ``Wd`` (n, cols) float64 weights of those
-    rows, ``g`` (n, cols) float64 their ``D M`` (updated in place), ``mask`` the full (rows, cols)
-    bool mask and ``swaps`` the full (rows,) int32 counts (both updated in place)."""
+def _side_terms(w, gg, pruned, Mdiag):
+    """``A`` (+inf on pruned columns) and ``B`` (+inf on kept columns), (k, cols) float64."""
+    inf = torch.full((), _INF, dtype=torch.float64, device=w.device)
+    A = torch.where(pruned, inf, (2 * w) * gg + (w * w) * Mdiag)
+    B = torch.where(pruned, (w * w) * Mdiag - (2 * w) * gg, inf)
+    return A, B
+
+
+def _apply(Wd, g, m, M, swaps, live, q, r):
+    """Prune q, regrow r in the chunk rows ``live``; the eager update of ``g`` as objective 2."""
+    w_q, w_r = Wd[live, q], Wd[live, r]
+    # one rounded addition per element (rows are unique), as objective 2
+    g.index_add_(0, live, w_q.unsqueeze(1) * M[q] - w_r.unsqueeze(1) * M[r])
+    m[live, q] = True
+    m[live, r] = False
+    swaps[live] += 1
+
+
+def _cycles_unstructured(Wd, g, m, M, Mdiag, max_cycle_time, swaps):
+    """Every (q kept, r pruned) pair of each row of the chunk, until no pair has delta < 0.
+
+    ``Wd``, ``g`` (n, cols) float64; ``m`` (n, cols) bool, ``swaps`` (n,) int32 (all updated in
+    place). Each row's kept columns sit in *slots*: ``qcol`` (n, S) their column indices and
+    ``cross`` (n, S, cols) the cached ``((2 w_q) w_c) M_qc`` of slot q with every column c; an
+    accepted swap puts r in q's slot and recomputes that one slot row. A row that keeps fewer than
+    S columns (a caller's mask) has empty slots (``ok`` False: A = +inf)."""
     n, cols = Wd.shape
     dev = Wd.device
     inf = torch.full((), _INF, dtype=torch.float64, device=dev)
-    nm = prune_m > 0
-    if nm:
-        G = cols // prune_m
-        wg = Wd.view(n, G, prune_m)
-        Mg = torch.stack([M[s:s + prune_m, s:s + prune_m] for s in range(0, cols, prune_m)])  # (G, m, m)
-        C = ((2 * wg).unsqueeze(-1) * wg.unsqueeze(-2)) * Mg.unsqueeze(0)               # (n, G, m, m)
-        starts = torch.arange(0, cols, prune_m, device=dev)
-    else:
-        C = ((2 * Wd).unsqueeze(2) * Wd.unsqueeze(1)) * M.unsqueeze(0)                  # (n, cols, cols)
-    m = mask[rows_idx]                       # (n, cols) this chunk's mask, written back at the end
-    live = torch.arange(n, device=dev)       # chunk-local ids of the rows still active
+    kept = (~m).sum(1)
+    S = int(kept.max())
+    if S == 0 or S == cols:
+        return
+    qcol = torch.sort(m.to(torch.int8), dim=1, stable=True)[1][:, :S]        # kept first, ascending
+    ok = torch.arange(S, device=dev).unsqueeze(0) < kept.unsqueeze(1)        # (n, S)
+    cross = ((2 * Wd.gather(1, qcol)).unsqueeze(2) * Wd.unsqueeze(1)) * M[qcol]   # (n, S, cols)
+    work = torch.empty_like(cross)
+    live = torch.arange(n, device=dev)          # chunk-local ids of the rows still active
+    big = torch.full((), cols, dtype=torch.int64, device=dev)
     for _ in range(max_cycle_time):
-        w, gg, mk = Wd[live], g[live], m[live]
-        A = torch.where(mk, inf, (2 * w) * gg + (w * w) * Mdiag)
-        B = torch.where(mk, (w * w) * Mdiag - (2 * w) * gg, inf)
-        if nm:
-            k = len(live)
-            d = (A.view(k, G, prune_m, 1) - C) + B.view(k, G, 1, prune_m)               # (k, G, m, m)
-            best, flat = d.view(k, -1).min(dim=1)    # first minimum: lowest group, q, then r
-            grp, rest = flat // (prune_m * prune_m), flat % (prune_m * prune_m)
-            q = starts[grp] + rest // prune_m
-            r = starts[grp] + rest % prune_m
-        else:
-            d = torch.sub(A.unsqueeze(2), C)
-            d.add_(B.unsqueeze(1))                                                        # (k, cols, cols)
-            best, flat = d.view(len(live), -1).min(dim=1)  # first minimum: lowest q, then lowest r
-            q, r = flat // cols, flat % cols
-        del d
-        ok = best < 0
-        if not bool(ok.all()):
-            keep = ok.nonzero().squeeze(1)
-            live, q, r = live[keep], q[keep], r[keep]
-            C = C[keep]
+        k = len(live)
+        A, B = _side_terms(Wd[live], g[live], m[live], Mdiag)
+        Aq = torch.where(ok, A.gather(1, qcol), inf)                            # (k, S)
+        d = torch.sub(Aq.unsqueeze(2), cross, out=work[:k])
+        d.add_(B.unsqueeze(1))                                                   # (k, S, cols)
+        row_best, r_of = d.min(dim=2)           # per slot: the first minimum = the lowest r
+        best = row_best.amin(dim=1)
+        # the lowest q column among the slots that reach the best (slots are not in column order)
+        q = torch.where(row_best == best.unsqueeze(1), qcol, big).amin(dim=1)
+        slot = (qcol == q.unsqueeze(1)).int().argmax(dim=1)
+        r = r_of.gather(1, slot.unsqueeze(1)).squeeze(1)
+        go = best < 0
+        if not bool(go.all()):
+            keep = go.nonzero().squeeze(1)
+            live, q, r, slot = live[keep], q[keep], r[keep], slot[keep]
+            qcol, ok, cross = qcol[keep], ok[keep], cross[keep]
             if live.numel() == 0:
                 break
-        w_q, w_r = Wd[live, q], Wd[live, r]
-        # one rounded addition per element (rows are unique), as objective 2
-        g.index_add_(0, live, w_q.unsqueeze(1) * M[q] - w_r.unsqueeze(1) * M[r])
-        m[live, q] = True
-        m[live, r] = False
-        swaps[rows_idx[live]] += 1
-    mask[rows_idx] = m
+        _apply(Wd, g, m, M, swaps, live, q, r)
+        pos = torch.arange(len(live), device=dev)
+        qcol[pos, slot] = r
+        cross[pos, slot] = ((2 * Wd[live, r]).unsqueeze(1) * Wd[live]) * M[r]
+
+
+def _cycles_nm(Wd, g, m, M, Mdiag, max_cycle_time, swaps, prune_m):
+    """N:M: the pairs (q kept, r pruned) of each M-group; the cross terms of all M x M pairs of
+    every group are cached, (n, G, M, M). Arguments as ``_cycles_unstructured``."""
+    n, cols = Wd.shape
+    dev = Wd.device
+    G = cols // prune_m
+    wg = Wd.view(n, G, prune_m)
+    Mg = torch.stack([M[s:s + prune_m, s:s + prune_m] for s in range(0, cols, prune_m)])  # (G, m, m)
+    C = ((2 * wg).unsqueeze(-1) * wg.unsqueeze(-2)) * Mg.unsqueeze(0)               # (n, G, m, m)
+    starts = torch.arange(0, cols, prune_m, device=dev)
+    live = torch.arange(n, device=dev)
+    for _ in range(max_cycle_time):
+        k = len(live)
+        A, B = _side_terms(Wd[live], g[live], m[live], Mdiag)
+        d = (A.view(k, G, prune_m, 1) - C) + B.view(k, G, 1, prune_m)               # (k, G, m, m)
+        best, flat = d.view(k, -1).min(dim=1)    # the first minimum: lowest group, q, then r
+        grp, rest = flat // (prune_m * prune_m), flat % (prune_m * prune_m)
+        q = starts[grp] + rest // prune_m
+        r = starts[grp] + rest % prune_m
+        go = best < 0
+        if not bool(go.all()):
+            keep = go.nonzero().squeeze(1)
+            live, q, r, C = live[keep], q[keep], r[keep], C[keep]
+            if live.numel() == 0:
+                break
+        _apply(Wd, g, m, M, swaps, live, q, r)
 
 
 def refine_swap(W: torch.Tensor, mask: torch.Tensor, M: torch.Tensor, *, max_cycle_time: int,
@@ -100,10 +143,17 @@ def refine_swap(W: torch.Tensor, mask: torch.Tensor, M: torch.Tensor, *, max_cyc
     Wd = W.double()
     Mdiag = torch.diagonal(M).clone()
     g = cov_g0(W, mask, M)          # the shared matmul, on all rows at once
-    per_row = 8 * 2 * (cols * prune_m if prune_m > 0 else cols * cols)
+    if prune_m > 0:
+        per_row = 8 * 2 * cols * prune_m
+    else:
+        per_row = 8 * 2 * cols * max(1, int((~mask).sum(1).max()))
     step = max(1, CHUNK_BYTES // per_row)
     for s in range(0, rows, step):
-        idx = torch.arange(s, min(rows, s + step), device=dev)
-        gc = g[s:s + step].clone()
-        _cycles(Wd[s:s + step], gc, mask, M, Mdiag, max_cycle_time, prune_m, swaps, idx)
+        sl = slice(s, min(rows, s + step))
+        m, gc, sw = mask[sl].clone(), g[sl].clone(), swaps[sl].clone()
+        if prune_m > 0:
+            _cycles_nm(Wd[sl], gc, m, M, Mdiag, max_cycle_time, sw, prune_m)
+        else:
+            _cycles_unstructured(Wd[sl], gc, m, M, Mdiag, max_cycle_time, sw)
+        mask[sl], swaps[sl] = m, sw
     return mask, swaps
