@@ -103,6 +103,31 @@ def _cov_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_ma
         max_cycle_time, update_threshold, pow_of_var_regrowing, window if objective == 3 else 0)
 
 
+def _serve_swap_cpu(device: torch.device) -> "str | None":
+    why = _serve_cpu(device)
+    if why is None and not _extension.has_kernel("CPU", "refine_mask_swap"):
+        why = "the compiled extension has no refine_mask_swap kernel (rebuild it)"
+    return why
+
+
+def _swap_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean, sparsity,
+              prune_n, prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, same_sign,
+              objective, second_moment=None):
+    """Objective 4 ("swap") on the CPU kernel: the initial mask (compiled op, 0 cycles) and
+    g0 = D0 @ M (the reference's one matmul) here, the exact best-pair search in C++
+    (csrc/cpu/refine_swap_cpu.cpp)."""
+    if initial_mask is None:
+        initial_mask, _ = _compiled_op(weight, sum_metric_row, var, scaler_row, initial_metric, None, None,
+                                       sparsity, prune_n, prune_m, 0, update_threshold, pow_of_var_regrowing,
+                                       same_sign, 0)
+    if max_cycle_time == 0:
+        return initial_mask.clone(), torch.zeros(weight.shape[0], dtype=torch.int32)
+    g0 = cov_g0(weight, initial_mask, second_moment)
+    mask, swaps, _pairs = torch.ops.dsnot_kernels.refine_mask_swap.default(
+        weight, initial_mask, second_moment, g0, prune_m, max_cycle_time, 0)
+    return mask, swaps
+
+
 def _triton_fn(*args):
     from dsnot_kernels.triton import refine_mask_triton
 
@@ -146,7 +171,8 @@ OBJECTIVES = {
     "mse":        Objective(1, ("mean",),                   RULE_BACKENDS),
     "cov":        Objective(2, ("second_moment",),          COV_BACKENDS),
     "cov_window": Objective(3, ("second_moment", "window"), COV_BACKENDS),
-    "swap":       Objective(4, ("second_moment",),          {"torch": REFERENCE}, swap_default_cycles),
+    "swap":       Objective(4, ("second_moment",),          {"torch": REFERENCE, "cpu": Backend("cpu", _swap_cpu, _serve_swap_cpu)},
+                          swap_default_cycles),
 }
 SECOND_MOMENT_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if "second_moment" in o.needs)
 BACKENDS = RULE_BACKENDS  # every backend name appears here
@@ -456,3 +482,11 @@ if _extension._C is not None and hasattr(torch.ops.dsnot_kernels, "refine_mask_c
         mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
         swaps = torch.empty((weight.shape[0],), dtype=torch.int32, device=weight.device)
         return mask, swaps
+
+if _extension._C is not None and hasattr(torch.ops.dsnot_kernels, "refine_mask_swap"):  # (a stale build lacks it)
+    @torch.library.register_fake("dsnot_kernels::refine_mask_swap")
+    def _refine_mask_swap_fake(weight, initial_mask, second_moment, g0, prune_m, max_cycle_time, search):
+        mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+        swaps = torch.empty((weight.shape[0],), dtype=torch.int32, device=weight.device)
+        pairs = torch.empty((weight.shape[0],), dtype=torch.int64, device=weight.device)
+        return mask, swaps, pairs
