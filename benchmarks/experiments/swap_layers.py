@@ -72,6 +72,18 @@ def loss(W, mask, M):
     return float(((D @ M) * D).sum())
 
 
+def markdown(rows) -> str:
+    """The RESULTS.md table of ``rows`` (swap_layers.json entries)."""
+    out = ["| block | sub-layer | shape | setting | cov_window (defaults) | swap | swaps per row: mean / p50 / p90 / p99 / max | max / cols |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["swap"]
+        out.append(f"| {r['block']} | {r['name'].split('.')[-1]} | {r['shape'][0]}x{r['shape'][1]} | {r['setting']} "
+                   f"| {r['cov_window']['ratio']:.3f} | **{s['ratio']:.3f}** | {s['swaps_mean']:.1f} / {s['swaps_p50']:.0f} / "
+                   f"{s['swaps_p90']:.0f} / {s['swaps_p99']:.0f} / {s['swaps_max']} | {s['max_over_cols']:.3f} |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", type=int, nargs="+", default=[2, 15])
@@ -81,7 +93,12 @@ def main():
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--cache", default=None, help="a .pt file keeping the captured sub-layers")
     ap.add_argument("--row-step", type=int, default=1, help="every k-th row only (the rows are independent)")
+    ap.add_argument("--table-only", nargs="*", default=None, metavar="JSON",
+                    help="print the markdown table of these JSON files and stop")
     args = ap.parse_args()
+    if args.table_only is not None:
+        print(markdown([r for f in (args.table_only or [args.out]) for r in json.loads(Path(f).read_text())["rows"]]))
+        return
     torch.set_num_threads(1)
     layers = capture(tuple(args.blocks), args.cache)
     results = []
