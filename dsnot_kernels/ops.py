@@ -103,6 +103,31 @@ def _cov_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_ma
         max_cycle_time, update_threshold, pow_of_var_regrowing, window if objective == 3 else 0)
 
 
+def _serve_swap_cpu(device: torch.device) -> "str | None":
+    why = _serve_cpu(device)
+    if why is None and not _extension.has_kernel("CPU", "refine_mask_swap"):
+        why = "the compiled extension has no refine_mask_swap kernel (rebuild it)"
+    return why
+
+
+def _swap_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean, sparsity,
+              prune_n, prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, same_sign,
+              objective, second_moment=None):
+    """Objective 4 ("swap") on the CPU kernel: the initial mask (compiled op, 0 cycles) and
+    g0 = D0 @ M (the reference's one matmul) here, the exact best-pair search in C++
+    (csrc/cpu/refine_swap_cpu.cpp)."""
+    if initial_mask is None:
+        initial_mask, _ = _compiled_op(weight, sum_metric_row, var, scaler_row, initial_metric, None, None,
+                                       sparsity, prune_n, prune_m, 0, update_threshold, pow_of_var_regrowing,
+                                       same_sign, 0)
+    if max_cycle_time == 0:
+        return initial_mask.clone(), torch.zeros(weight.shape[0], dtype=torch.int32)
+    g0 = cov_g0(weight, initial_mask, second_moment)
+    mask, swaps, _pairs = torch.ops.dsnot_kernels.refine_mask_swap.default(
+        weight, initial_mask, second_moment, g0, prune_m, max_cycle_time, 0)
+    return mask, swaps
+
+
 def _triton_fn(*args):
     from dsnot_kernels.triton import refine_mask_triton
 
@@ -129,9 +154,9 @@ def swap_default_cycles(cols: int) -> int:
     """Default cap of objective "swap": ``max(64, cols // 4)`` accepted swaps per row.
 
     The swaps a row needs to reach its local optimum grow with its width (measured on the embedded
-    model, benchmarks/RESULTS.md "Objective swap": about 6 % of cols on average, a few rows up to
-    ~15 %); a quarter of the columns lets every measured row finish, while still bounding the time
-    of a pathological row."""
+    model, benchmarks/RESULTS.md "Objective swap": 5-8 % of cols on average, the longest row 12 %,
+    at 50/60/70 % and 2:4); a quarter of the columns is twice the longest measured row, and still
+    bounds the time of a pathological row."""
     return max(64, cols // 4)
 
 
@@ -147,8 +172,10 @@ RULE_BACKENDS = {
 # dsnot_kernels/triton/cov.py (no CUDA C++: docs/KERNEL_CONTRACT.md, "Objectives 2 and 3 on GPUs").
 COV_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _cov_cpu, _serve_cov_cpu),
                 "triton": Backend("triton", _cov_triton, _serve_triton)}
-# Objective 4: the reference and dsnot_kernels/triton/swap.py (same launcher as objectives 2, 3).
-SWAP_BACKENDS = {"torch": REFERENCE, "triton": Backend("triton", _cov_triton, _serve_triton)}
+# Objective 4: the reference, csrc/cpu (refine_mask_swap) and dsnot_kernels/triton/swap.py (the
+# launcher of objectives 2 and 3).
+SWAP_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _swap_cpu, _serve_swap_cpu),
+                 "triton": Backend("triton", _cov_triton, _serve_triton)}
 
 # THE TABLE: every objective, what it needs and which backends serve it. Adding an objective or a
 # backend is one entry here (and its kernel), not a new branch in refine_mask.
@@ -477,3 +504,11 @@ if _extension._C is not None and hasattr(torch.ops.dsnot_kernels, "refine_mask_c
         mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
         swaps = torch.empty((weight.shape[0],), dtype=torch.int32, device=weight.device)
         return mask, swaps
+
+if _extension._C is not None and hasattr(torch.ops.dsnot_kernels, "refine_mask_swap"):  # (a stale build lacks it)
+    @torch.library.register_fake("dsnot_kernels::refine_mask_swap")
+    def _refine_mask_swap_fake(weight, initial_mask, second_moment, g0, prune_m, max_cycle_time, search):
+        mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+        swaps = torch.empty((weight.shape[0],), dtype=torch.int32, device=weight.device)
+        pairs = torch.empty((weight.shape[0],), dtype=torch.int64, device=weight.device)
+        return mask, swaps, pairs
