@@ -37,17 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="dsnot", choices=list(OBJECTIVES),
                    help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
                         "cov: only if the full output error drops (second moment per sub-layer; cpu or torch backend); "
-                        "cov_window: the best such swap among the next --window candidates of each cursor")
+                        "cov_window: the best such swap among the next --window candidates of each cursor; "
+                        "swap: the best swap among all pairs of the row, until none lowers the error")
     p.add_argument("--also-objective", action="append", default=[], choices=list(OBJECTIVES), metavar="OBJECTIVE",
                    help="one more refined run (and table row) with this objective, on the sub-layers of "
                         "--also-skip; repeatable (the demo adds its best objective this way)")
     p.add_argument("--also-skip", default="none", choices=["mlp", "none", "self_attn"],
                    help="--skip of the --also-objective runs (default none: every sub-layer)")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="candidates per list for --objective cov_window")
-    p.add_argument("--max-cycle-time", type=int, default=50,
-                   help="swap cycles per row at most (0 = the initial mask only; default 50)")
+    p.add_argument("--max-cycle-time", type=int, default=None,
+                   help="swaps per row at most (0 = the initial mask only; default: the objective's, "
+                        "50; swap: max(64, cols // 4))")
     p.add_argument("--update-threshold", type=float, default=0.1,
-                   help="a row stops swapping once |its output error| <= this (default 0.1)")
+                   help="a row stops swapping once |its output error| <= this (default 0.1; not used by swap)")
     p.add_argument("--pow-of-var-regrowing", type=float, default=1.0,
                    help="p in the regrowth key mean-shift / var**p (0 = no division by the variance; default 1)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration samples")
