@@ -1,5 +1,5 @@
 """Perplexity of the embedded model (SmolLM2-135M-Instruct) pruned with Wanda, Wanda + DSnoT and
-Wanda + DSnoT with the "mse", "cov" and "cov_window" objectives, SparseGPT as published, and the
+Wanda + DSnoT with the "mse", "cov", "cov_window" and "swap" objectives, SparseGPT as published, and the
 same with the exact reconstruction of the kept weights (``reconstruct=True``), at 50/60/70 %
 unstructured and 2:4.
 
@@ -36,6 +36,7 @@ METHODS = {  # name -> PruneConfig overrides; run order = round 1 for all patter
     "cov_all": dict(refine=True, skip="none", objective="cov"),
     "cov_window_all": dict(refine=True, skip="none", objective="cov_window", window=50),
     "cov_window100_all": dict(refine=True, skip="none", objective="cov_window", window=100),
+    "swap_all": dict(refine=True, skip="none", objective="swap"),
     "sparsegpt": dict(initial="sparsegpt", refine=False),
     # SparseGPT's mask refined against the dense weights, then the kept weights reconstructed
     "sparsegpt_cov_window_rec": dict(initial="sparsegpt", refine=True, skip="none", objective="cov_window",
@@ -44,7 +45,7 @@ METHODS = {  # name -> PruneConfig overrides; run order = round 1 for all patter
     "wanda_rec": dict(refine=False, reconstruct=True),
     "sparsegpt_rec": dict(initial="sparsegpt", refine=False, reconstruct=True),
 }
-ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"],
+ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"], ["swap_all"],
           ["sparsegpt", "sparsegpt_cov_window_rec", "cov_window100_all_rec"], ["wanda_rec", "sparsegpt_rec"]]
 LABELS = {"dense": "dense", "wanda": "Wanda",
           "dsnot_attn": "Wanda + DSnoT, attention only (skip=mlp, the authors' default)",
@@ -53,6 +54,7 @@ LABELS = {"dense": "dense", "wanda": "Wanda",
           "cov_all": "Wanda + DSnoT objective=cov, every sub-layer (skip=none)",
           "cov_window_all": "Wanda + DSnoT objective=cov_window (window 50), every sub-layer (skip=none)",
           "cov_window100_all": "Wanda + DSnoT objective=cov_window (window 100), every sub-layer (skip=none)",
+          "swap_all": "Wanda + objective=swap (best pair of the whole row, to a local optimum), every sub-layer",
           "sparsegpt": "SparseGPT (as published: mask + weight updates)",
           "sparsegpt_rec": "SparseGPT + reconstruct",
           "wanda_rec": "Wanda + reconstruct",
@@ -87,7 +89,7 @@ def table(data, key) -> str:
     if dense:
         lines.append("| dense | " + " | ".join(f"{dense['ppl']:.2f}" for _ in order) + " |")
     for method in ["wanda", "dsnot_attn", "dsnot_all", "mse_all", "cov_all", "cov_window_all", "cov_window100_all",
-                   "sparsegpt", "sparsegpt_rec", "wanda_rec", "cov_window100_all_rec", "sparsegpt_cov_window_rec"]:
+                   "swap_all", "sparsegpt", "sparsegpt_rec", "wanda_rec", "cov_window100_all_rec", "sparsegpt_cov_window_rec"]:
         cells = []
         for c in order:
             r = runs.get(f"{method}@{c}")

@@ -100,6 +100,7 @@ def _sublayer_mask(name, module, stats, config, want_error):
 
     new_weight is None when only the mask is applied (pruned weights zeroed), else the (rows, cols)
     weights to write (SparseGPT's updates and/or the reconstruction; pruning/weight_update.py)."""
+    stats.check_not_empty(f"sub-layer {name}")  # e.g. a sub-layer the block's forward never called
     W = weight_view(module)
     refined = is_refined(name, config)
     sgpt = config.initial == "sparsegpt"
@@ -139,7 +140,7 @@ def _sublayer_mask(name, module, stats, config, want_error):
     if want_error:
         moment = second_moment(stats)
         after = output_error(W, mask, stats, moment)
-        if refined and config.max_cycle_time > 0:
+        if refined and config.max_cycle_time != 0:  # None: the objective's default (> 0)
             if sgpt:
                 initial = common["initial_mask"]
             else:
