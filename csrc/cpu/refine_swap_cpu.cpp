@@ -70,36 +70,45 @@ typedef double v4d __attribute__((vector_size(32)));
 typedef int64_t v4l __attribute__((vector_size(32)));
 
 // Row q of the pair matrix: the first minimum over j of d_j = (a - (tq w_j) M_qj) + B_j, where
-// B_j = +inf on kept columns (never a pair). Pass 1: the minimum with independent accumulators;
-// pass 2: the first j whose d, recomputed with the same operations, equals it (-0.0 == +0.0, as a
-// scan with `<`). *arg = -1 if no finite d.
+// B_j = +inf on kept columns (never a pair). One pass: each of 8 lanes keeps its minimum and the
+// first index reaching it (strict <); the lanes' minima then tie-break by index, so the result is
+// the pair a scalar scan with `<` picks (-0.0 == +0.0). *arg = -1 if no finite d.
 DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const double* B, const double* Mq,
                                  int64_t n, int64_t* arg) {
   const v4d inf = {kInf, kInf, kInf, kInf};
   const v4d av = {a, a, a, a};
   const v4d tv = {tq, tq, tq, tq};
   v4d m0 = inf, m1 = inf;
-  auto vmin = [](v4d x, v4d y) { const v4l lt = x < y; return (v4d)(((v4l)x & lt) | ((v4l)y & ~lt)); };
+  v4l i0 = {-1, -1, -1, -1}, i1 = {-1, -1, -1, -1};
+  v4l j0 = {0, 1, 2, 3}, j1 = {4, 5, 6, 7};
+  const v4l step = {8, 8, 8, 8};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     v4d w0, w1, b0, b1, c0, c1;
     std::memcpy(&w0, w + j, sizeof(w0)); std::memcpy(&w1, w + j + 4, sizeof(w1));
     std::memcpy(&b0, B + j, sizeof(b0)); std::memcpy(&b1, B + j + 4, sizeof(b1));
     std::memcpy(&c0, Mq + j, sizeof(c0)); std::memcpy(&c1, Mq + j + 4, sizeof(c1));
-    m0 = vmin((av - (tv * w0) * c0) + b0, m0);
-    m1 = vmin((av - (tv * w1) * c1) + b1, m1);
+    const v4d d0 = (av - (tv * w0) * c0) + b0;
+    const v4d d1 = (av - (tv * w1) * c1) + b1;
+    const v4l l0 = d0 < m0, l1 = d1 < m1;
+    m0 = (v4d)(((v4l)d0 & l0) | ((v4l)m0 & ~l0));
+    m1 = (v4d)(((v4l)d1 & l1) | ((v4l)m1 & ~l1));
+    i0 = (j0 & l0) | (i0 & ~l0);
+    i1 = (j1 & l1) | (i1 & ~l1);
+    j0 += step;
+    j1 += step;
   }
-  const v4d mm = vmin(m0, m1);
   double v = kInf;
-  for (int l = 0; l < 4; ++l) v = mm[l] < v ? mm[l] : v;
-  for (; j < n; ++j) {
-    const double d = (a - (tq * w[j]) * Mq[j]) + B[j];
-    v = d < v ? d : v;
+  int64_t k = -1;
+  for (int l = 0; l < 4; ++l) {
+    if (m0[l] < v || (m0[l] == v && i0[l] < k)) { v = m0[l]; k = i0[l]; }
+    if (m1[l] < v || (m1[l] == v && i1[l] < k)) { v = m1[l]; k = i1[l]; }
   }
-  *arg = -1;
-  if (!(v < kInf)) return v;
-  for (int64_t k = 0; k < n; ++k)
-    if ((a - (tq * w[k]) * Mq[k]) + B[k] == v) { *arg = k; return v; }
+  for (; j < n; ++j) {  // the tail, after every vector index
+    const double d = (a - (tq * w[j]) * Mq[j]) + B[j];
+    if (d < v) { v = d; k = j; }
+  }
+  *arg = v < kInf ? k : -1;
   return v;
 }
 
