@@ -100,7 +100,8 @@ def kernels(args, table, csv_rows):
             cm, cs = call("cpu")
             walls.append(time.perf_counter() - t0)
         c_wall = median(walls)
-        n_ref = rows if args.ref_rows == 0 else min(rows, args.ref_rows)
+        n_ref = args.ref_rows if cols < 4096 else args.ref_rows_wide
+        n_ref = rows if n_ref == 0 else min(rows, n_ref)
         sub = W[:n_ref].contiguous()
         t0 = time.perf_counter()
         rm, rs = call("torch", sub)
@@ -174,6 +175,7 @@ def main(argv=None):
     ap.add_argument("--captured", default=None, help="torch.save'd sub-layers of capture_layer.py")
     ap.add_argument("--sparsity", type=float, default=0.6)
     ap.add_argument("--ref-rows", type=int, default=64, help="rows the reference runs per layer (0 = all)")
+    ap.add_argument("--ref-rows-wide", type=int, default=2, help="the same at >= 4096 columns")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-write", action="store_true")
@@ -197,7 +199,7 @@ def main(argv=None):
              "channel scales) unless a captured layer.\n")
     if ktab:
         body += ("\nCPU kernel vs reference. Masks and swap counts checked equal on the rows both ran; "
-                 "reference times marked * ran on the first `--ref-rows` rows and are scaled to the "
+                 "reference times marked * ran on the first `--ref-rows` (`--ref-rows-wide` at >= 4096 columns) rows and are scaled to the "
                  "layer. pairs/swap: deltas the bounded search computed per accepted swap "
                  "(all its scans, first cycle included, and the (q, q*) column per swap) against "
                  "the |kept| x |pruned| a full scan computes per swap.\n\n"
