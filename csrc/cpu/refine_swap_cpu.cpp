@@ -400,17 +400,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
   }
   // rho = max |M_qr| / (s_q s_r) over q != r (M from float sums need not be exactly PSD); a
   // nonzero entry next to a zero s makes it infinite (the bound is then not used). Rounded up.
-  double rho = 0.0;
-  for (int64_t q = 0; q < cols; ++q) {
-    const double* mq = M + q * cols;
-    for (int64_t r = 0; r < cols; ++r) {
-      const double a = std::fabs(mq[r]);
-      m_abs_max = std::max(m_abs_max, a);
-      if (r == q || a == 0.0) continue;
-      const double den = sd[q] * sd[r];
-      const double t = den > 0.0 ? a / den : kInf;
-      rho = std::max(rho, t);
+  // One pass over M, rows in parallel: (max |M_qr|, rho), reduced by max (order-independent).
+  const int64_t n_chunks = std::min<int64_t>(cols, 256);
+  std::vector<double> chunk_abs(n_chunks, 0.0), chunk_rho(n_chunks, 0.0);
+  at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      double ma = 0.0, mr = 0.0;
+      for (int64_t q = c * cols / n_chunks; q < (c + 1) * cols / n_chunks; ++q) {
+        const double* mq = M + q * cols;
+        for (int64_t r = 0; r < cols; ++r) {
+          const double a = std::fabs(mq[r]);
+          ma = a > ma ? a : ma;
+          if (r == q || a == 0.0) continue;
+          const double den = sd[q] * sd[r];
+          const double t = den > 0.0 ? a / den : kInf;
+          mr = t > mr ? t : mr;
+        }
+      }
+      chunk_abs[c] = ma;
+      chunk_rho[c] = mr;
     }
+  });
+  double rho = 0.0;
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    m_abs_max = std::max(m_abs_max, chunk_abs[c]);
+    rho = std::max(rho, chunk_rho[c]);
   }
   if (!std::isfinite(m_abs_max)) cs_ok = false;
   rho = rho * (1.0 + 1e-12);
