@@ -85,6 +85,8 @@ def kernels(args, table, csv_rows):
             layers.append((f"{name.split('.', 2)[-1]} {tuple(e['W'].shape)[0]}x{tuple(e['W'].shape)[1]}",
                            e["W"].float(), (e["smr"], e["var"], e["scaler"]), e["H"]))
     for name, W, (smr, var, scaler), H in layers:
+        if W.shape[1] >= 4096 and args.rows_wide:
+            W = W[:args.rows_wide].contiguous()  # the kernel's time is per row: rows are independent
         rows, cols = W.shape
         M = ops.validate_second_moment(H, "swap", cols, W.device)
         kw = dict(sparsity=args.sparsity, objective="swap", second_moment=M, return_swaps=True)
@@ -114,14 +116,19 @@ def kernels(args, table, csv_rows):
         n_p = int(cols * args.sparsity)
         full = (cols - n_p) * n_p
         per_swap = float(pairs.double().sum() / swaps.double().sum().clamp(min=1))
+        t0 = time.perf_counter()
+        dk.refine_mask(W, smr, var, scaler, sparsity=args.sparsity, objective="cov_window", second_moment=M,
+                       backend="cpu")
+        cw_wall = time.perf_counter() - t0
         r_row, c_row = r_wall / n_ref, c_wall / rows
         table.append((name, rows, cols, n_ref, r_row * rows, c_wall, r_row / c_row, float(cs.float().mean()),
-                      int(cs.max()), per_swap, full))
+                      int(cs.max()), per_swap, full, cw_wall))
         csv_rows.append(dict(part="kernels", shape=name, rows=rows, cols=cols, ref_rows=n_ref,
                              torch_s=f"{r_row * rows:.4f}", cpu_s=f"{c_wall:.4f}",
                              mean_swaps=f"{float(cs.float().mean()):.2f}", max_swaps=int(cs.max()),
-                             pairs_per_swap=f"{per_swap:.0f}", full_pairs=full, threads=torch.get_num_threads()))
-        print(f"{name:>24} torch {r_row * rows:9.2f} s{'*' if n_ref < rows else ' '} cpu {c_wall:7.3f} s "
+                             pairs_per_swap=f"{per_swap:.0f}", full_pairs=full, cov_window_s=f"{cw_wall:.4f}",
+                             threads=torch.get_num_threads()))
+        print(f"{name:>24} cov_window {cw_wall:7.3f} s  torch {r_row * rows:9.2f} s{'*' if n_ref < rows else ' '} cpu {c_wall:7.3f} s "
               f"x{r_row / c_row:7.1f}  swaps/row {float(cs.float().mean()):6.1f} (max {int(cs.max())})  "
               f"pairs/swap {per_swap:8.0f} of {full} ({100 * per_swap / full:.1f} %)", flush=True)
 
@@ -140,7 +147,7 @@ def scaling(args, table, csv_rows):
         csv_rows.append(dict(part="scaling", shape=f"32x{cols}", rows=32, cols=cols, ref_rows=0, torch_s="",
                              cpu_s=f"{wall:.4f}", mean_swaps=f"{float(swaps.float().mean()):.2f}",
                              max_swaps=int(swaps.max()), pairs_per_swap=f"{per_swap:.0f}", full_pairs=full,
-                             threads=torch.get_num_threads()))
+                             cov_window_s="", threads=torch.get_num_threads()))
         print(f"32x{cols:<6} {wall:8.3f} s  {ns:9.1f} ns/weight  swaps/row {float(swaps.float().mean()):7.1f} "
               f"(max {int(swaps.max())})  pairs/swap {per_swap:9.0f} of {full} ({100 * per_swap / full:.2f} %)",
               flush=True)
@@ -170,7 +177,7 @@ def model(args, table):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", nargs="+", default=["kernels", "scaling"], choices=["kernels", "scaling", "model"])
-    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--widths", nargs="+", type=int, default=list(WIDTHS))
     ap.add_argument("--captured", default=None, help="torch.save'd sub-layers of capture_layer.py")
     ap.add_argument("--sparsity", type=float, default=0.6)
@@ -179,6 +186,7 @@ def main(argv=None):
                          "the forward passes shrink, the mask time does not)")
     ap.add_argument("--ref-rows", type=int, default=64, help="rows the reference runs per layer (0 = all)")
     ap.add_argument("--ref-rows-wide", type=int, default=2, help="the same at >= 4096 columns")
+    ap.add_argument("--rows-wide", type=int, default=256, help="rows of the >= 4096-column layers (0 = all)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-write", action="store_true")
@@ -206,12 +214,13 @@ def main(argv=None):
                  "layer. pairs/swap: deltas the bounded search computed per accepted swap "
                  "(all its scans, first cycle included, and the (q, q*) column per swap) against "
                  "the |kept| x |pruned| a full scan computes per swap.\n\n"
-                 "| layer | torch (s) | cpu (s) | speedup | swaps/row (max) | pairs/swap | full pairs/swap | read |\n"
-                 "|---|---|---|---|---|---|---|---|\n")
-        for name, rows, cols, n_ref, rw, cw, sp, sw, smax, ps, full in ktab:
+                 "cov_window: the same layer with `objective=\"cov_window\"` (defaults) on the cpu backend.\n\n"
+                 "| layer | torch (s) | cpu (s) | speedup | cov_window cpu (s) | swap / cov_window | swaps/row (max) | pairs/swap | full pairs/swap | read |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|\n")
+        for name, rows, cols, n_ref, rw, cw, sp, sw, smax, ps, full, cww in ktab:
             star = "*" if n_ref < rows else ""
-            body += (f"| {name} | {rw:.2f}{star} | {cw:.3f} | {sp:.0f}x | {sw:.1f} ({smax}) | {ps:.0f} | {full} | "
-                     f"{100 * ps / full:.1f} % |\n")
+            body += (f"| {name} | {rw:.2f}{star} | {cw:.3f} | {sp:.0f}x | {cww:.3f} | {cw / cww:.1f}x | {sw:.1f} ({smax}) | "
+                     f"{ps:.0f} | {full} | {100 * ps / full:.1f} % |\n")
     if stab:
         body += ("\nGrowth with width: 32 rows, kernel alone (op `refine_mask_swap` plus `g0`).\n\n"
                  "| cols | wall (s) | ns / weight | swaps/row (max) | pairs/swap | full pairs/swap | read |\n"
