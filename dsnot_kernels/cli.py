@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="dsnot", choices=list(OBJECTIVES),
                    help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
                         "cov: only if the full output error drops (second moment per sub-layer; cpu or torch backend); "
-                        "cov_window: the best such swap among the next --window candidates of each cursor")
+                        "cov_window: the best such swap among the next --window candidates of each cursor; "
+                        "swap: the best swap among all pairs of the row, until none lowers the error")
     p.add_argument("--window", type=int, default=100, help="candidates per list for --objective cov_window")
-    p.add_argument("--max-cycle-time", type=int, default=50)
+    p.add_argument("--max-cycle-time", type=int, default=None,
+                   help="swaps per row at most (default: the objective's, 50; swap: max(64, cols // 4))")
     p.add_argument("--update-threshold", type=float, default=0.1)
     p.add_argument("--pow-of-var-regrowing", type=float, default=1.0)
     p.add_argument("--nsamples", type=int, default=32, help="calibration samples")

@@ -36,7 +36,8 @@ def parse(argv=None):
     p.add_argument("--prune_method", type=str, default="DSnoT",
                    choices=["wanda", "sparsegpt", "magnitude", "DSnoT", "dense"])
     p.add_argument("--initial_method", type=str, default="wanda", choices=["wanda", "sparsegpt", "magnitude"])
-    p.add_argument("--max_cycle_time", type=int, default=50)
+    p.add_argument("--max_cycle_time", type=int, default=None,
+                   help="default: the objective's (50, the authors'; swap: max(64, cols // 4))")
     p.add_argument("--without_DSnoT", action="store_true")
     p.add_argument("--update_threshold", type=float, default=0.1)
     p.add_argument("--pow_of_var_regrowing", type=float, default=1)

@@ -76,6 +76,10 @@ def test_cli_mse_no_refine(tiny_dir, tmp_path):
           "--objective", "cov_window", "--window", "4", "--json", str(out), "--quiet"])
     res = json.loads(out.read_text())
     assert res["rows"][-1]["method"] == "Wanda + DSnoT (cov_window) [skip=mlp]"
+    main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
+          "--objective", "swap", "--json", str(out), "--quiet"])
+    res = json.loads(out.read_text())
+    assert res["rows"][-1]["method"] == "Wanda + DSnoT (swap) [skip=mlp]" and res["rows"][-1]["swaps"] > 0
 
 
 def test_python_m_help():
@@ -88,7 +92,8 @@ def test_python_m_help():
         assert flag in res.stdout
 
 
-@pytest.mark.parametrize("extra", [[], ["--objective", "cov_window", "--window", "4"]], ids=["dsnot", "cov_window"])
+@pytest.mark.parametrize("extra", [[], ["--objective", "cov_window", "--window", "4"], ["--objective", "swap"]],
+                         ids=["dsnot", "cov_window", "swap"])
 def test_authors_main_flags(tiny_dir, tmp_path, monkeypatch, capsys, extra):
     calib = tmp_path / "calib.txt"
     calib.write_text("The quick brown fox jumps over the lazy dog. " * 200)

@@ -77,7 +77,7 @@ def _sublayer_mask(name, module, stats, config, want_error):
     if want_error:
         moment = second_moment(stats)
         after = output_error(W, mask, stats, moment)
-        if refined and config.max_cycle_time > 0:
+        if refined and config.max_cycle_time != 0:  # None: the objective's default (> 0)
             initial, _ = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
                                      max_cycle_time=0, **common)
             before = output_error(W, initial, stats, moment)
