@@ -115,13 +115,13 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
 }
 
 struct SwapScratch {
-  std::vector<double> w, g, A, B, Bold, L, cs, key, hm, hb;
+  std::vector<double> w, g, A, B, L, key, hm, hb;
   std::vector<uint8_t> pruned;
   std::vector<int32_t> ps, ks;                  // pruned / kept columns by (a_j, j) ascending
   std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle
   explicit SwapScratch(const SwapProblem& P) {
     const size_t c = static_cast<size_t>(P.cols);
-    w.resize(c); g.resize(c); A.resize(c); B.resize(c); Bold.resize(c); L.resize(c); cs.resize(c);
+    w.resize(c); g.resize(c); A.resize(c); B.resize(c); L.resize(c);
     key.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c);
   }
 };
@@ -137,9 +137,10 @@ inline double a_term(double w, double g, double md) { return (2.0 * w) * g + (w 
 inline double b_term(double w, double g, double md) { return (w * w) * md - (2.0 * w) * g; }
 
 // A on kept columns (+inf on pruned), B on pruned columns (+inf on kept); returns max |A|, |B|.
-// Branch-free: the kept/pruned pattern of a row is random.
-double side_terms(const SwapProblem& P, SwapScratch& S) {
-  double mx = 0.0;
+// With dmin: also the min (and max |.|) of B_new - B_old over the columns pruned before and after
+// (pruned now and not q_new). Branch-free: the kept/pruned pattern of a row is random.
+double side_terms(const SwapProblem& P, SwapScratch& S, int64_t q_new, double* dmin, double* dmax_abs) {
+  double mx = 0.0, dn = kInf, da = 0.0;
   const double* w = S.w.data();
   const double* g = S.g.data();
   const uint8_t* pr = S.pruned.data();
@@ -148,11 +149,17 @@ double side_terms(const SwapProblem& P, SwapScratch& S) {
   for (int64_t j = 0; j < P.cols; ++j) {
     const double a = a_term(w[j], g[j], P.diag[j]), b = b_term(w[j], g[j], P.diag[j]);
     const bool p = pr[j] != 0;
+    const bool both = p && j != q_new;
+    const double d = both ? b - B[j] : kInf;
+    dn = d < dn ? d : dn;
+    const double ad = both ? std::fabs(d) : 0.0;
+    da = ad > da ? ad : da;
     A[j] = p ? kInf : a;
     B[j] = p ? b : kInf;
     const double v = std::fabs(p ? b : a);
     mx = v > mx ? v : mx;
   }
+  if (dmin != nullptr) { *dmin = dn; *dmax_abs = da; }
   return mx;
 }
 
@@ -167,16 +174,16 @@ inline void move_between(std::vector<int32_t>& from, std::vector<int32_t>& to, i
   to.insert(std::lower_bound(to.begin(), to.end(), c, less), c);
 }
 
-// Cauchy-Schwarz bound of every kept q: cs_q <= min_{r pruned} (B_r - C_qr) up to rounding, from
+// Cauchy-Schwarz bounds: cs_q <= min_{r pruned} (B_r - C_qr) up to rounding, from
 // |C_qr| <= 2 a_q a_r (a_j = |w_j| z_j): the lower envelope of the lines y = B_r - 2 a_r x
-// (r pruned, slopes decreasing in the a order) evaluated at x = a_q (kept, x increasing).
-void cs_bounds(const SwapProblem& P, SwapScratch& S) {
-  const double tr = 2.0;
+// (r pruned, slopes decreasing in the a order), built here (hm, hb; returns its size) and
+// evaluated at x = a_q for the kept q in increasing a order by Envelope::at.
+size_t build_envelope(SwapScratch& S) {
   double* hm = S.hm.data();
   double* hb = S.hb.data();
   size_t n = 0;
   for (const int32_t r : S.ps) {
-    const double m = -tr * S.key[r], b = S.B[r];
+    const double m = -2.0 * S.key[r], b = S.B[r];
     if (n > 0 && hm[n - 1] == m) {  // equal slopes: the lower intercept
       if (hb[n - 1] <= b) continue;
       --n;
@@ -187,14 +194,19 @@ void cs_bounds(const SwapProblem& P, SwapScratch& S) {
     hb[n] = b;
     ++n;
   }
-  size_t h = 0;
-  for (const int32_t q : S.ks) {
-    if (n == 0) { S.cs[q] = kInf; continue; }
-    const double x = S.key[q];
-    while (h + 1 < n && hb[h + 1] + hm[h + 1] * x <= hb[h] + hm[h] * x) ++h;
-    S.cs[q] = hb[h] + hm[h] * x;
-  }
+  return n;
 }
+
+struct Envelope {
+  const double* hm;
+  const double* hb;
+  size_t n, h = 0;
+  double at(double x) {  // x never decreases between calls
+    if (n == 0) return kInf;
+    while (h + 1 < n && hb[h + 1] + hm[h + 1] * x <= hb[h] + hm[h] * x) ++h;
+    return hb[h] + hm[h] * x;
+  }
+};
 
 // Unstructured cycles; returns the swap count.
 int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* pairs) {
@@ -215,7 +227,7 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
   if (n_pruned == 0 || n_kept == 0) return 0;
   const double c_max = ((2.0 * w_max) * w_max) * P.m_abs_max;  // every |cross term|
   const bool brute = P.search == 1;
-  double scale = side_terms(P, S) + c_max;
+  double scale = side_terms(P, S, -1, nullptr, nullptr) + c_max;
   // Far from overflow only (the bounds multiply two such magnitudes).
   const bool use_cs = !brute && std::isfinite(P.rho) && scale < 1e100;
   const KeyLess less{S.key.data()};
@@ -231,6 +243,9 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
   }
   for (int64_t j = 0; j < cols; ++j) L[j] = -kInf;
   int32_t swaps = 0;
+  bool pending = false;  // a swap whose bound update is still to apply
+  double dmin = 0.0, peps = 0.0, pb = 0.0, pw = 0.0;
+  const double* prow = nullptr;
   for (int64_t cycle = 0; cycle < P.max_cycles; ++cycle) {
     double best = 0.0;  // only pairs with delta < 0 matter: a row stops when none is
     int64_t bq = -1, br = -1;
@@ -245,18 +260,32 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
       for (int64_t q = 0; q < cols; ++q)
         if (!pr[q]) scan(q);
     } else {
-      if (use_cs) {  // every cycle: measured best (every 2nd or 4th cycle reads 2-5x more pairs)
-        cs_bounds(P, S);
-        for (const int32_t q : S.ks) {
-          const double c = S.cs[q] - kSlack * 2.0 * (scale + std::fabs(S.cs[q]));
-          L[q] = c > L[q] ? c : L[q];
-        }
-      }
+      // One pass over the kept q: the last swap's bound update, the Cauchy-Schwarz bound (every
+      // cycle: measured best; every 2nd or 4th cycle read 2-5x more pairs), the candidates.
       S.cand.clear();
-      for (int64_t q = 0; q < cols; ++q) {  // A = +inf on pruned columns
-        const double lb = (A[q] + L[q]) - kSlack * (scale + std::fabs(L[q]));
+      auto bound = [&](int64_t q, double cs) {
+        double l = L[q];
+        if (pending) {  // B moved by >= dmin on the old pruned r; the new pair (q, q*)
+          const double pair = pb - ((2.0 * w[q]) * pw) * prow[q];
+          const double moved = (l + dmin) - (peps + kSlack * std::fabs(l));
+          const double lo = pair - kSlack * (scale + std::fabs(pair));
+          l = moved < lo ? moved : lo;
+        }
+        const double c = cs - kSlack * 2.0 * (scale + std::fabs(cs));
+        l = c > l ? c : l;
+        L[q] = l;
+        const double lb = (A[q] + l) - kSlack * (scale + std::fabs(l));
         if (lb < 0.0) S.cand.emplace_back(lb, q);
+      };
+      if (use_cs) {
+        Envelope env{S.hm.data(), S.hb.data(), build_envelope(S)};
+        for (const int32_t q : S.ks) bound(q, env.at(S.key[q]));
+      } else {
+        for (int64_t q = 0; q < cols; ++q)
+          if (!pr[q]) bound(q, -kInf);
       }
+      if (pending) *pairs += n_kept;  // the (q, q*) pairs just read
+      pending = false;
       // The lowest bound first (one scan gives an incumbent), then in order only those that can
       // still reach it.
       if (!S.cand.empty()) {
@@ -283,38 +312,24 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
     S.pruned[br] = 0;
     ++swaps;
     if (brute) {
-      scale = side_terms(P, S) + c_max;
+      scale = side_terms(P, S, -1, nullptr, nullptr) + c_max;
       continue;
     }
     if (use_cs) {
       move_between(S.ps, S.ks, static_cast<int32_t>(br), less);
       move_between(S.ks, S.ps, static_cast<int32_t>(bq), less);
     }
-    std::memcpy(S.Bold.data(), B, sizeof(double) * static_cast<size_t>(cols));
-    scale = std::max(scale, side_terms(P, S) + c_max);
-    // B moved by ΔB_r on the columns pruned before and after: every L_q moves by at least its min.
-    double dmin = kInf, dmax_abs = 0.0;
-    const double* bold = S.Bold.data();
-    for (int64_t j = 0; j < cols; ++j) {
-      const bool both = pr[j] != 0 && j != bq;
-      const double d = both ? B[j] - bold[j] : kInf;
-      dmin = d < dmin ? d : dmin;
-      const double ad = both ? std::fabs(d) : 0.0;
-      dmax_abs = ad > dmax_abs ? ad : dmax_abs;
-    }
+    // New A and B, and how far B moved on the columns pruned before and after (every L_q moves by
+    // at least the minimum); applied to the bounds at the next cycle's pass.
+    double dmax_abs = 0.0;
+    scale = std::max(scale, side_terms(P, S, bq, &dmin, &dmax_abs) + c_max);
     if (!(dmin < kInf)) dmin = 0.0;  // q* is the only pruned column now
-    const double eps = kSlack * (scale + dmax_abs);
-    const double* mrow = M + bq * cols;  // M[:, q*] = M[q*, :] (symmetric)
-    const double bnew = B[bq];
-    for (int64_t q = 0; q < cols; ++q) {  // kept q: the bound moved, and the new pair (q, q*)
-      const double pair = bnew - ((2.0 * w[q]) * wq) * mrow[q];
-      const double moved = (L[q] + dmin) - (eps + kSlack * std::fabs(L[q]));
-      const double lo = pair - kSlack * (scale + std::fabs(pair));
-      const double nl = moved < lo ? moved : lo;
-      L[q] = pr[q] ? L[q] : nl;
-    }
-    *pairs += n_kept;  // the (q, q*) pairs just read
-    L[br] = -kInf;    // r* is kept now: scanned when next needed (or bounded by Cauchy-Schwarz)
+    peps = kSlack * (scale + dmax_abs);
+    prow = M + bq * cols;  // M[:, q*] = M[q*, :] (symmetric)
+    pb = B[bq];
+    pw = wq;
+    pending = true;
+    L[br] = -kInf;  // r* is kept now: bounded by Cauchy-Schwarz, or scanned
   }
   return swaps;
 }
@@ -327,7 +342,7 @@ int32_t cycles_nm(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* p
   const double* A = S.A.data();
   const double* B = S.B.data();
   int32_t swaps = 0;
-  side_terms(P, S);
+  side_terms(P, S, -1, nullptr, nullptr);
   for (int64_t cycle = 0; cycle < P.max_cycles; ++cycle) {
     double best = kInf;
     int64_t bq = -1, br = -1;
@@ -349,7 +364,7 @@ int32_t cycles_nm(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* p
     S.pruned[bq] = 1;
     S.pruned[br] = 0;
     ++swaps;
-    side_terms(P, S);
+    side_terms(P, S, -1, nullptr, nullptr);
   }
   return swaps;
 }
