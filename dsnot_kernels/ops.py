@@ -1,6 +1,6 @@
-"""The public kernel API: ``refine_mask`` and ``available_backends``.
+"""The public kernel API: ``refine_mask``, ``available_backends`` and ``backend_report``.
 
-Every call is validated and canonicalised here (spec: ALGORITHM.md §2-§3, numerics:
+Every call is validated and canonicalised here (spec: docs/ALGORITHM.md §2-§3, numerics:
 docs/KERNEL_CONTRACT.md), then handed to one backend. All backends take the same positional
 arguments as the compiled op ``dsnot_kernels::refine_mask`` and return ``(mask, swaps)``.
 
@@ -42,6 +42,8 @@ def _compiled_op(*args):
 
 
 def _serve_torch(device: torch.device) -> "str | None":
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "this torch has no usable CUDA (torch.cuda.is_available() is False)"
     return None
 
 
@@ -72,6 +74,8 @@ def _serve_triton(device: torch.device) -> "str | None":
         return "the triton backend serves CPU tensors only under TRITON_INTERPRET=1"
     if device.type not in ("cpu", "cuda"):
         return f"the triton backend does not serve {device.type} tensors"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "the triton backend needs a CUDA device, and torch.cuda.is_available() is False"
     try:
         from dsnot_kernels.triton import refine_mask_triton  # noqa: F401
     except ImportError as exc:
@@ -190,15 +194,23 @@ def default_max_cycle_time(objective: str, cols: int) -> int:
     return int(d(int(cols))) if callable(d) else int(d)
 
 
-def available_backends(device="cpu", objective: str = "dsnot") -> list:
-    """Names of the backends that can serve ``objective`` on ``device`` tensors, best first."""
+def backend_report(device="cpu", objective: str = "dsnot") -> dict:
+    """``{backend name: None if it can serve objective on device tensors, else the reason why not}``,
+    every backend, best first."""
     device = torch.device(device)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     served = OBJECTIVES[objective].backends
-    order = [n for n in AUTO_ORDER.get(device.type, ("torch",)) if n in served]
-    order += [n for n in served if n not in order]
-    return [n for n in order if served[n].can_serve(device) is None]
+    order = list(AUTO_ORDER.get(device.type, ("torch",)))
+    order += [n for n in BACKENDS if n not in order]
+    return {n: (served[n].can_serve(device) if n in served
+                else f"the {n} backend does not implement objective {objective!r}") for n in order}
+
+
+def available_backends(device="cpu", objective: str = "dsnot") -> list:
+    """Names of the backends that can serve ``objective`` on ``device`` tensors, best first ([] when
+    none can: e.g. "cuda" on a torch without CUDA). ``backend_report`` says why the others cannot."""
+    return [n for n, why in backend_report(device, objective).items() if why is None]
 
 
 def _choose_backend(name, device: torch.device, objective: str = "dsnot") -> Backend:
