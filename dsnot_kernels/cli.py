@@ -117,6 +117,10 @@ def run(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from dsnot_kernels.pruning.distributed import init_from_env
+    rank = init_from_env()  # under torchrun: every rank prunes its share; only rank 0 speaks and writes
+    if rank:
+        args.quiet, args.save, args.json = True, None, None
     if args.sparse24:  # refuse before minutes of pruning, with the reason
         from dsnot_kernels.sparse24 import sparse24_backend
         if args.pattern != "2:4":
@@ -177,8 +181,9 @@ def run(args) -> dict:
         result["rows"].append({"method": result["rows"][-1]["method"] + " [2:4 sparse fp16]", "ppl": value,
                                "prune_time_s": 0.0, "mask_time_s": 0.0, "eval_time_s": dt,
                                "sparsity": result["rows"][-1]["sparsity"], "swaps": result["rows"][-1]["swaps"]})
-    print(format_table(result))
-    if args.plot:
+    if not rank:
+        print(format_table(result))
+    if args.plot and not rank:
         plot_errors(result["reports"][-1], args.plot)
         say(f"wrote {args.plot}")
     if args.save:
@@ -203,7 +208,11 @@ def format_table(result) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    run(args)
+    try:
+        run(args)
+    finally:
+        from dsnot_kernels.pruning.distributed import close_own_group
+        close_own_group()
     return 0
 
 
