@@ -1,4 +1,4 @@
-"""The PyTorch reference of DSnoT: the executable spec (ALGORITHM.md §2-§3).
+"""The PyTorch reference of DSnoT: the executable spec (docs/ALGORITHM.md §2-§3).
 
 Vectorised over rows, one set of tensor ops per cycle, like the authors' ``prune_DSnoT``; full
 stable sorts where they sort. Every other backend must return the same masks on the same inputs

@@ -50,6 +50,21 @@ class CalibrationStats:
         self.hessian = (torch.zeros((self.in_features, self.in_features), dtype=torch.float32, device=self.device)
                         if hessian else None)
 
+    @property
+    def is_empty(self) -> bool:
+        """True until a sample has been added (every statistic is then 0: no mask can be chosen
+        from it; ``check_not_empty`` raises instead)."""
+        return self.nsamples == 0
+
+    def check_not_empty(self, what: str = "these statistics") -> "CalibrationStats":
+        """Return self; raise ``ValueError`` if no sample was added (what the driver and the
+        integrations call before a mask is chosen from the statistics)."""
+        if self.nsamples == 0:
+            raise ValueError(f"{what}: CalibrationStats has seen no sample (all statistics are 0, so the "
+                             "Wanda metric would prune by column index); run calibration inputs through "
+                             "add_batch first")
+        return self
+
     def add_batch(self, x: torch.Tensor) -> None:
         """Add samples: ``x`` (B, T, in_features) = B samples of T tokens, or (T, in_features) = one.
 

@@ -71,6 +71,10 @@ class PruneConfig:
             raise ValueError(f"initial must be one of {INITIAL_METHODS}, got {self.initial!r}")
         if self.objective not in OBJECTIVE_CHOICES:
             raise ValueError(f"objective must be one of {OBJECTIVE_CHOICES}, got {self.objective!r}")
+        if self.backend is not None:
+            from dsnot_kernels.ops import BACKENDS
+            if self.backend not in BACKENDS:
+                raise ValueError(f"backend must be None or one of {sorted(BACKENDS)}, got {self.backend!r}")
         if self.max_cycle_time is not None and (isinstance(self.max_cycle_time, bool) or not
                                                 isinstance(self.max_cycle_time, int) or self.max_cycle_time < 0):
             raise ValueError(f"max_cycle_time must be None (the objective's default) or an int >= 0, "

@@ -95,6 +95,7 @@ def _statistics_pass(block, subs, inputs, calls, device, config, ranks, sample_o
 
 def _sublayer_mask(name, module, stats, config, want_error):
     """(mask, swaps, entry) of one sub-layer; the weight is not modified."""
+    stats.check_not_empty(f"sub-layer {name}")  # e.g. a sub-layer the block's forward never called
     W = weight_view(module)
     refined = is_refined(name, config)
     metric = None if config.initial == "wanda" else initial_metric(config.initial, W, stats)
