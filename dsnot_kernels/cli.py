@@ -46,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--skip of the --also-objective runs (default none: every sub-layer)")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="candidates per list for --objective cov_window")
     p.add_argument("--max-cycle-time", type=int, default=None,
-                   help="swap cycles per row at most (0 = the initial mask only; default: the objective's, "
+                   help="swaps per row at most (0 = the initial mask only; default: the objective's, "
                         "50; swap: max(64, cols // 4))")
     p.add_argument("--update-threshold", type=float, default=0.1,
-                   help="a row stops swapping once |its output error| <= this (default 0.1)")
+                   help="a row stops swapping once |its output error| <= this (default 0.1; not used by swap)")
     p.add_argument("--pow-of-var-regrowing", type=float, default=1.0,
                    help="p in the regrowth key mean-shift / var**p (0 = no division by the variance; default 1)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration samples")

@@ -138,6 +138,14 @@ def _triton_fn(*args):
     return refine_mask_triton(*args)
 
 
+def _cov_triton(*args, **kw):
+    """Objectives 2 and 3 on Triton (dsnot_kernels/triton/cov_launch.py): the initial mask and g0
+    (the reference's matmul) there, the cycles in one fused per-row kernel."""
+    from dsnot_kernels.triton.cov_launch import refine_mask_cov_triton
+
+    return refine_mask_cov_triton(*args, **kw)
+
+
 class Objective(NamedTuple):
     code: int           # the op's objective id (docs/KERNEL_CONTRACT.md, "Objective <code>")
     needs: tuple        # refine_mask arguments it needs beyond the weight and the three statistics
@@ -164,8 +172,14 @@ RULE_BACKENDS = {
     "cuda": Backend("cuda", _compiled_op, _serve_cuda),
     "triton": Backend("triton", _triton_fn, _serve_triton),
 }
-# The objectives scored with the second moment M: the reference and csrc/cpu/refine_cov_cpu.cpp.
-COV_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _cov_cpu, _serve_cov_cpu)}
+# The objectives scored with the second moment M: the reference, csrc/cpu/refine_cov_cpu.cpp and
+# dsnot_kernels/triton/cov.py (no CUDA C++: docs/KERNEL_CONTRACT.md, "Objectives 2 and 3 on GPUs").
+COV_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _cov_cpu, _serve_cov_cpu),
+                "triton": Backend("triton", _cov_triton, _serve_triton)}
+# Objective 4: the reference, csrc/cpu (refine_mask_swap) and dsnot_kernels/triton/swap.py (the
+# launcher of objectives 2 and 3).
+SWAP_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _swap_cpu, _serve_swap_cpu),
+                 "triton": Backend("triton", _cov_triton, _serve_triton)}
 
 # THE TABLE: every objective, what it needs and which backends serve it. Adding an objective or a
 # backend is one entry here (and its kernel), not a new branch in refine_mask.
@@ -175,8 +189,7 @@ OBJECTIVES = {
     "mse":        Objective(1, ("mean",),                   RULE_BACKENDS),
     "cov":        Objective(2, ("second_moment",),          COV_BACKENDS),
     "cov_window": Objective(3, ("second_moment", "window"), COV_BACKENDS),
-    "swap":       Objective(4, ("second_moment",),          {"torch": REFERENCE, "cpu": Backend("cpu", _swap_cpu, _serve_swap_cpu)},
-                          swap_default_cycles),
+    "swap":       Objective(4, ("second_moment",),          SWAP_BACKENDS, swap_default_cycles),
 }
 SECOND_MOMENT_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if "second_moment" in o.needs)
 BACKENDS = RULE_BACKENDS  # every backend name appears here
@@ -384,11 +397,13 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
     return weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean
 
 
-def validate_second_moment(second_moment, objective, cols, device):
+def validate_second_moment(second_moment, objective, cols, device, keep_dtype=False):
     """The (cols, cols) second-moment matrix of objectives "cov", "cov_window", "swap" as float64, exactly symmetric
     (``(M + Mᵀ) / 2``, so that M[q, r] == M[r, q] whatever summation order produced it); None for
     the other objectives. Any positive scale works (``CalibrationStats.hessian`` as it is): the
-    objective only compares a change of the loss with 0."""
+    objective only compares a change of the loss with 0. ``keep_dtype`` (the triton backend): an
+    exactly symmetric float32/float64 M as it is, no copy (``triton.cov_launch.second_moment_for_triton``:
+    the same values as the float64 conversion, and no 8 cols² bytes copy)."""
     if objective not in SECOND_MOMENT_OBJECTIVES:
         return None
     if second_moment is None:
@@ -397,6 +412,12 @@ def validate_second_moment(second_moment, objective, cols, device):
     _check_placed("second_moment", second_moment, (cols, cols), device)
     if not second_moment.is_floating_point():
         raise ValueError(f"second_moment must be floating point, got {second_moment.dtype}")
+    if keep_dtype:
+        if not _all_finite(second_moment):
+            raise ValueError("second_moment has non-finite values (NaN or inf)")
+        from dsnot_kernels.triton.cov_launch import second_moment_for_triton
+
+        return second_moment_for_triton(second_moment)
     m = second_moment.to(torch.float64)
     if not _all_finite(m):
         raise ValueError("second_moment has non-finite values (NaN or inf)")
@@ -431,8 +452,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
             (each cycle, the swap that lowers ``D M Dᵀ`` most among the next ``window`` candidates
             of each cursor; needs ``second_moment``) or "swap" (each cycle, the swap that lowers
             ``D M Dᵀ`` most among all pairs of the row, until none does; needs ``second_moment``).
-            "cov", "cov_window" and "swap": no GPU kernel yet (``docs/KERNEL_CONTRACT.md``,
-            objectives 2 to 4).
+            "cov" and "cov_window": the "torch", "cpu" and "triton" backends; "swap": "torch"
+            and "triton" (``docs/KERNEL_CONTRACT.md``, objectives 2 to 4).
         mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
         second_moment: (cols, cols) float, ``E[x xᵀ]`` of the layer's inputs up to a positive scale
             (``CalibrationStats(..., hessian=True).hessian``); only for "cov", "cov_window", "swap".
@@ -453,13 +474,14 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
     (weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean) = validate_arguments(
         weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, sparsity, prune_n,
         prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, objective, mean)
-    second_moment = validate_second_moment(second_moment, objective, weight.shape[1], weight.device)
     if isinstance(window, bool) or not isinstance(window, int):
         raise TypeError(f"window must be an int, got {type(window).__name__}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     needs = OBJECTIVES[objective].needs
     chosen = _choose_backend(backend, weight.device, objective)
+    second_moment = validate_second_moment(second_moment, objective, weight.shape[1], weight.device,
+                                           keep_dtype=chosen.name == "triton")
     rows, cols = weight.shape
     if rows == 0 or cols == 0:
         mask = torch.zeros((rows, cols), dtype=torch.bool, device=weight.device)

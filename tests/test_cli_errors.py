@@ -50,7 +50,7 @@ CLI_CASES = [
     (["--update-threshold", "-1"], "--update-threshold"),
     (["--backend", "nope"], "--backend nope: unknown"),
     (["--backend", "cuda"], "--backend cuda cannot serve cpu"),
-    (["--objective", "cov", "--backend", "triton"], "objective cov runs on the cpu or torch backend"),
+    (["--objective", "cov", "--backend", "cuda"], "objective cov runs on the cpu or torch or triton backend"),
     (["--calib", "/missing/calib.txt"], "--calib /missing/calib.txt: no such file"),
     (["--calib", "{empty}"], "the file is empty"),
     (["--eval", "{tmp}"], "not a file"),

@@ -88,6 +88,6 @@ def test_prune_config_accepts_known_backends(good):
 
 def test_backend_report_names_objectives_a_backend_lacks():
     report = dk.backend_report("cpu", "cov")
-    assert "does not implement objective 'cov'" in report["triton"]
+    assert "does not implement objective 'cov'" in report["cuda"]
     assert report["torch"] is None
     assert dk.available_backends("cpu", "cov") == [n for n, why in report.items() if why is None]

@@ -12,8 +12,10 @@
 #   env -> build (setup.py build_ext --inplace, sm_90 by default) -> tests_cuda (parity tests) ->
 #   bench_refine (reference vs triton vs cuda on LLaMA shapes at 50/60/70% and 2:4, the copy-
 #   bandwidth floor, a layout sweep, scaling in columns) -> memcheck_cuda, racecheck_cuda
-#   (compute-sanitizer on the CUDA kernel) -> tests_triton -> sparse24 (2:4 sparse vs dense linear)
-#   -> memcheck_triton -> report.
+#   (compute-sanitizer on the CUDA kernel) -> tests_triton, tests_triton_cov -> sparse24 (2:4 sparse
+#   vs dense linear) -> bench_cov (objectives cov/cov_window/swap, triton vs the reference, the
+#   LLaMA-7B layer set) -> memcheck_triton, memcheck_triton_cov -> report. If the budget runs out
+#   before the cov stages, a second call: --only=bench_cov,tests_triton_cov,memcheck_triton_cov
 # Outputs in $OUT (default /tmp/gpu_check_out), at most 8 files, flat:
 #   gpu_check.log  results.json  bench.csv  sparse24.csv  sanitizer.txt  tests.txt  RESULTS_fragment.md
 # The last lines printed are the stage table and the benchmark table.
@@ -177,7 +179,7 @@ sanitize() {  # sanitize TOOL BACKEND [--small]
 export -f sanitize
 export SANITIZER KFILTER
 if [ -z "$SANITIZER" ] || [ "$DRY" = 1 ]; then
-  for n in memcheck_cuda racecheck_cuda memcheck_triton; do
+  for n in memcheck_cuda racecheck_cuda memcheck_triton memcheck_triton_cov; do
     record "$n" skipped 0 "$([ "$DRY" = 1 ] && echo 'dry run' || echo 'compute-sanitizer not found')"
   done
   echo "--- [sanitizer] skipped (dry run or no compute-sanitizer)" | tee -a "$LOG"
@@ -189,8 +191,10 @@ fi
 # ---- Triton parity tests -------------------------------------------------------------------------
 if [ "$DRY" = 1 ]; then
   record tests_triton skipped 0 "dry run (the interpreter suite runs in CI)"
+  record tests_triton_cov skipped 0 "dry run (the interpreter suite runs in CI)"
 else
   stage tests_triton 120 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE -m "not slow" tests/test_triton.py
+  stage tests_triton_cov 90 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE tests/test_triton_cov.py
 fi
 
 # ---- 2:4 sparse vs dense linear ------------------------------------------------------------------
@@ -205,8 +209,19 @@ if [ "$DRY" = 0 ]; then  # dk.to_sparse_24 on a real layer: outputs equal to the
   stage tests_sparse24 60 "$TESTS" "$PY" -m pytest -q -p no:cacheprovider -rfE -m gpu tests/test_sparse24.py
 fi
 
+# ---- objectives cov / cov_window / swap: triton vs the reference (benchmarks/gpu/bench_cov.py) ---------
+bench_cov() {
+  local extra=()
+  [ "$DRY" = 1 ] && extra+=(--dry-run)
+  [ "$QUICK" = 1 ] && extra+=(--quick)
+  BENCH_DEADLINE=$STAGE_DEADLINE "$PY" benchmarks/gpu/bench_cov.py --out "$WORK/cov.json" "${extra[@]}"
+}
+export -f bench_cov
+stage bench_cov 150 "$LOG" bench_cov
+
 if [ -n "$SANITIZER" ] && [ "$DRY" = 0 ] && [ "$QUICK" = 0 ]; then
   stage memcheck_triton 60 "$SAN" sanitize memcheck triton --small
+  stage memcheck_triton_cov 60 "$SAN" sanitize memcheck triton --cov
 fi
 
 # ---- report --------------------------------------------------------------------------------------

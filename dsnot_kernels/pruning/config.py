@@ -71,14 +71,14 @@ class PruneConfig:
             raise ValueError(f"initial must be one of {INITIAL_METHODS}, got {self.initial!r}")
         if self.objective not in OBJECTIVE_CHOICES:
             raise ValueError(f"objective must be one of {OBJECTIVE_CHOICES}, got {self.objective!r}")
-        if self.max_cycle_time is not None and (isinstance(self.max_cycle_time, bool) or not
-                                                isinstance(self.max_cycle_time, int) or self.max_cycle_time < 0):
-            raise ValueError(f"max_cycle_time must be None (the objective's default) or an int >= 0, "
-                             f"got {self.max_cycle_time!r}")
         if self.backend is not None:
             from dsnot_kernels.ops import BACKENDS
             if self.backend not in BACKENDS:
                 raise ValueError(f"backend must be None or one of {sorted(BACKENDS)}, got {self.backend!r}")
+        if self.max_cycle_time is not None and (isinstance(self.max_cycle_time, bool) or not
+                                                isinstance(self.max_cycle_time, int) or self.max_cycle_time < 0):
+            raise ValueError(f"max_cycle_time must be None (the objective's default) or an int >= 0, "
+                             f"got {self.max_cycle_time!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be an int >= 1, got {self.window!r}")
         self.prune_n, self.prune_m = parse_pattern(self.pattern)
