@@ -452,8 +452,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
             (each cycle, the swap that lowers ``D M Dᵀ`` most among the next ``window`` candidates
             of each cursor; needs ``second_moment``) or "swap" (each cycle, the swap that lowers
             ``D M Dᵀ`` most among all pairs of the row, until none does; needs ``second_moment``).
-            "cov" and "cov_window": the "torch", "cpu" and "triton" backends; "swap": "torch"
-            and "triton" (``docs/KERNEL_CONTRACT.md``, objectives 2 to 4).
+            "cov" and "cov_window": the "torch", "cpu" and "triton" backends; "swap": "torch",
+            "cpu" and "triton" (``docs/KERNEL_CONTRACT.md``, objectives 2 to 4).
         mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
         second_moment: (cols, cols) float, ``E[x xᵀ]`` of the layer's inputs up to a positive scale
             (``CalibrationStats(..., hessian=True).hessian``); only for "cov", "cov_window", "swap".
