@@ -158,9 +158,9 @@ def swap_default_cycles(cols: int) -> int:
     """Default cap of objective "swap": ``max(64, cols // 4)`` accepted swaps per row.
 
     The swaps a row needs to reach its local optimum grow with its width (measured on the embedded
-    model, benchmarks/RESULTS.md "Objective swap": 5-8 % of cols on average, the longest row 12 %,
-    at 50/60/70 % and 2:4); a quarter of the columns is twice the longest measured row, and still
-    bounds the time of a pathological row."""
+    model, benchmarks/RESULTS.md "Objective swap": 5-9 % of cols on average, the longest row 13 %,
+    at 50/60/70 % and 2:4); a quarter of the columns is about twice the longest measured row, and
+    still bounds the time of a pathological row."""
     return max(64, cols // 4)
 
 
