@@ -158,9 +158,9 @@ def swap_default_cycles(cols: int) -> int:
     """Default cap of objective "swap": ``max(64, cols // 4)`` accepted swaps per row.
 
     The swaps a row needs to reach its local optimum grow with its width (measured on the embedded
-    model, benchmarks/RESULTS.md "Objective swap": 5-8 % of cols on average, the longest row 12 %,
-    at 50/60/70 % and 2:4); a quarter of the columns is twice the longest measured row, and still
-    bounds the time of a pathological row."""
+    model, benchmarks/RESULTS.md "Objective swap": 5-9 % of cols on average, the longest row 13 %,
+    at 50/60/70 % and 2:4); a quarter of the columns is about twice the longest measured row, and
+    still bounds the time of a pathological row."""
     return max(64, cols // 4)
 
 
@@ -452,8 +452,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
             (each cycle, the swap that lowers ``D M Dᵀ`` most among the next ``window`` candidates
             of each cursor; needs ``second_moment``) or "swap" (each cycle, the swap that lowers
             ``D M Dᵀ`` most among all pairs of the row, until none does; needs ``second_moment``).
-            "cov" and "cov_window": the "torch", "cpu" and "triton" backends; "swap": "torch"
-            and "triton" (``docs/KERNEL_CONTRACT.md``, objectives 2 to 4).
+            "cov" and "cov_window": the "torch", "cpu" and "triton" backends; "swap": "torch",
+            "cpu" and "triton" (``docs/KERNEL_CONTRACT.md``, objectives 2 to 4).
         mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
         second_moment: (cols, cols) float, ``E[x xᵀ]`` of the layer's inputs up to a positive scale
             (``CalibrationStats(..., hessian=True).hessian``); only for "cov", "cov_window", "swap".

@@ -13,10 +13,12 @@
 // increasing lb_q order, and stops at the first lb_q above it. After an accepted swap the bounds
 // stay valid by exact bookkeeping: B moves by ΔB_r (computed), so L_q += min_r ΔB_r; the newly
 // pruned q* adds one pair per kept q (one row of M, O(cols)); the newly kept r* gets L = -inf and is
-// scanned when next needed. A second bound, Cauchy-Schwarz on M (|M_qr| <= rho s_q s_r,
-// s = sqrt(diag M), rho measured once per call), gives min_r (B_r - 2 rho a_q b_r) for every q in
-// O(cols) per cycle through the lower envelope of lines in a_q = |w_q| s_q; a row takes the larger
-// of the two. Every bound is lowered by a relative slack far above the rounding of the float64
+// scanned when next needed. A second bound, Cauchy-Schwarz on M per column (|M_qr| <= z_q z_r,
+// z_j = sqrt(M_jj rho_j), rho_j = max_r |M_jr| / sqrt(M_jj M_rr) measured once per call: most
+// channels of real layers correlate weakly with every other, rho_j ~ 0.2, while the largest
+// correlation of the whole matrix is ~0.99), gives min_r (B_r - 2 a_q a_r) for every q in O(cols)
+// per cycle through the lower envelope of lines in a_q = |w_q| z_q; a row takes the larger of the
+// two. Every bound is lowered by a relative slack far above the rounding of the float64
 // operations, so it bounds the COMPUTED delta: the search returns the pair the full scan returns
 // (tests/test_swap_cpu_kernel.py compares it with search=1, the full scan, and the reference).
 // N:M compares only pairs within a group: O(cols * M) per cycle, scanned in full.
@@ -49,10 +51,10 @@ struct SwapProblem {
   const uint8_t* init_mask = nullptr;  // (rows, cols), 1 = pruned
   const double* M = nullptr;           // (cols, cols), exactly symmetric
   const double* diag = nullptr;        // (cols,) M_jj
-  const double* sd = nullptr;          // (cols,) sqrt(max(M_jj, 0)) (Cauchy-Schwarz)
+  const double* z = nullptr;           // (cols,) s_j sqrt(rho_j) (1 + 1e-12), s = sqrt(diag M) (Cauchy-Schwarz)
   const double* g0 = nullptr;          // (rows, cols)
   double m_abs_max = 0.0;              // max |M_qr|
-  double rho = kInf;                   // max |M_qr| / (s_q s_r); inf = no Cauchy-Schwarz bound
+  double rho = kInf;                   // max_j rho_j (see z); inf = no Cauchy-Schwarz bound
   int prune_m = 0;                     // 0 = unstructured
   int64_t max_cycles = 0;
   int search = 0;                      // 0 = bounded (fast), 1 = full scan of every pair
@@ -70,47 +72,56 @@ typedef double v4d __attribute__((vector_size(32)));
 typedef int64_t v4l __attribute__((vector_size(32)));
 
 // Row q of the pair matrix: the first minimum over j of d_j = (a - (tq w_j) M_qj) + B_j, where
-// B_j = +inf on kept columns (never a pair). Pass 1: the minimum with independent accumulators;
-// pass 2: the first j whose d, recomputed with the same operations, equals it (-0.0 == +0.0, as a
-// scan with `<`). *arg = -1 if no finite d.
+// B_j = +inf on kept columns (never a pair). One pass: each of 8 lanes keeps its minimum and the
+// first index reaching it (strict <); the lanes' minima then tie-break by index, so the result is
+// the pair a scalar scan with `<` picks (-0.0 == +0.0). *arg = -1 if no finite d.
 DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const double* B, const double* Mq,
                                  int64_t n, int64_t* arg) {
   const v4d inf = {kInf, kInf, kInf, kInf};
   const v4d av = {a, a, a, a};
   const v4d tv = {tq, tq, tq, tq};
   v4d m0 = inf, m1 = inf;
-  auto vmin = [](v4d x, v4d y) { const v4l lt = x < y; return (v4d)(((v4l)x & lt) | ((v4l)y & ~lt)); };
+  v4l i0 = {-1, -1, -1, -1}, i1 = {-1, -1, -1, -1};
+  v4l j0 = {0, 1, 2, 3}, j1 = {4, 5, 6, 7};
+  const v4l step = {8, 8, 8, 8};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     v4d w0, w1, b0, b1, c0, c1;
     std::memcpy(&w0, w + j, sizeof(w0)); std::memcpy(&w1, w + j + 4, sizeof(w1));
     std::memcpy(&b0, B + j, sizeof(b0)); std::memcpy(&b1, B + j + 4, sizeof(b1));
     std::memcpy(&c0, Mq + j, sizeof(c0)); std::memcpy(&c1, Mq + j + 4, sizeof(c1));
-    m0 = vmin((av - (tv * w0) * c0) + b0, m0);
-    m1 = vmin((av - (tv * w1) * c1) + b1, m1);
+    const v4d d0 = (av - (tv * w0) * c0) + b0;
+    const v4d d1 = (av - (tv * w1) * c1) + b1;
+    const v4l l0 = d0 < m0, l1 = d1 < m1;
+    m0 = (v4d)(((v4l)d0 & l0) | ((v4l)m0 & ~l0));
+    m1 = (v4d)(((v4l)d1 & l1) | ((v4l)m1 & ~l1));
+    i0 = (j0 & l0) | (i0 & ~l0);
+    i1 = (j1 & l1) | (i1 & ~l1);
+    j0 += step;
+    j1 += step;
   }
-  const v4d mm = vmin(m0, m1);
   double v = kInf;
-  for (int l = 0; l < 4; ++l) v = mm[l] < v ? mm[l] : v;
-  for (; j < n; ++j) {
-    const double d = (a - (tq * w[j]) * Mq[j]) + B[j];
-    v = d < v ? d : v;
+  int64_t k = -1;
+  for (int l = 0; l < 4; ++l) {
+    if (m0[l] < v || (m0[l] == v && i0[l] < k)) { v = m0[l]; k = i0[l]; }
+    if (m1[l] < v || (m1[l] == v && i1[l] < k)) { v = m1[l]; k = i1[l]; }
   }
-  *arg = -1;
-  if (!(v < kInf)) return v;
-  for (int64_t k = 0; k < n; ++k)
-    if ((a - (tq * w[k]) * Mq[k]) + B[k] == v) { *arg = k; return v; }
+  for (; j < n; ++j) {  // the tail, after every vector index
+    const double d = (a - (tq * w[j]) * Mq[j]) + B[j];
+    if (d < v) { v = d; k = j; }
+  }
+  *arg = v < kInf ? k : -1;
   return v;
 }
 
 struct SwapScratch {
-  std::vector<double> w, g, A, B, Bold, L, cs, key, hm, hb;
+  std::vector<double> w, g, A, B, L, key, hm, hb;
   std::vector<uint8_t> pruned;
   std::vector<int32_t> ps, ks;                  // pruned / kept columns by (a_j, j) ascending
   std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle
   explicit SwapScratch(const SwapProblem& P) {
     const size_t c = static_cast<size_t>(P.cols);
-    w.resize(c); g.resize(c); A.resize(c); B.resize(c); Bold.resize(c); L.resize(c); cs.resize(c);
+    w.resize(c); g.resize(c); A.resize(c); B.resize(c); L.resize(c);
     key.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c);
   }
 };
@@ -126,9 +137,10 @@ inline double a_term(double w, double g, double md) { return (2.0 * w) * g + (w 
 inline double b_term(double w, double g, double md) { return (w * w) * md - (2.0 * w) * g; }
 
 // A on kept columns (+inf on pruned), B on pruned columns (+inf on kept); returns max |A|, |B|.
-// Branch-free: the kept/pruned pattern of a row is random.
-double side_terms(const SwapProblem& P, SwapScratch& S) {
-  double mx = 0.0;
+// With dmin: also the min (and max |.|) of B_new - B_old over the columns pruned before and after
+// (pruned now and not q_new). Branch-free: the kept/pruned pattern of a row is random.
+double side_terms(const SwapProblem& P, SwapScratch& S, int64_t q_new, double* dmin, double* dmax_abs) {
+  double mx = 0.0, dn = kInf, da = 0.0;
   const double* w = S.w.data();
   const double* g = S.g.data();
   const uint8_t* pr = S.pruned.data();
@@ -137,11 +149,17 @@ double side_terms(const SwapProblem& P, SwapScratch& S) {
   for (int64_t j = 0; j < P.cols; ++j) {
     const double a = a_term(w[j], g[j], P.diag[j]), b = b_term(w[j], g[j], P.diag[j]);
     const bool p = pr[j] != 0;
+    const bool both = p && j != q_new;
+    const double d = both ? b - B[j] : kInf;
+    dn = d < dn ? d : dn;
+    const double ad = both ? std::fabs(d) : 0.0;
+    da = ad > da ? ad : da;
     A[j] = p ? kInf : a;
     B[j] = p ? b : kInf;
     const double v = std::fabs(p ? b : a);
     mx = v > mx ? v : mx;
   }
+  if (dmin != nullptr) { *dmin = dn; *dmax_abs = da; }
   return mx;
 }
 
@@ -156,16 +174,16 @@ inline void move_between(std::vector<int32_t>& from, std::vector<int32_t>& to, i
   to.insert(std::lower_bound(to.begin(), to.end(), c, less), c);
 }
 
-// Cauchy-Schwarz bound of every kept q: cs_q <= min_{r pruned} (B_r - C_qr) up to rounding, from
-// |C_qr| <= 2 rho a_q a_r (a_j = |w_j| s_j): the lower envelope of the lines y = B_r - 2 rho a_r x
-// (r pruned, slopes decreasing in the a order) evaluated at x = a_q (kept, x increasing).
-void cs_bounds(const SwapProblem& P, SwapScratch& S) {
-  const double tr = 2.0 * P.rho;
+// Cauchy-Schwarz bounds: cs_q <= min_{r pruned} (B_r - C_qr) up to rounding, from
+// |C_qr| <= 2 a_q a_r (a_j = |w_j| z_j): the lower envelope of the lines y = B_r - 2 a_r x
+// (r pruned, slopes decreasing in the a order), built here (hm, hb; returns its size) and
+// evaluated at x = a_q for the kept q in increasing a order by Envelope::at.
+size_t build_envelope(SwapScratch& S) {
   double* hm = S.hm.data();
   double* hb = S.hb.data();
   size_t n = 0;
   for (const int32_t r : S.ps) {
-    const double m = -tr * S.key[r], b = S.B[r];
+    const double m = -2.0 * S.key[r], b = S.B[r];
     if (n > 0 && hm[n - 1] == m) {  // equal slopes: the lower intercept
       if (hb[n - 1] <= b) continue;
       --n;
@@ -176,14 +194,19 @@ void cs_bounds(const SwapProblem& P, SwapScratch& S) {
     hb[n] = b;
     ++n;
   }
-  size_t h = 0;
-  for (const int32_t q : S.ks) {
-    if (n == 0) { S.cs[q] = kInf; continue; }
-    const double x = S.key[q];
-    while (h + 1 < n && hb[h + 1] + hm[h + 1] * x <= hb[h] + hm[h] * x) ++h;
-    S.cs[q] = hb[h] + hm[h] * x;
-  }
+  return n;
 }
+
+struct Envelope {
+  const double* hm;
+  const double* hb;
+  size_t n, h = 0;
+  double at(double x) {  // x never decreases between calls
+    if (n == 0) return kInf;
+    while (h + 1 < n && hb[h + 1] + hm[h + 1] * x <= hb[h] + hm[h] * x) ++h;
+    return hb[h] + hm[h] * x;
+  }
+};
 
 // Unstructured cycles; returns the swap count.
 int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* pairs) {
@@ -204,7 +227,7 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
   if (n_pruned == 0 || n_kept == 0) return 0;
   const double c_max = ((2.0 * w_max) * w_max) * P.m_abs_max;  // every |cross term|
   const bool brute = P.search == 1;
-  double scale = side_terms(P, S) + c_max;
+  double scale = side_terms(P, S, -1, nullptr, nullptr) + c_max;
   // Far from overflow only (the bounds multiply two such magnitudes).
   const bool use_cs = !brute && std::isfinite(P.rho) && scale < 1e100;
   const KeyLess less{S.key.data()};
@@ -212,7 +235,7 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
     S.ps.clear();
     S.ks.clear();
     for (int64_t j = 0; j < cols; ++j) {
-      S.key[j] = std::fabs(w[j]) * P.sd[j];
+      S.key[j] = std::fabs(w[j]) * P.z[j];
       (S.pruned[j] ? S.ps : S.ks).push_back(static_cast<int32_t>(j));
     }
     std::sort(S.ps.begin(), S.ps.end(), less);
@@ -220,6 +243,9 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
   }
   for (int64_t j = 0; j < cols; ++j) L[j] = -kInf;
   int32_t swaps = 0;
+  bool pending = false;  // a swap whose bound update is still to apply
+  double dmin = 0.0, peps = 0.0, pb = 0.0, pw = 0.0;
+  const double* prow = nullptr;
   for (int64_t cycle = 0; cycle < P.max_cycles; ++cycle) {
     double best = 0.0;  // only pairs with delta < 0 matter: a row stops when none is
     int64_t bq = -1, br = -1;
@@ -234,20 +260,45 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
       for (int64_t q = 0; q < cols; ++q)
         if (!pr[q]) scan(q);
     } else {
-      if (use_cs) {
-        cs_bounds(P, S);
-        for (const int32_t q : S.ks) {
-          const double c = S.cs[q] - kSlack * 2.0 * (scale + std::fabs(S.cs[q]));
-          L[q] = c > L[q] ? c : L[q];
-        }
-      }
+      // One pass over the kept q: the last swap's bound update, the Cauchy-Schwarz bound (every
+      // cycle: measured best; every 2nd or 4th cycle read 2-5x more pairs), the candidates.
       S.cand.clear();
-      for (int64_t q = 0; q < cols; ++q) {  // A = +inf on pruned columns
-        const double lb = (A[q] + L[q]) - kSlack * (scale + std::fabs(L[q]));
+      auto bound = [&](int64_t q, double cs) {
+        double l = L[q];
+        if (pending) {  // B moved by >= dmin on the old pruned r; the new pair (q, q*)
+          const double pair = pb - ((2.0 * w[q]) * pw) * prow[q];
+          const double moved = (l + dmin) - (peps + kSlack * std::fabs(l));
+          const double lo = pair - kSlack * (scale + std::fabs(pair));
+          l = moved < lo ? moved : lo;
+        }
+        const double c = cs - kSlack * 2.0 * (scale + std::fabs(cs));
+        l = c > l ? c : l;
+        L[q] = l;
+        const double lb = (A[q] + l) - kSlack * (scale + std::fabs(l));
         if (lb < 0.0) S.cand.emplace_back(lb, q);
+      };
+      if (use_cs) {
+        Envelope env{S.hm.data(), S.hb.data(), build_envelope(S)};
+        for (const int32_t q : S.ks) bound(q, env.at(S.key[q]));
+      } else {
+        for (int64_t q = 0; q < cols; ++q)
+          if (!pr[q]) bound(q, -kInf);
       }
-      std::sort(S.cand.begin(), S.cand.end());
-      for (const auto& c : S.cand) {
+      if (pending) *pairs += n_kept;  // the (q, q*) pairs just read
+      pending = false;
+      // The lowest bound first (one scan gives an incumbent), then in order only those that can
+      // still reach it.
+      if (!S.cand.empty()) {
+        auto lo = std::min_element(S.cand.begin(), S.cand.end());
+        std::iter_swap(S.cand.begin(), lo);
+        scan(S.cand.front().second);
+        const double cut = best;
+        auto end = std::partition(S.cand.begin() + 1, S.cand.end(), [cut](const auto& c) { return c.first <= cut; });
+        S.cand.erase(end, S.cand.end());
+        std::sort(S.cand.begin() + 1, S.cand.end());
+      }
+      for (size_t t = 1; t < S.cand.size(); ++t) {
+        const auto& c = S.cand[t];
         if (c.first > best) break;
         scan(c.second);
       }
@@ -261,38 +312,24 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
     S.pruned[br] = 0;
     ++swaps;
     if (brute) {
-      scale = side_terms(P, S) + c_max;
+      scale = side_terms(P, S, -1, nullptr, nullptr) + c_max;
       continue;
     }
     if (use_cs) {
       move_between(S.ps, S.ks, static_cast<int32_t>(br), less);
       move_between(S.ks, S.ps, static_cast<int32_t>(bq), less);
     }
-    std::memcpy(S.Bold.data(), B, sizeof(double) * static_cast<size_t>(cols));
-    scale = std::max(scale, side_terms(P, S) + c_max);
-    // B moved by ΔB_r on the columns pruned before and after: every L_q moves by at least its min.
-    double dmin = kInf, dmax_abs = 0.0;
-    const double* bold = S.Bold.data();
-    for (int64_t j = 0; j < cols; ++j) {
-      const bool both = pr[j] != 0 && j != bq;
-      const double d = both ? B[j] - bold[j] : kInf;
-      dmin = d < dmin ? d : dmin;
-      const double ad = both ? std::fabs(d) : 0.0;
-      dmax_abs = ad > dmax_abs ? ad : dmax_abs;
-    }
+    // New A and B, and how far B moved on the columns pruned before and after (every L_q moves by
+    // at least the minimum); applied to the bounds at the next cycle's pass.
+    double dmax_abs = 0.0;
+    scale = std::max(scale, side_terms(P, S, bq, &dmin, &dmax_abs) + c_max);
     if (!(dmin < kInf)) dmin = 0.0;  // q* is the only pruned column now
-    const double eps = kSlack * (scale + dmax_abs);
-    const double* mrow = M + bq * cols;  // M[:, q*] = M[q*, :] (symmetric)
-    const double bnew = B[bq];
-    for (int64_t q = 0; q < cols; ++q) {  // kept q: the bound moved, and the new pair (q, q*)
-      const double pair = bnew - ((2.0 * w[q]) * wq) * mrow[q];
-      const double moved = (L[q] + dmin) - (eps + kSlack * std::fabs(L[q]));
-      const double lo = pair - kSlack * (scale + std::fabs(pair));
-      const double nl = moved < lo ? moved : lo;
-      L[q] = pr[q] ? L[q] : nl;
-    }
-    *pairs += n_kept;  // the (q, q*) pairs just read
-    L[br] = -kInf;    // r* is kept now: scanned when next needed (or bounded by Cauchy-Schwarz)
+    peps = kSlack * (scale + dmax_abs);
+    prow = M + bq * cols;  // M[:, q*] = M[q*, :] (symmetric)
+    pb = B[bq];
+    pw = wq;
+    pending = true;
+    L[br] = -kInf;  // r* is kept now: bounded by Cauchy-Schwarz, or scanned
   }
   return swaps;
 }
@@ -305,7 +342,7 @@ int32_t cycles_nm(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* p
   const double* A = S.A.data();
   const double* B = S.B.data();
   int32_t swaps = 0;
-  side_terms(P, S);
+  side_terms(P, S, -1, nullptr, nullptr);
   for (int64_t cycle = 0; cycle < P.max_cycles; ++cycle) {
     double best = kInf;
     int64_t bq = -1, br = -1;
@@ -327,7 +364,7 @@ int32_t cycles_nm(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* p
     S.pruned[bq] = 1;
     S.pruned[br] = 0;
     ++swaps;
-    side_terms(P, S);
+    side_terms(P, S, -1, nullptr, nullptr);
   }
   return swaps;
 }
@@ -389,29 +426,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
     if (!(diag[j] >= 0.0)) cs_ok = false;  // not PSD on its diagonal: no Cauchy-Schwarz bound
     sd[j] = std::sqrt(std::max(diag[j], 0.0));
   }
-  // rho = max |M_qr| / (s_q s_r) over q != r (M from float sums need not be exactly PSD); a
-  // nonzero entry next to a zero s makes it infinite (the bound is then not used). Rounded up.
-  double rho = 0.0;
-  for (int64_t q = 0; q < cols; ++q) {
-    const double* mq = M + q * cols;
-    for (int64_t r = 0; r < cols; ++r) {
-      const double a = std::fabs(mq[r]);
-      m_abs_max = std::max(m_abs_max, a);
-      if (r == q || a == 0.0) continue;
-      const double den = sd[q] * sd[r];
-      const double t = den > 0.0 ? a / den : kInf;
-      rho = std::max(rho, t);
+  // rho_j = max_{r != j} |M_jr| / (s_j s_r), per column (M from float sums need not be exactly PSD:
+  // rho_j may exceed 1); a nonzero entry next to a zero s makes it infinite (no bound is then used).
+  // Then |M_qr| <= min(rho_q, rho_r) s_q s_r <= z_q z_r with z_j = s_j sqrt(rho_j), rounded up by a
+  // relative 1e-12. One pass over M, rows in parallel.
+  std::vector<double> rho_col(cols, 0.0), row_abs(cols, 0.0);
+  at::parallel_for(0, cols, 16, [&](int64_t qb, int64_t qe) {
+    for (int64_t q = qb; q < qe; ++q) {
+      const double* mq = M + q * cols;
+      double ma = 0.0, mr = 0.0;
+      for (int64_t r = 0; r < cols; ++r) {
+        const double a = std::fabs(mq[r]);
+        ma = a > ma ? a : ma;
+        if (r == q || a == 0.0) continue;
+        const double den = sd[q] * sd[r];
+        const double t = den > 0.0 ? a / den : kInf;
+        mr = t > mr ? t : mr;
+      }
+      row_abs[q] = ma;
+      rho_col[q] = mr;
     }
+  });
+  double rho = 0.0;
+  std::vector<double> z(cols);
+  for (int64_t j = 0; j < cols; ++j) {
+    m_abs_max = std::max(m_abs_max, row_abs[j]);
+    rho = std::max(rho, rho_col[j]);
+    z[j] = (sd[j] * std::sqrt(rho_col[j])) * (1.0 + 1e-12);
   }
   if (!std::isfinite(m_abs_max)) cs_ok = false;
-  rho = rho * (1.0 + 1e-12);
   SwapProblem P;
   P.rows = rows; P.cols = cols;
   P.weight = weight.data_ptr();
   P.init_mask = reinterpret_cast<const uint8_t*>(initial_mask.data_ptr<bool>());
   P.M = M;
   P.diag = diag.data();
-  P.sd = sd.data();
+  P.z = z.data();
   P.g0 = g0.data_ptr<double>();
   P.m_abs_max = m_abs_max;
   P.rho = cs_ok && std::isfinite(rho) ? rho : kInf;
