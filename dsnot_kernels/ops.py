@@ -8,6 +8,8 @@ Backend choice: the ``backend`` argument, else the environment variable
 ``DSNOT_KERNELS_BACKEND``, else the best available for the weight's device
 (CUDA: ``cuda`` > ``triton`` > ``torch``; CPU: ``cpu`` > ``torch``). An explicitly requested
 backend that cannot serve raises; an automatic choice falls back and says so once.
+
+Which backends serve which objective, and what each objective needs, is one table: ``OBJECTIVES``.
 """
 from __future__ import annotations
 
@@ -21,12 +23,6 @@ import torch
 from dsnot_kernels import _extension
 from dsnot_kernels.reference import cov_g0, refine_mask_reference
 
-OBJECTIVES = {"dsnot": 0, "mse": 1, "cov": 2, "cov_window": 3}
-# Objectives that score swaps with the inputs' second moment (``second_moment=``); the reference
-# and the CPU kernel implement them (no GPU kernel yet): an automatic choice takes "cpu" on CPU
-# tensors when it is built, else "torch".
-SECOND_MOMENT_OBJECTIVES = ("cov", "cov_window")
-SECOND_MOMENT_BACKENDS = ("cpu", "torch")
 # Candidates per list that "cov_window" compares by default: measured on the embedded model (README
 # setup), 100 beat 50 at 50/60/70 % and 2:4 (benchmarks/experiments/RESULTS_window_sweep.md); 200
 # was better again at 70 % but doubles the mask time (the search is K² per cycle).
@@ -107,68 +103,83 @@ def _cov_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_ma
         max_cycle_time, update_threshold, pow_of_var_regrowing, window if objective == 3 else 0)
 
 
-def _choose_second_moment_backend(name, device: torch.device, objective: str) -> Backend:
-    """The backend of objectives "cov" and "cov_window": "cpu" or "torch"."""
-    if name is None:
-        name = os.environ.get(BACKEND_ENV) or None
-    if name is not None and name not in SECOND_MOMENT_BACKENDS:
-        raise ValueError(f"objective={objective!r} is implemented by the {' and '.join(map(repr, SECOND_MOMENT_BACKENDS))} "
-                         f"backends only, not {name!r}")
-    why = _serve_cov_cpu(device)
-    if name == "cpu" and why is not None:
-        raise RuntimeError(f"dsnot_kernels: backend 'cpu' cannot serve this call: {why}")
-    if name is None and why is not None and device.type == "cpu":
-        _extension.warn_once_missing()
-    if name == "cpu" or (name is None and why is None):
-        return Backend("cpu", _cov_cpu, _serve_cov_cpu)
-    return BACKENDS["torch"]
-
-
 def _triton_fn(*args):
     from dsnot_kernels.triton import refine_mask_triton
 
     return refine_mask_triton(*args)
 
 
-BACKENDS = {
-    "torch": Backend("torch", refine_mask_reference, _serve_torch),
+class Objective(NamedTuple):
+    code: int           # the op's objective id (docs/KERNEL_CONTRACT.md, "Objective <code>")
+    needs: tuple        # refine_mask arguments it needs beyond the weight and the three statistics
+    backends: dict      # backend name -> Backend, the implementations that serve it
+
+
+REFERENCE = Backend("torch", refine_mask_reference, _serve_torch)
+# The per-row rules of the authors' kind (err-driven cursors): the compiled op and the Triton kernels.
+RULE_BACKENDS = {
+    "torch": REFERENCE,
     "cpu": Backend("cpu", _compiled_op, _serve_cpu),
     "cuda": Backend("cuda", _compiled_op, _serve_cuda),
     "triton": Backend("triton", _triton_fn, _serve_triton),
 }
-_AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+# The objectives scored with the second moment M: the reference and csrc/cpu/refine_cov_cpu.cpp.
+COV_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _cov_cpu, _serve_cov_cpu)}
+
+# THE TABLE: every objective, what it needs and which backends serve it. Adding an objective or a
+# backend is one entry here (and its kernel), not a new branch in refine_mask.
+OBJECTIVES = {
+    #             code  needs                        backends
+    "dsnot":      Objective(0, (),                          RULE_BACKENDS),
+    "mse":        Objective(1, ("mean",),                   RULE_BACKENDS),
+    "cov":        Objective(2, ("second_moment",),          COV_BACKENDS),
+    "cov_window": Objective(3, ("second_moment", "window"), COV_BACKENDS),
+}
+SECOND_MOMENT_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if "second_moment" in o.needs)
+BACKENDS = RULE_BACKENDS  # every backend name appears here
+# The automatic choice: the first backend in this order that serves the objective on the device.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _fallback_said: set = set()
 
 
-def available_backends(device="cpu") -> list:
-    """Names of the backends that can serve tensors on ``device``, best first."""
+def available_backends(device="cpu", objective: str = "dsnot") -> list:
+    """Names of the backends that can serve ``objective`` on ``device`` tensors, best first."""
     device = torch.device(device)
-    order = list(_AUTO_ORDER.get(device.type, ("torch",)))
-    order += [n for n in BACKENDS if n not in order]
-    return [n for n in order if BACKENDS[n].can_serve(device) is None]
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+    served = OBJECTIVES[objective].backends
+    order = [n for n in AUTO_ORDER.get(device.type, ("torch",)) if n in served]
+    order += [n for n in served if n not in order]
+    return [n for n in order if served[n].can_serve(device) is None]
 
 
-def _choose_backend(name, device: torch.device) -> Backend:
+def _choose_backend(name, device: torch.device, objective: str = "dsnot") -> Backend:
+    """The backend of this call: ``name``, else $DSNOT_KERNELS_BACKEND, else the automatic choice."""
+    served = OBJECTIVES[objective].backends
     if name is None:
         name = os.environ.get(BACKEND_ENV) or None
     if name is not None:
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
-        why = BACKENDS[name].can_serve(device)
+        if name not in served:
+            raise ValueError(f"objective={objective!r} is implemented by the "
+                             f"{' and '.join(map(repr, sorted(served)))} backends only, not {name!r}")
+        why = served[name].can_serve(device)
         if why is not None:
             raise RuntimeError(f"dsnot_kernels: backend {name!r} cannot serve this call: {why}")
-        return BACKENDS[name]
-    for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
-        if BACKENDS[candidate].can_serve(device) is None:
-            if candidate == "torch" and device.type not in _fallback_said:
-                _fallback_said.add(device.type)
+        return served[name]
+    for candidate in AUTO_ORDER.get(device.type, ("torch",)):
+        if candidate in served and served[candidate].can_serve(device) is None:
+            if candidate == "torch" and (device.type, objective) not in _fallback_said:
+                _fallback_said.add((device.type, objective))
                 if device.type == "cpu":
                     _extension.warn_once_missing()
-                else:
-                    warnings.warn(f"dsnot_kernels: no compiled backend serves {device.type} tensors; "
-                                  "using the PyTorch reference", RuntimeWarning, stacklevel=3)
-            return BACKENDS[candidate]
-    return BACKENDS["torch"]
+                elif any(n != "torch" for n in served):
+                    warnings.warn(f"dsnot_kernels: no compiled backend serves {device.type} tensors for "
+                                  f"objective={objective!r}; using the PyTorch reference", RuntimeWarning,
+                                  stacklevel=3)
+            return served[candidate]
+    return REFERENCE
 
 
 def _check_tensor(name, t) -> None:
@@ -304,7 +315,7 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
                 r, g = bad[0].tolist()
                 raise ValueError(f"initial_mask is not {prune_n}:{prune_m}: row {r}, group {g} has "
                                  f"{int(per_group[r, g])} pruned ({bad.shape[0]} groups violate)")
-    if objective == "mse":
+    if "mean" in OBJECTIVES[objective].needs:
         if mean is None:
             raise ValueError('objective="mse" needs mean= (CalibrationStats.mean, the per-token input mean)')
         mean = _as_stat("mean", mean, cols, device)
@@ -380,10 +391,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         raise TypeError(f"window must be an int, got {type(window).__name__}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    if objective in SECOND_MOMENT_OBJECTIVES:
-        chosen = _choose_second_moment_backend(backend, weight.device, objective)
-    else:
-        chosen = _choose_backend(backend, weight.device)
+    needs = OBJECTIVES[objective].needs
+    chosen = _choose_backend(backend, weight.device, objective)
     rows, cols = weight.shape
     if rows == 0 or cols == 0:
         mask = torch.zeros((rows, cols), dtype=torch.bool, device=weight.device)
@@ -391,13 +400,13 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
     else:
         nm = prune_n > 0
         same_sign = True if nm else not bool(without_same_sign)
-        extra = {"second_moment": second_moment} if second_moment is not None else {}
-        if objective == "cov_window":
+        extra = {"second_moment": second_moment} if "second_moment" in needs else {}
+        if "window" in needs:
             extra["window"] = window
         mask, swaps = chosen.fn(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask,
                                 mean, float(sparsity) if not nm else 0.0, int(prune_n), int(prune_m),
                                 int(max_cycle_time), float(update_threshold), float(pow_of_var_regrowing),
-                                same_sign, OBJECTIVES[objective], **extra)
+                                same_sign, OBJECTIVES[objective].code, **extra)
     return (mask, swaps) if return_swaps else mask
 
 

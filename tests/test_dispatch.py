@@ -44,3 +44,21 @@ def test_empty_shapes():
     W = torch.zeros(0, 8)
     m = dk.refine_mask(W, torch.zeros(8), torch.ones(8), torch.ones(8))
     assert m.shape == (0, 8) and m.dtype == torch.bool
+
+
+def test_objective_table_drives_the_choice():
+    """Every objective's automatic choice is one of the backends its table row names, and a backend
+    the row does not name is refused with the names of those that serve it."""
+    from dsnot_kernels.ops import OBJECTIVES
+
+    for objective, row in OBJECTIVES.items():
+        names = dk.available_backends("cpu", objective=objective)
+        assert "torch" in names and set(names) <= set(row.backends), objective
+        for missing in set(dk.ops.BACKENDS) - set(row.backends):
+            with pytest.raises(ValueError, match=f"objective={objective!r} is implemented by"):
+                dk.ops._choose_backend(missing, torch.device("cpu"), objective)
+
+
+def test_available_backends_unknown_objective():
+    with pytest.raises(ValueError, match="objective must be one of"):
+        dk.available_backends("cpu", objective="nope")

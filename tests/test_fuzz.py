@@ -267,7 +267,7 @@ def op_args(kw):
     return (w, s, v, sc, metric, imask, mean, 0.0 if nm else float(kw["sparsity"]), kw["prune_n"],
             kw["prune_m"], kw["max_cycle_time"], float(kw["update_threshold"]),
             float(kw["pow_of_var_regrowing"]), True if nm else not kw["without_same_sign"],
-            dk.ops.OBJECTIVES[kw["objective"]])
+            dk.ops.OBJECTIVES[kw["objective"]].code)
 
 
 def call(kw, backend):
