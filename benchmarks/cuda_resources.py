@@ -8,7 +8,7 @@ extension's flags (-O3 --fmad=false) and -Xptxas -v, and parses registers, barri
 spill stores/loads and static shared memory per kernel and architecture. The dynamic shared memory
 of a block (control area + flags + the staged weight row) is computed from the same layout the
 launcher uses, with the control area's size read by compiling a two-line host program.
-tests/test_cuda_compile.py runs the same compile and fails on any error or spill.
+tests/test_cuda_nvcc.py runs the same compile and fails on any error or spill.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Perplexity of the embedded model (SmolLM2-135M-Instruct) pruned with Wanda, Wanda + DSnoT and
-Wanda + DSnoT with the "mse", "cov" and "cov_window" objectives, at 50/60/70 % unstructured and 2:4.
+Wanda + DSnoT with the "mse", "cov", "cov_window" and "swap" objectives, at 50/60/70 % unstructured and 2:4.
 
 Setup (stated in the JSON): calibration = --nsamples random windows x --seqlen tokens of the first
 half of pydoc_data.topics (default 16 x 256: the recorded run was made on 2 CPU cores shared with
@@ -34,15 +34,17 @@ METHODS = {  # name -> PruneConfig overrides; run order = round 1 for all patter
     "cov_all": dict(refine=True, skip="none", objective="cov"),
     "cov_window_all": dict(refine=True, skip="none", objective="cov_window", window=50),
     "cov_window100_all": dict(refine=True, skip="none", objective="cov_window", window=100),
+    "swap_all": dict(refine=True, skip="none", objective="swap"),
 }
-ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"]]
+ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"], ["swap_all"]]
 LABELS = {"dense": "dense", "wanda": "Wanda",
           "dsnot_attn": "Wanda + DSnoT, attention only (skip=mlp, the authors' default)",
           "dsnot_all": "Wanda + DSnoT, every sub-layer (skip=none)",
           "mse_all": "Wanda + DSnoT objective=mse, every sub-layer (skip=none)",
           "cov_all": "Wanda + DSnoT objective=cov, every sub-layer (skip=none)",
           "cov_window_all": "Wanda + DSnoT objective=cov_window (window 50), every sub-layer (skip=none)",
-          "cov_window100_all": "Wanda + DSnoT objective=cov_window (window 100), every sub-layer (skip=none)"}
+          "cov_window100_all": "Wanda + DSnoT objective=cov_window (window 100), every sub-layer (skip=none)",
+          "swap_all": "Wanda + objective=swap (best pair of the whole row, to a local optimum), every sub-layer"}
 
 
 def load(path=RESULTS) -> dict:
@@ -71,7 +73,8 @@ def table(data, key) -> str:
     dense = runs.get("dense")
     if dense:
         lines.append("| dense | " + " | ".join(f"{dense['ppl']:.2f}" for _ in order) + " |")
-    for method in ["wanda", "dsnot_attn", "dsnot_all", "mse_all", "cov_all", "cov_window_all", "cov_window100_all"]:
+    for method in ["wanda", "dsnot_attn", "dsnot_all", "mse_all", "cov_all", "cov_window_all", "cov_window100_all",
+                   "swap_all"]:
         cells = []
         for c in order:
             r = runs.get(f"{method}@{c}")

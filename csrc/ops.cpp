@@ -24,4 +24,10 @@ TORCH_LIBRARY(dsnot_kernels, m) {
       "Tensor? initial_metric, Tensor initial_mask, Tensor second_moment, Tensor g0, int prune_m, "
       "int max_cycle_time, float update_threshold, float pow_of_var_regrowing, int window) "
       "-> (Tensor, Tensor)");
+  // Objective 4 ("swap"): the best (kept, pruned) pair of the whole row per cycle while it lowers
+  // D M Dᵀ; initial mask and g0 as refine_mask_cov. search: 0 = the bounded exact search, 1 = the
+  // full scan of every pair (same result; for tests). Returns (mask, swaps, pairs read per row).
+  m.def(
+      "refine_mask_swap(Tensor weight, Tensor initial_mask, Tensor second_moment, Tensor g0, int prune_m, "
+      "int max_cycle_time, int search) -> (Tensor, Tensor, Tensor)");
 }

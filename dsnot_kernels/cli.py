@@ -1,8 +1,9 @@
-"""``dsnot-prune``: prune a causal LM layer by layer and compare perplexities (API.md).
+"""``dsnot-prune``: prune a causal LM layer by layer and compare perplexities (docs/API.md).
 
 With no ``--model`` it runs offline on the embedded SmolLM2-135M-Instruct and the standard
 library's pydoc_data.topics text (first half calibrates, second half evaluates). It prints a table
 (dense, initial-only and refined perplexity, times) and, with ``--json``, writes the same as JSON.
+Every argument that can be checked without the model is checked before it loads (exit status 2).
 """
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ from pathlib import Path
 
 import torch
 
-from dsnot_kernels.ops import OBJECTIVES
+from dsnot_kernels import cli_checks
+from dsnot_kernels.ops import DEFAULT_WINDOW, OBJECTIVES
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LEGEND = ("perplexity: lower is better. swaps: accepted DSnoT swaps (one pruned weight regrown, one kept "
+          "weight pruned), all layers.\nprune s: wall time of the whole layer-by-layer prune (forward "
+          "passes, statistics, masks). masks s: the part spent choosing masks (refine_mask).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="dsnot", choices=list(OBJECTIVES),
                    help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
                         "cov: only if the full output error drops (second moment per sub-layer; cpu or torch backend); "
-                        "cov_window: the best such swap among the next --window candidates of each cursor")
-    p.add_argument("--window", type=int, default=100, help="candidates per list for --objective cov_window")
-    p.add_argument("--max-cycle-time", type=int, default=50)
-    p.add_argument("--update-threshold", type=float, default=0.1)
-    p.add_argument("--pow-of-var-regrowing", type=float, default=1.0)
+                        "cov_window: the best such swap among the next --window candidates of each cursor; "
+                        "swap: the best swap among all pairs of the row, until none lowers the error")
+    p.add_argument("--also-objective", action="append", default=[], choices=list(OBJECTIVES), metavar="OBJECTIVE",
+                   help="one more refined run (and table row) with this objective, on the sub-layers of "
+                        "--also-skip; repeatable (the demo adds its best objective this way)")
+    p.add_argument("--also-skip", default="none", choices=["mlp", "none", "self_attn"],
+                   help="--skip of the --also-objective runs (default none: every sub-layer)")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="candidates per list for --objective cov_window")
+    p.add_argument("--max-cycle-time", type=int, default=None,
+                   help="swaps per row at most (0 = the initial mask only; default: the objective's, "
+                        "50; swap: max(64, cols // 4))")
+    p.add_argument("--update-threshold", type=float, default=0.1,
+                   help="a row stops swapping once |its output error| <= this (default 0.1; not used by swap)")
+    p.add_argument("--pow-of-var-regrowing", type=float, default=1.0,
+                   help="p in the regrowth key mean-shift / var**p (0 = no division by the variance; default 1)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration samples")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sample and eval window")
     p.add_argument("--eval-windows", type=int, default=16,
@@ -57,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "where it cannot run")
     p.add_argument("--sparse24-min-size", type=int, default=128,
                    help="layers with fewer rows or columns stay dense (default 128)")
-    p.add_argument("--save", default=None, metavar="DIR", help="write the pruned model (safetensors), atomically")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="write the pruned model (safetensors) to DIR, which must not exist or be empty; atomic")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --save: replace the model files in a non-empty DIR (other files are kept)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="dtype the model is loaded, pruned, evaluated and saved in (default float32; bfloat16 "
+                        "halves the saved file, and evaluates slower and less precisely on CPU)")
     p.add_argument("--json", default=None, metavar="REPORT.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -108,60 +131,140 @@ def plot_errors(report, path):
     plt.close(fig)
 
 
-def run(args) -> dict:
+class ArgumentError(ValueError):
+    """An argument that cannot work, found after the model loaded (e.g. a calibration file too short
+    for ``--seqlen``); reported like the checks before loading (exit status 2)."""
+
+
+def check_args(args) -> list:
+    """Check every argument that needs no model; return the ``PruneConfig`` of each run (initial
+    mask only, then refined unless ``--no-refine``). Raises ``ValueError`` with a one-line reason."""
+    import dsnot_kernels as dk
+    from dsnot_kernels.models import check_save_target
+
+    cli_checks.check_positive("--nsamples", args.nsamples)
+    cli_checks.check_positive("--seqlen", args.seqlen, 2)
+    cli_checks.check_positive("--eval-windows", args.eval_windows, 0)
+    cli_checks.check_positive("--batch-size", args.batch_size)
+    cli_checks.check_positive("--window", args.window)
+    cli_checks.check_positive("--max-cycle-time", args.max_cycle_time, 0)
+    cli_checks.check_positive("--threads", args.threads)
+    cli_checks.check_positive("--sparse24-min-size", args.sparse24_min_size, 0)
+    cli_checks.check_finite("--sparsity", args.sparsity)
+    cli_checks.check_finite("--update-threshold", args.update_threshold, 0.0)
+    cli_checks.check_finite("--pow-of-var-regrowing", args.pow_of_var_regrowing)
+    device = cli_checks.check_device(args.device)
+    cli_checks.check_backend(args.backend, device, args.objective)
+    for objective in args.also_objective:
+        cli_checks.check_backend(args.backend, device, objective)
+    if args.also_objective and args.no_refine:
+        raise ValueError("--also-objective adds refined runs; it cannot go with --no-refine")
+    runs = [(False, args.skip, args.objective)] + ([] if args.no_refine else [(True, args.skip, args.objective)])
+    runs += [(True, args.also_skip, objective) for objective in args.also_objective]
+    configs = []
+    for refine, skip, objective in runs:
+        try:
+            configs.append(dk.PruneConfig(
+                sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=skip,
+                objective=objective, window=args.window, max_cycle_time=args.max_cycle_time,
+                update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
+                backend=args.backend, batch_size=args.batch_size, device=args.device,
+                record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
+                progress=not args.quiet))
+        except ValueError as exc:
+            msg = str(exc)
+            for field in ("pattern", "sparsity", "skip", "initial", "objective", "window", "batch_size", "backend"):
+                if field in msg.split(",")[0]:
+                    msg = f"--{field.replace('_', '-')} {getattr(args, field)}: {msg}"
+                    break
+            raise ValueError(msg) from None
+    n, m = configs[0].prune_n, configs[0].prune_m
+    if n and args.sparsity not in (0.5, n / m):
+        raise ValueError(f"--sparsity {args.sparsity} with --pattern {args.pattern}: an N:M pattern prunes N of "
+                         f"every M weights (sparsity {n / m:g}); --sparsity is for unstructured pruning")
+    if args.sparse24:  # refuse before minutes of pruning, with the reason
+        from dsnot_kernels.sparse24 import sparse24_backend
+        if args.pattern != "2:4":
+            raise ValueError(f"--sparse24 needs --pattern 2:4 (got {args.pattern})")
+        why = sparse24_backend("cuda" if torch.cuda.is_available() else "cpu")[1]
+        if why is not None:
+            raise ValueError(f"--sparse24 refused: {why}")
+    cli_checks.check_text_file("--calib", args.calib)
+    cli_checks.check_text_file("--eval", args.eval_file)
+    cli_checks.check_output_file("--json", args.json)
+    cli_checks.check_output_file("--plot", args.plot)
+    if args.save:
+        try:
+            check_save_target(args.save, args.overwrite)
+        except OSError as exc:
+            raise ValueError(f"--save {exc}") from None
+    elif args.overwrite:
+        raise ValueError("--overwrite needs --save DIR")
+    cli_checks.check_model(args.model)
+    return configs
+
+
+def run(args, configs=None) -> dict:
+    """Load, evaluate, prune (initial mask, then refined), evaluate; print the table. ``configs``:
+    from ``check_args(args)`` (computed here when None)."""
     import dsnot_kernels as dk
     from dsnot_kernels.data import calibration_windows, load_texts, tokenize
     from dsnot_kernels.models import load_model, save_model
 
+    if configs is None:
+        configs = check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.sparse24:  # refuse before minutes of pruning, with the reason
-        from dsnot_kernels.sparse24 import sparse24_backend
-        if args.pattern != "2:4":
-            raise SystemExit(f"dsnot-prune: --sparse24 needs --pattern 2:4 (got {args.pattern})")
-        why = sparse24_backend("cuda" if torch.cuda.is_available() else "cpu")[1]
-        if why is not None:
-            raise SystemExit(f"dsnot-prune: --sparse24 refused: {why}")
-    record_error = args.record_error or bool(args.plot)
+    from dsnot_kernels.pruning.distributed import init_from_env
+    rank = init_from_env()  # under torchrun: every rank prunes its share; only rank 0 speaks and writes
+    if rank:
+        args.quiet, args.save, args.json = True, None, None
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
-    model, tokenizer, model_desc = load_model(args.model)
+    try:
+        model, tokenizer, model_desc = load_model(args.model, dtype=DTYPES[args.dtype])
+    except (OSError, ValueError) as exc:  # not found on the hub, no network, not a model folder
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArgumentError(f"--model {args.model}: cannot be loaded: {first}") from exc
     load_s = time.perf_counter() - t0
-    say(f"loaded {model_desc} in {load_s:.1f} s")
+    say(f"loaded {model_desc} ({args.dtype}) in {load_s:.1f} s")
     cal_text, eval_text, text_desc = load_texts(args.calib, args.eval_file)
-    calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed)
+    try:
+        calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed)
+    except ValueError as exc:
+        raise ArgumentError(f"--calib: {exc} (--seqlen {args.seqlen})") from None
     eval_ids = tokenize(tokenizer, eval_text)
+    if eval_ids.numel() < args.seqlen:
+        raise ArgumentError(f"--eval: {eval_ids.numel()} evaluation tokens are fewer than one window of "
+                            f"--seqlen {args.seqlen}")
     windows = args.eval_windows or None
     n_windows = min(eval_ids.numel() // args.seqlen, windows or 10**9)
 
-    def ppl():
+    def ppl(what):
         t = time.perf_counter()
-        return dk.perplexity(model, eval_ids, args.seqlen, max_windows=windows), time.perf_counter() - t
+        value = dk.perplexity(model, eval_ids, args.seqlen, max_windows=windows, progress=not args.quiet,
+                              desc=f"perplexity ({what})")
+        return value, time.perf_counter() - t
 
     result = {"model": model_desc, "calibration": f"{args.nsamples} x {args.seqlen} tokens: {text_desc['calibration']}",
               "evaluation": f"{n_windows} x {args.seqlen} tokens: {text_desc['evaluation']}",
-              "load_time_s": load_s, "rows": [], "reports": []}
+              "dtype": args.dtype, "load_time_s": load_s, "rows": [], "reports": []}
     if not args.no_dense:
-        value, dt = ppl()
+        value, dt = ppl("dense")
         result["rows"].append({"method": "dense", "ppl": value, "prune_time_s": 0.0, "mask_time_s": 0.0,
                                "eval_time_s": dt, "sparsity": 0.0, "swaps": 0})
         say(f"dense perplexity {value:.3f}")
-    dense = {k: v.detach().clone() for k, v in model.state_dict().items()} if not args.no_refine else None
-    runs = [False] + ([] if args.no_refine else [True])
-    for refine in runs:
-        if refine:
+    dense = {k: v.detach().clone() for k, v in model.state_dict().items()} if len(configs) > 1 else None
+    for k, config in enumerate(configs):
+        refine = config.refine
+        if k > 0:
             model.load_state_dict(dense)
+        if k == len(configs) - 1:
             dense = None
-        config = dk.PruneConfig(
-            sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=args.skip,
-            objective=args.objective, window=args.window, max_cycle_time=args.max_cycle_time, update_threshold=args.update_threshold,
-            pow_of_var_regrowing=args.pow_of_var_regrowing, backend=args.backend, batch_size=args.batch_size,
-            device=args.device, record_error=record_error and (refine or args.no_refine),
-            progress=not args.quiet)
-        label = _label(args.initial, refine, args.objective, args.skip)
+        label = _label(args.initial, refine, config.objective, config.skip)
         say(f"pruning: {label}")
         report = dk.prune_model(model, calib, config)
-        value, dt = ppl()
+        value, dt = ppl(label)
         say(f"{label}: perplexity {value:.3f}")
         result["rows"].append({"method": label, "ppl": value, "prune_time_s": report["total_time_s"],
                                "mask_time_s": report["mask_time_s"], "eval_time_s": dt,
@@ -170,17 +273,18 @@ def run(args) -> dict:
     if args.sparse24:
         model.to("cuda", torch.float16)
         result["sparse24"] = dk.to_sparse_24(model, dtype=torch.float16, min_size=args.sparse24_min_size)
-        value, dt = ppl()
+        value, dt = ppl("2:4 sparse fp16")
         say(f"2:4 semi-structured (fp16): perplexity {value:.3f}")
         result["rows"].append({"method": result["rows"][-1]["method"] + " [2:4 sparse fp16]", "ppl": value,
                                "prune_time_s": 0.0, "mask_time_s": 0.0, "eval_time_s": dt,
                                "sparsity": result["rows"][-1]["sparsity"], "swaps": result["rows"][-1]["swaps"]})
-    print(format_table(result))
-    if args.plot:
+    if not rank:
+        print(format_table(result))
+    if args.plot and not rank:
         plot_errors(result["reports"][-1], args.plot)
         say(f"wrote {args.plot}")
     if args.save:
-        say(f"saved {save_model(model, tokenizer, args.save)}")
+        say(f"saved {save_model(model, tokenizer, args.save, overwrite=args.overwrite)}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         say(f"wrote {args.json}")
@@ -196,12 +300,23 @@ def format_table(result) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['method']:<40} | {r['ppl']:>10.3f} | {r['sparsity']:>8.4f} | {r['swaps']:>8d} | "
                      f"{r['prune_time_s']:>8.1f} | {r['mask_time_s']:>8.2f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", LEGEND])
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    run(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        configs = check_args(args)  # before anything loads
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        run(args, configs)
+    except ArgumentError as exc:
+        parser.error(str(exc))
+    finally:
+        from dsnot_kernels.pruning.distributed import close_own_group
+        close_own_group()
     return 0
 
 

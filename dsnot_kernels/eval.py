@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def perplexity(model, token_ids: torch.Tensor, seqlen: int, *, max_windows=None, batch_size: int = 1,
-               device=None) -> float:
+               device=None, progress: bool = False, desc: str = "perplexity") -> float:
     """Perplexity of ``model`` on ``token_ids`` ((N,) or (1, N) ints) in windows of ``seqlen`` tokens.
 
     max_windows: evaluate only the first windows (None = all). device: where inputs go (default:
-    the model's first parameter's device).
+    the model's first parameter's device). progress: a tqdm bar over the windows, labelled ``desc``.
     """
     ids = token_ids.reshape(-1).long()
     seqlen = int(seqlen)
@@ -34,7 +34,11 @@ def perplexity(model, token_ids: torch.Tensor, seqlen: int, *, max_windows=None,
     model.eval()
     total = 0.0
     try:
-        for start in range(0, windows, batch_size):
+        starts = range(0, windows, batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc=desc, unit="batch")
+        for start in starts:
             stop = min(start + batch_size, windows)
             inputs = ids[start * seqlen: stop * seqlen].reshape(stop - start, seqlen).to(device)
             logits = model(input_ids=inputs, use_cache=False).logits

@@ -13,7 +13,6 @@ import importlib.util
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 import torch
@@ -89,34 +88,79 @@ def load_model(path=None, dtype=torch.float32, device=None):
     return model, tokenizer, desc
 
 
-def save_model(model, tokenizer, directory) -> Path:
-    """Write a loadable Hugging Face folder (safetensors) at ``directory``, atomically.
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
-    Everything is written to a temporary folder beside ``directory`` first; only a complete copy
-    is renamed into place. An existing ``directory`` is moved aside just before the rename and
-    deleted after it (put back if the rename fails), so ``directory`` never holds a half-written
-    model.
+
+def check_save_target(directory, overwrite: bool = False) -> Path:
+    """The resolved target of ``save_model``; raises before any work when it cannot be used.
+
+    Refused: an existing path that is not a folder (``NotADirectoryError``: a model is a folder, and
+    we never delete what we did not write), a folder that is not empty unless ``overwrite``
+    (``FileExistsError``), a folder whose parent is a file. Returns the resolved path.
     """
-    target = Path(directory).resolve()
+    target = Path(directory).expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{directory} exists and is not a folder; a model is saved as a folder "
+                                 "(choose another path or remove the file yourself)")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{directory} is not empty; pass overwrite=True (--overwrite) to replace the "
+                              "model files in it (other files are kept)")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{parent} is not a folder, so {directory} cannot be created")
+            break
+    return target
+
+
+def save_model(model, tokenizer, directory, overwrite: bool = False) -> Path:
+    """Write a loadable Hugging Face folder (safetensors) at ``directory``; returns its resolved path.
+
+    ``directory`` must not exist, or be an empty folder, or (with ``overwrite=True``) a folder whose
+    model files are replaced. Nothing we did not write is ever deleted, moved or hidden: an
+    existing file at ``directory`` is refused even with ``overwrite``, and in an existing folder
+    only the files this save writes are replaced (others, e.g. notes or an older shard, stay).
+
+    Everything is first written to a temporary folder beside ``directory``. A new or empty
+    target gets that complete folder by one rename (atomic). With ``overwrite`` into a non-empty
+    folder each file is moved in by its own atomic rename: every file is either the old or the new
+    one, never half-written. Permissions are the ordinary ones: folders ``0o777 & ~umask``, files
+    ``0o666 & ~umask``.
+    """
+    target = check_save_target(directory, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
+    umask = _umask()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.rename(old, target)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        for root, dirs, files in os.walk(tmp):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~umask)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        target = check_save_target(directory, overwrite)  # again: it may have changed meanwhile
+        if not target.exists() or not any(target.iterdir()):
+            os.replace(tmp, target)  # replaces an empty folder too (POSIX rename)
+        else:
+            _move_into(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move every file under ``src`` to the same place under ``dst``, one atomic rename each."""
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        for d in dirs:
+            (dst / rel / d).mkdir(exist_ok=True)
+        for f in files:
+            os.replace(Path(root) / f, dst / rel / f)

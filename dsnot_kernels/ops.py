@@ -1,6 +1,6 @@
-"""The public kernel API: ``refine_mask`` and ``available_backends``.
+"""The public kernel API: ``refine_mask``, ``available_backends`` and ``backend_report``.
 
-Every call is validated and canonicalised here (spec: ALGORITHM.md §2-§3, numerics:
+Every call is validated and canonicalised here (spec: docs/ALGORITHM.md §2-§3, numerics:
 docs/KERNEL_CONTRACT.md), then handed to one backend. All backends take the same positional
 arguments as the compiled op ``dsnot_kernels::refine_mask`` and return ``(mask, swaps)``.
 
@@ -42,6 +42,8 @@ def _compiled_op(*args):
 
 
 def _serve_torch(device: torch.device) -> "str | None":
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "this torch has no usable CUDA (torch.cuda.is_available() is False)"
     return None
 
 
@@ -72,6 +74,8 @@ def _serve_triton(device: torch.device) -> "str | None":
         return "the triton backend serves CPU tensors only under TRITON_INTERPRET=1"
     if device.type not in ("cpu", "cuda"):
         return f"the triton backend does not serve {device.type} tensors"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "the triton backend needs a CUDA device, and torch.cuda.is_available() is False"
     try:
         from dsnot_kernels.triton import refine_mask_triton  # noqa: F401
     except ImportError as exc:
@@ -103,16 +107,61 @@ def _cov_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_ma
         max_cycle_time, update_threshold, pow_of_var_regrowing, window if objective == 3 else 0)
 
 
+def _serve_swap_cpu(device: torch.device) -> "str | None":
+    why = _serve_cpu(device)
+    if why is None and not _extension.has_kernel("CPU", "refine_mask_swap"):
+        why = "the compiled extension has no refine_mask_swap kernel (rebuild it)"
+    return why
+
+
+def _swap_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean, sparsity,
+              prune_n, prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, same_sign,
+              objective, second_moment=None):
+    """Objective 4 ("swap") on the CPU kernel: the initial mask (compiled op, 0 cycles) and
+    g0 = D0 @ M (the reference's one matmul) here, the exact best-pair search in C++
+    (csrc/cpu/refine_swap_cpu.cpp)."""
+    if initial_mask is None:
+        initial_mask, _ = _compiled_op(weight, sum_metric_row, var, scaler_row, initial_metric, None, None,
+                                       sparsity, prune_n, prune_m, 0, update_threshold, pow_of_var_regrowing,
+                                       same_sign, 0)
+    if max_cycle_time == 0:
+        return initial_mask.clone(), torch.zeros(weight.shape[0], dtype=torch.int32)
+    g0 = cov_g0(weight, initial_mask, second_moment)
+    mask, swaps, _pairs = torch.ops.dsnot_kernels.refine_mask_swap.default(
+        weight, initial_mask, second_moment, g0, prune_m, max_cycle_time, 0)
+    return mask, swaps
+
+
 def _triton_fn(*args):
     from dsnot_kernels.triton import refine_mask_triton
 
     return refine_mask_triton(*args)
 
 
+def _cov_triton(*args, **kw):
+    """Objectives 2 and 3 on Triton (dsnot_kernels/triton/cov_launch.py): the initial mask and g0
+    (the reference's matmul) there, the cycles in one fused per-row kernel."""
+    from dsnot_kernels.triton.cov_launch import refine_mask_cov_triton
+
+    return refine_mask_cov_triton(*args, **kw)
+
+
 class Objective(NamedTuple):
     code: int           # the op's objective id (docs/KERNEL_CONTRACT.md, "Objective <code>")
     needs: tuple        # refine_mask arguments it needs beyond the weight and the three statistics
     backends: dict      # backend name -> Backend, the implementations that serve it
+    # max_cycle_time when the caller passes None: an int, or a function of the weight's columns
+    default_cycles: "int | Callable[[int], int]" = 50
+
+
+def swap_default_cycles(cols: int) -> int:
+    """Default cap of objective "swap": ``max(64, cols // 4)`` accepted swaps per row.
+
+    The swaps a row needs to reach its local optimum grow with its width (measured on the embedded
+    model, benchmarks/RESULTS.md "Objective swap": 5-8 % of cols on average, the longest row 12 %,
+    at 50/60/70 % and 2:4); a quarter of the columns is twice the longest measured row, and still
+    bounds the time of a pathological row."""
+    return max(64, cols // 4)
 
 
 REFERENCE = Backend("torch", refine_mask_reference, _serve_torch)
@@ -123,8 +172,14 @@ RULE_BACKENDS = {
     "cuda": Backend("cuda", _compiled_op, _serve_cuda),
     "triton": Backend("triton", _triton_fn, _serve_triton),
 }
-# The objectives scored with the second moment M: the reference and csrc/cpu/refine_cov_cpu.cpp.
-COV_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _cov_cpu, _serve_cov_cpu)}
+# The objectives scored with the second moment M: the reference, csrc/cpu/refine_cov_cpu.cpp and
+# dsnot_kernels/triton/cov.py (no CUDA C++: docs/KERNEL_CONTRACT.md, "Objectives 2 and 3 on GPUs").
+COV_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _cov_cpu, _serve_cov_cpu),
+                "triton": Backend("triton", _cov_triton, _serve_triton)}
+# Objective 4: the reference, csrc/cpu (refine_mask_swap) and dsnot_kernels/triton/swap.py (the
+# launcher of objectives 2 and 3).
+SWAP_BACKENDS = {"torch": REFERENCE, "cpu": Backend("cpu", _swap_cpu, _serve_swap_cpu),
+                 "triton": Backend("triton", _cov_triton, _serve_triton)}
 
 # THE TABLE: every objective, what it needs and which backends serve it. Adding an objective or a
 # backend is one entry here (and its kernel), not a new branch in refine_mask.
@@ -134,6 +189,7 @@ OBJECTIVES = {
     "mse":        Objective(1, ("mean",),                   RULE_BACKENDS),
     "cov":        Objective(2, ("second_moment",),          COV_BACKENDS),
     "cov_window": Objective(3, ("second_moment", "window"), COV_BACKENDS),
+    "swap":       Objective(4, ("second_moment",),          SWAP_BACKENDS, swap_default_cycles),
 }
 SECOND_MOMENT_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if "second_moment" in o.needs)
 BACKENDS = RULE_BACKENDS  # every backend name appears here
@@ -142,15 +198,32 @@ AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _fallback_said: set = set()
 
 
-def available_backends(device="cpu", objective: str = "dsnot") -> list:
-    """Names of the backends that can serve ``objective`` on ``device`` tensors, best first."""
+def default_max_cycle_time(objective: str, cols: int) -> int:
+    """The ``max_cycle_time`` that ``refine_mask(..., max_cycle_time=None)`` uses for ``objective``
+    on a weight of ``cols`` columns (50 for the cursor objectives; "swap": ``swap_default_cycles``)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+    d = OBJECTIVES[objective].default_cycles
+    return int(d(int(cols))) if callable(d) else int(d)
+
+
+def backend_report(device="cpu", objective: str = "dsnot") -> dict:
+    """``{backend name: None if it can serve objective on device tensors, else the reason why not}``,
+    every backend, best first."""
     device = torch.device(device)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     served = OBJECTIVES[objective].backends
-    order = [n for n in AUTO_ORDER.get(device.type, ("torch",)) if n in served]
-    order += [n for n in served if n not in order]
-    return [n for n in order if served[n].can_serve(device) is None]
+    order = list(AUTO_ORDER.get(device.type, ("torch",)))
+    order += [n for n in BACKENDS if n not in order]
+    return {n: (served[n].can_serve(device) if n in served
+                else f"the {n} backend does not implement objective {objective!r}") for n in order}
+
+
+def available_backends(device="cpu", objective: str = "dsnot") -> list:
+    """Names of the backends that can serve ``objective`` on ``device`` tensors, best first ([] when
+    none can: e.g. "cuda" on a torch without CUDA). ``backend_report`` says why the others cannot."""
+    return [n for n, why in backend_report(device, objective).items() if why is None]
 
 
 def _choose_backend(name, device: torch.device, objective: str = "dsnot") -> Backend:
@@ -324,11 +397,13 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
     return weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean
 
 
-def validate_second_moment(second_moment, objective, cols, device):
-    """The (cols, cols) second-moment matrix of objectives "cov" and "cov_window" as float64, exactly symmetric
+def validate_second_moment(second_moment, objective, cols, device, keep_dtype=False):
+    """The (cols, cols) second-moment matrix of objectives "cov", "cov_window", "swap" as float64, exactly symmetric
     (``(M + Mᵀ) / 2``, so that M[q, r] == M[r, q] whatever summation order produced it); None for
     the other objectives. Any positive scale works (``CalibrationStats.hessian`` as it is): the
-    objective only compares a change of the loss with 0."""
+    objective only compares a change of the loss with 0. ``keep_dtype`` (the triton backend): an
+    exactly symmetric float32/float64 M as it is, no copy (``triton.cov_launch.second_moment_for_triton``:
+    the same values as the float64 conversion, and no 8 cols² bytes copy)."""
     if objective not in SECOND_MOMENT_OBJECTIVES:
         return None
     if second_moment is None:
@@ -337,6 +412,12 @@ def validate_second_moment(second_moment, objective, cols, device):
     _check_placed("second_moment", second_moment, (cols, cols), device)
     if not second_moment.is_floating_point():
         raise ValueError(f"second_moment must be floating point, got {second_moment.dtype}")
+    if keep_dtype:
+        if not _all_finite(second_moment):
+            raise ValueError("second_moment has non-finite values (NaN or inf)")
+        from dsnot_kernels.triton.cov_launch import second_moment_for_triton
+
+        return second_moment_for_triton(second_moment)
     m = second_moment.to(torch.float64)
     if not _all_finite(m):
         raise ValueError("second_moment has non-finite values (NaN or inf)")
@@ -344,7 +425,7 @@ def validate_second_moment(second_moment, objective, cols, device):
 
 
 def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None,
-                sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
+                sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=None, update_threshold=0.1,
                 pow_of_var_regrowing=1.0, without_same_sign=True, backend=None, objective="dsnot",
                 mean=None, second_moment=None, window=DEFAULT_WINDOW, return_swaps=False):
     """DSnoT: initial mask plus training-free refinement of one linear layer (spec §2-§3).
@@ -359,7 +440,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
             selection (for N:M it must be N:M already).
         sparsity: unstructured ratio in [0, 1); ``int(cols * sparsity)`` pruned per row.
         prune_n, prune_m: N:M pattern when ``prune_n > 0`` (cols divisible by ``prune_m``).
-        max_cycle_time: swap cycles per row (0 = the initial mask only).
+        max_cycle_time: swap cycles per row (0 = the initial mask only); None = the objective's
+            default (``default_max_cycle_time``: 50, "swap": ``max(64, cols // 4)``).
         update_threshold: a row stops once ``|err| <= update_threshold`` (float32 compare).
         pow_of_var_regrowing: p in the growth key ``dm / var**p`` (0 = no division).
         without_same_sign: unstructured only; False applies the same-sign rule (N:M always does).
@@ -368,11 +450,13 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
             row's mean² + variance output error; needs ``mean``) or "cov" (accept a swap only if it
             lowers the row's full output error ``D M Dᵀ``; needs ``second_moment``) or "cov_window"
             (each cycle, the swap that lowers ``D M Dᵀ`` most among the next ``window`` candidates
-            of each cursor; needs ``second_moment``). "cov" and "cov_window": the "torch" and
-            "cpu" backends, no GPU kernel yet (``docs/KERNEL_CONTRACT.md``, objectives 2 and 3).
+            of each cursor; needs ``second_moment``) or "swap" (each cycle, the swap that lowers
+            ``D M Dᵀ`` most among all pairs of the row, until none does; needs ``second_moment``).
+            "cov" and "cov_window": the "torch", "cpu" and "triton" backends; "swap": "torch"
+            and "triton" (``docs/KERNEL_CONTRACT.md``, objectives 2 to 4).
         mean: (cols,) float, ``CalibrationStats.mean``; only for ``objective="mse"``.
         second_moment: (cols, cols) float, ``E[x xᵀ]`` of the layer's inputs up to a positive scale
-            (``CalibrationStats(..., hessian=True).hessian``); only for "cov" and "cov_window".
+            (``CalibrationStats(..., hessian=True).hessian``); only for "cov", "cov_window", "swap".
         window: candidates per list (prune and regrow) that "cov_window" compares each cycle,
             an int >= 1 (it compares up to ``window**2`` pairs; N:M: ``window * M``).
         return_swaps: also return the (rows,) int32 count of accepted swaps per row.
@@ -383,16 +467,21 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
     """
     if isinstance(without_same_sign, (str, bytes)) or without_same_sign not in (True, False):
         raise TypeError(f"without_same_sign must be a bool, got {without_same_sign!r}")
+    if max_cycle_time is None:  # the objective's default (a bad objective or weight raises below)
+        cols = weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() >= 1 else 0
+        known = isinstance(objective, str) and objective in OBJECTIVES
+        max_cycle_time = default_max_cycle_time(objective, cols) if known else 0
     (weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean) = validate_arguments(
         weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, sparsity, prune_n,
         prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, objective, mean)
-    second_moment = validate_second_moment(second_moment, objective, weight.shape[1], weight.device)
     if isinstance(window, bool) or not isinstance(window, int):
         raise TypeError(f"window must be an int, got {type(window).__name__}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     needs = OBJECTIVES[objective].needs
     chosen = _choose_backend(backend, weight.device, objective)
+    second_moment = validate_second_moment(second_moment, objective, weight.shape[1], weight.device,
+                                           keep_dtype=chosen.name == "triton")
     rows, cols = weight.shape
     if rows == 0 or cols == 0:
         mask = torch.zeros((rows, cols), dtype=torch.bool, device=weight.device)
@@ -427,3 +516,11 @@ if _extension._C is not None and hasattr(torch.ops.dsnot_kernels, "refine_mask_c
         mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
         swaps = torch.empty((weight.shape[0],), dtype=torch.int32, device=weight.device)
         return mask, swaps
+
+if _extension._C is not None and hasattr(torch.ops.dsnot_kernels, "refine_mask_swap"):  # (a stale build lacks it)
+    @torch.library.register_fake("dsnot_kernels::refine_mask_swap")
+    def _refine_mask_swap_fake(weight, initial_mask, second_moment, g0, prune_m, max_cycle_time, search):
+        mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+        swaps = torch.empty((weight.shape[0],), dtype=torch.int32, device=weight.device)
+        pairs = torch.empty((weight.shape[0],), dtype=torch.int64, device=weight.device)
+        return mask, swaps, pairs

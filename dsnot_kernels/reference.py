@@ -1,4 +1,4 @@
-"""The PyTorch reference of DSnoT: the executable spec (ALGORITHM.md §2-§3).
+"""The PyTorch reference of DSnoT: the executable spec (docs/ALGORITHM.md §2-§3).
 
 Vectorised over rows, one set of tensor ops per cycle, like the authors' ``prune_DSnoT``; full
 stable sorts where they sort. Every other backend must return the same masks on the same inputs
@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dsnot_kernels.reference_swap import refine_swap
 from dsnot_kernels.reference_window import cov_g0, refine_cov_window
 
 SUM_LANES = 256
@@ -106,8 +107,9 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
                           pow_of_var_regrowing, same_sign, objective, second_moment=None, window=None):
     """Reference backend: the op's positional arguments (validated by ``ops.refine_mask``).
 
-    ``second_moment``: (cols, cols) float64, exactly symmetric; objectives 2 ("cov") and 3
-    ("cov_window", with ``window`` candidates per list: ``reference_window``) only.
+    ``second_moment``: (cols, cols) float64, exactly symmetric; objectives 2 ("cov"), 3
+    ("cov_window", with ``window`` candidates per list: ``reference_window``) and 4 ("swap", the
+    best pair of the whole row: ``reference_swap``) only.
     Objective 2 (contract "Objective 2"): with D = W on the pruned set P (float64) and M the second
     moment, the row's loss is L(P) = D M Dᵀ and g = D M (one float64 matmul per call, then updated
     per accepted swap). A pair (prune q, regrow r) changes L by
@@ -129,6 +131,8 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
     swaps = torch.zeros(rows, dtype=torch.int32, device=dev)
     if max_cycle_time == 0:
         return mask, swaps
+    if objective == 4:  # "swap": the best pair of the whole row, from this initial mask (reference_swap.py)
+        return refine_swap(W, mask, second_moment, max_cycle_time=max_cycle_time, prune_m=prune_m if nm else 0)
 
     err = lane_sum(torch.where(mask, dm, torch.zeros((), device=dev)))
     sign0 = torch.sign(err)

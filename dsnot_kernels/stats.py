@@ -1,7 +1,8 @@
 """Calibration statistics of one linear layer's inputs (spec §1).
 
 The statistics follow the authors' ``WrappedGPT.add_batch`` recurrences exactly, one calibration
-sample at a time, in float32 on the statistics' device. A batch of B samples is split into its
+sample at a time (the per-sample reductions of a batch are computed together, ``sample_moments``,
+bit-for-bit as one sample at a time), in float32 on the statistics' device. A batch of B samples is split into its
 samples and each goes through the same per-sample update, so B samples in one call give bit-for-bit
 the numbers of B single-sample calls, and the numbers of the authors' driver on the same inputs.
 """
@@ -49,6 +50,21 @@ class CalibrationStats:
         self.hessian = (torch.zeros((self.in_features, self.in_features), dtype=torch.float32, device=self.device)
                         if hessian else None)
 
+    @property
+    def is_empty(self) -> bool:
+        """True until a sample has been added (every statistic is then 0: no mask can be chosen
+        from it; ``check_not_empty`` raises instead)."""
+        return self.nsamples == 0
+
+    def check_not_empty(self, what: str = "these statistics") -> "CalibrationStats":
+        """Return self; raise ``ValueError`` if no sample was added (what the driver and the
+        integrations call before a mask is chosen from the statistics)."""
+        if self.nsamples == 0:
+            raise ValueError(f"{what}: CalibrationStats has seen no sample (all statistics are 0, so the "
+                             "Wanda metric would prune by column index); run calibration inputs through "
+                             "add_batch first")
+        return self
+
     def add_batch(self, x: torch.Tensor) -> None:
         """Add samples: ``x`` (B, T, in_features) = B samples of T tokens, or (T, in_features) = one.
 
@@ -68,19 +84,22 @@ class CalibrationStats:
         if x.shape[1] == 0:
             raise ValueError("add_batch got samples of 0 tokens")
         x = x.detach().to(self.device)
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("add_batch got non-finite inputs (NaN or inf)")
+        moments = sample_moments(x)
         for b in range(x.shape[0]):
-            self._add_sample(x[b])
+            inp = x[b].t().type(torch.float32) if self.hessian is not None else None
+            self.apply_sample(moments, b, inp=inp)
 
-    def _add_sample(self, x: torch.Tensor) -> None:
-        # Mirrors WrappedGPT.add_batch for one (T, C) sample: inp is (C, T) float32.
-        inp = x.t().type(torch.float32)
-        mean_inp = torch.mean(inp, dim=1)
-        var_inp = torch.var(inp, dim=1, unbiased=False)
-        num = inp.shape[1]
+    def apply_sample(self, moments: dict, b: int, inp=None, product=None) -> None:
+        """One step of the per-sample recurrences, with sample ``b`` of ``sample_moments(...)``.
+
+        ``inp`` (C, T) is the sample (needed for ``hessian`` unless ``product`` is given);
+        ``product`` (C, C) is ``sample_product(inp, n)`` precomputed for this sample's 1-based
+        index n = ``nsamples + 1`` (the distributed driver computes it on the rank that holds the
+        sample). The order of operations on each tensor is the authors' (``WrappedGPT.add_batch``).
+        """
+        mean_inp, var_inp, num = moments["mean"][b], moments["var"][b], int(moments["num"][b])
         if self.ntokens == 0:
-            self.var, self.mean = var_inp, mean_inp
+            self.var, self.mean = var_inp.clone(), mean_inp.clone()
         else:
             self.var = (self.var * self.ntokens + var_inp * num) / (self.ntokens + num)
             self.mean = (self.mean * self.ntokens + mean_inp * num) / (self.ntokens + num)
@@ -91,11 +110,10 @@ class CalibrationStats:
         if self.hessian is not None:  # SparseGPT's recurrence, one sample
             self.hessian *= self.nsamples / (self.nsamples + 1)
         self.nsamples += 1
-        self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
-        self.sum_metric_row += torch.sum(inp, dim=1) / self.nsamples
+        self.scaler_row += moments["sq_norm"][b] / self.nsamples
+        self.sum_metric_row += moments["sum"][b] / self.nsamples
         if self.hessian is not None:
-            scaled = math.sqrt(2 / self.nsamples) * inp
-            self.hessian += scaled.matmul(scaled.t())
+            self.hessian += product if product is not None else sample_product(inp, self.nsamples)
 
     def to_dict(self) -> dict:
         """The statistics as a dict of tensors (for saving with ``torch.save``)."""
@@ -104,3 +122,34 @@ class CalibrationStats:
         if self.hessian is not None:
             out["hessian"] = self.hessian
         return out
+
+
+def sample_product(inp: torch.Tensor, n: int) -> torch.Tensor:
+    """(C, C) contribution ``(sqrt(2/n) inp)(sqrt(2/n) inp)ᵀ`` of the n-th sample (1-based), inp (C, T)."""
+    scaled = math.sqrt(2 / n) * inp
+    return scaled.matmul(scaled.t())
+
+
+def sample_moments(x: torch.Tensor) -> dict:
+    """Per-sample reductions of ``x`` (B, T, C): ``mean``, ``var`` (population), ``sum``, ``sq_norm``
+    (the 2-norm over tokens, squared), each (B, C) float32, and ``num`` (B,) int64 token counts.
+
+    Each row is bit-for-bit what the authors' per-sample ``torch.mean/var/sum/norm(inp, dim=1)`` on
+    the (C, T) sample gives: a reduction over the token dimension is computed for each output
+    element by one thread in the same order whether the output has C or B·C elements. The one
+    exception is C == 1 on several threads (torch then splits a single output's reduction across
+    threads), which is computed sample by sample. Raises ValueError on non-finite input: the
+    per-sample sums are finite exactly when the input is (or a sum overflowed, which the full check
+    that follows then tells apart).
+    """
+    B, T, C = x.shape
+    if C == 1 and B > 1 and torch.get_num_threads() > 1:
+        parts = [sample_moments(x[b:b + 1]) for b in range(B)]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    xf = x.type(torch.float32)
+    total = torch.sum(xf, dim=1)
+    if not bool(torch.isfinite(total).all()) and not bool(torch.isfinite(x).all()):
+        raise ValueError("add_batch got non-finite inputs (NaN or inf)")
+    return {"mean": torch.mean(xf, dim=1), "var": torch.var(xf, dim=1, unbiased=False), "sum": total,
+            "sq_norm": torch.norm(xf, p=2, dim=1) ** 2,
+            "num": torch.full((B,), T, dtype=torch.int64)}

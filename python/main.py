@@ -2,41 +2,53 @@
 
 Their users' scripts run unchanged, e.g.::
 
-    python python/main.py --model PATH --prune_method DSnoT --initial_method wanda \\
+    python python/main.py --model /path/to/hf_model --prune_method DSnoT --initial_method wanda \\
         --sparsity_ratio 0.5 --sparsity_type unstructured --max_cycle_time 50 \\
         --update_threshold 0.1 --pow_of_var_regrowing 1 [--skip_layer mlp] [--save_model DIR]
 
 Differences, all because this runs offline: calibration text is ``--calib FILE`` or the standard
-library's pydoc_data.topics (first half) instead of C4, perplexity is on ``--eval FILE`` or its
-second half instead of WikiText-2 (``--eval_dataset`` is accepted and reported, not downloaded);
-``--model`` may be omitted for the embedded SmolLM2-135M-Instruct. ``--eval_zero_shot`` is
-accepted and ignored (no harness offline). Flags that only steered their GPU placement are ignored.
+library's pydoc_data.topics (first half) instead of C4; perplexity is on ``--eval_dataset FILE`` (or
+``--eval FILE``) or pydoc_data.topics' second half instead of WikiText-2, and the result line names
+the text it was measured on. The dataset names wikitext2/c4/ptb are refused (they need a download).
+``--model`` may be omitted for the embedded SmolLM2-135M-Instruct. ``--eval_zero_shot`` is refused
+(the zero-shot harness needs downloads). As the authors' script, each run appends its result to
+``--output_results_file`` (default results.txt in the current folder); the path is printed.
+``--save_model DIR`` refuses a non-empty DIR unless ``--overwrite``. Every argument that can be
+checked without the model is checked before it loads (exit status 2). Flags that only steered
+their GPU placement are accepted and ignored.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from dsnot_kernels import cli_checks
 from dsnot_kernels.ops import OBJECTIVES
 
+DATASET_NAMES = ("wikitext2", "c4", "ptb")
 
-def parse(argv=None):
-    p = argparse.ArgumentParser(description="DSnoT (authors' flags) on dsnot_kernels")
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="main.py", description="DSnoT (authors' flags) on dsnot_kernels")
     p.add_argument("--model", type=str, default=None, help="model path or name (default: embedded SmolLM2-135M)")
     p.add_argument("--model_type", type=str, default=None, help="accepted; the architecture is detected")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--nsamples", type=int, default=128, help="calibration samples")
-    p.add_argument("--eval_dataset", type=str, default="wikitext2", choices=["wikitext2", "c4", "ptb"])
+    p.add_argument("--eval_dataset", type=str, default=None, metavar="FILE",
+                   help="evaluation text file (default: pydoc_data.topics, second half); the names "
+                        "wikitext2, c4, ptb are refused: they need a download")
     p.add_argument("--sparsity_ratio", type=float, default=0, help="sparsity ratio")
     p.add_argument("--sparsity_type", type=str, default="unstructured", choices=["unstructured", "4:8", "2:4"])
     p.add_argument("--prune_method", type=str, default="DSnoT",
                    choices=["wanda", "sparsegpt", "magnitude", "DSnoT", "dense"])
     p.add_argument("--initial_method", type=str, default="wanda", choices=["wanda", "sparsegpt", "magnitude"])
-    p.add_argument("--max_cycle_time", type=int, default=50)
+    p.add_argument("--max_cycle_time", type=int, default=None,
+                   help="default: the objective's (50, the authors'; swap: max(64, cols // 4))")
     p.add_argument("--without_DSnoT", action="store_true")
     p.add_argument("--update_threshold", type=float, default=0.1)
     p.add_argument("--pow_of_var_regrowing", type=float, default=1)
@@ -48,10 +60,13 @@ def parse(argv=None):
     p.add_argument("--without_same_sign", type=lambda s: str(s).lower() not in ("0", "false", "no", ""),
                    default=True)
     p.add_argument("--get_time_overhead", action="store_true")
-    p.add_argument("--output_results_file", default="results.txt", type=str)
+    p.add_argument("--output_results_file", default="results.txt", type=str,
+                   help="one line per run is appended here (default results.txt in the current folder)")
     p.add_argument("--cache_dir", default="llm_weights", type=str, help="accepted; models load from --model")
-    p.add_argument("--save_model", type=str, default=None)
-    p.add_argument("--eval_zero_shot", action="store_true", help="accepted and ignored (offline)")
+    p.add_argument("--save_model", type=str, default=None, help="save the pruned model to this new or empty folder")
+    p.add_argument("--overwrite", action="store_true", help="with --save_model: replace the model files in a "
+                   "non-empty folder (other files are kept)")
+    p.add_argument("--eval_zero_shot", action="store_true", help="refused: the zero-shot harness needs downloads")
     # extras of this project
     p.add_argument("--seqlen", type=int, default=2048, help="calibration sample and evaluation window length")
     p.add_argument("--calib", default=None, help="calibration text file")
@@ -62,41 +77,92 @@ def parse(argv=None):
     p.add_argument("--backend", default=None)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None)
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def check(args):
+    """Every check that needs no model; returns the PruneConfig (None when nothing is pruned).
+    Raises ValueError with a one-line reason."""
+    import dsnot_kernels as dk
+    from dsnot_kernels.models import check_save_target
+
+    if args.eval_zero_shot:
+        raise ValueError("--eval_zero_shot is not supported: the zero-shot tasks (lm-eval harness) need "
+                         "downloads, and this runs offline")
+    if args.eval_dataset is not None:
+        if args.eval_dataset in DATASET_NAMES and not Path(args.eval_dataset).exists():
+            raise ValueError(f"--eval_dataset {args.eval_dataset}: the dataset would need a download; give a local "
+                             "text file (--eval_dataset FILE), or omit it for pydoc_data.topics' second half")
+        if args.eval_file is not None:
+            raise ValueError("--eval_dataset and --eval both name the evaluation text; give one")
+        args.eval_file = args.eval_dataset
+    if args.sparsity_type != "unstructured" and args.sparsity_ratio != 0.5:
+        raise ValueError(f"--sparsity_type {args.sparsity_type} needs --sparsity_ratio 0.5 (an N:M pattern prunes "
+                         f"N of every M weights), got {args.sparsity_ratio}")
+    cli_checks.check_positive("--nsamples", args.nsamples)
+    cli_checks.check_positive("--seqlen", args.seqlen, 2)
+    cli_checks.check_positive("--eval_windows", args.eval_windows, 0)
+    cli_checks.check_positive("--batch_size", args.batch_size)
+    cli_checks.check_positive("--max_cycle_time", args.max_cycle_time, 0)
+    cli_checks.check_finite("--update_threshold", args.update_threshold, 0.0)
+    cli_checks.check_finite("--pow_of_var_regrowing", args.pow_of_var_regrowing)
+    device = cli_checks.check_device(args.device)
+    cli_checks.check_backend(args.backend, device, args.objective)
+    config = None
+    if args.sparsity_ratio != 0 and args.prune_method != "dense":
+        initial = args.initial_method if args.prune_method == "DSnoT" else args.prune_method
+        refine = args.prune_method == "DSnoT" and not args.without_DSnoT
+        skip_sub = () if args.skip_sub_layer == "no_skip" else (args.skip_sub_layer,)
+        try:
+            config = dk.PruneConfig(
+                sparsity=args.sparsity_ratio, pattern=args.sparsity_type, initial=initial, refine=refine,
+                skip=args.skip_layer, skip_sublayers=skip_sub, max_cycle_time=args.max_cycle_time,
+                update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
+                without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
+                backend=args.backend, batch_size=args.batch_size)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("sparsity must", "--sparsity_ratio must")) from None
+    cli_checks.check_text_file("--calib", args.calib)
+    cli_checks.check_text_file("--eval_dataset" if args.eval_dataset else "--eval", args.eval_file)
+    cli_checks.check_output_file("--output_results_file", args.output_results_file)
+    if args.save_model:
+        try:
+            check_save_target(args.save_model, args.overwrite)
+        except OSError as exc:
+            raise ValueError(f"--save_model {exc}") from None
+    cli_checks.check_model(args.model)
+    return config
 
 
 def main(argv=None):
-    args = parse(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = check(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     import dsnot_kernels as dk
     from dsnot_kernels.data import calibration_windows, load_texts, tokenize
     from dsnot_kernels.models import load_model, save_model
 
     np.random.seed(args.seed)
     torch.random.manual_seed(args.seed)
-    prune_n, prune_m = 0, 0
-    if args.sparsity_type != "unstructured":
-        assert args.sparsity_ratio == 0.5, "sparsity ratio must be 0.5 for structured N:M sparsity"
-        prune_n, prune_m = map(int, args.sparsity_type.split(":"))
-    if args.eval_zero_shot:
-        print("--eval_zero_shot: ignored (zero-shot tasks need downloads)")
-    model, tokenizer, desc = load_model(args.model)
+    try:
+        model, tokenizer, desc = load_model(args.model)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        parser.error(f"--model {args.model}: cannot be loaded: {first}")
     if args.device:
         model.to(args.device)
     print(f"loaded {desc}")
     cal_text, eval_text, text_desc = load_texts(args.calib, args.eval_file)
 
     prune_time = 0.0
-    if args.sparsity_ratio != 0 and args.prune_method != "dense":
-        initial = args.initial_method if args.prune_method == "DSnoT" else args.prune_method
-        refine = args.prune_method == "DSnoT" and not args.without_DSnoT
-        skip_sub = () if args.skip_sub_layer == "no_skip" else (args.skip_sub_layer,)
-        config = dk.PruneConfig(
-            sparsity=args.sparsity_ratio, pattern=args.sparsity_type, initial=initial, refine=refine,
-            skip=args.skip_layer, skip_sublayers=skip_sub, max_cycle_time=args.max_cycle_time,
-            update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
-            without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
-            backend=args.backend,
-            batch_size=args.batch_size)
+    if config is not None:
         calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed)
         print(f"pruning starts: {args.prune_method} ({text_desc['calibration']}, {args.nsamples} x {args.seqlen})")
         t0 = time.perf_counter()
@@ -108,15 +174,17 @@ def main(argv=None):
     sparsity = _check_sparsity(model)
     print(f"sparsity sanity check {sparsity:.4f}")
     print("*" * 30)
-    print(f"evaluating on {text_desc['evaluation']} (--eval_dataset {args.eval_dataset} is not downloaded)")
+    print(f"evaluating on {text_desc['evaluation']}")
     ppl = dk.perplexity(model, tokenize(tokenizer, eval_text), args.seqlen,
-                        max_windows=args.eval_windows or None)
-    print(f"\nppl on {args.eval_dataset if args.eval_file is None else args.eval_file}: {ppl}\n")
-    with open(args.output_results_file, "a") as f:
+                        max_windows=args.eval_windows or None, progress=True)
+    print(f"\nppl on {text_desc['evaluation']}: {ppl}  (lower is better)\n")
+    results = Path(args.output_results_file).resolve()
+    with open(results, "a") as f:
         f.write(f"{args.model}\t{args.prune_method}\t{args.initial_method}\t{args.sparsity_type}\t"
                 f"{args.sparsity_ratio}\t{sparsity:.4f}\t{ppl:.4f}\t{prune_time:.1f}\n")
+    print(f"result appended to {results} (--output_results_file)")
     if args.save_model:
-        save_model(model, tokenizer, args.save_model)
+        save_model(model, tokenizer, args.save_model, overwrite=args.overwrite)
         print(f"saved {args.save_model}")
     return ppl
 

@@ -1,6 +1,6 @@
 """Runs the CUDA kernel body on the host SIMT emulation (csrc/cuda/simt_host.h) through ctypes.
 
-Helper for tests/test_cuda_emulated.py; builds csrc/cuda/simt_host_harness.cpp with the host C++
+Helper for tests/test_cuda_host.py; builds csrc/cuda/simt_host_harness.cpp with the host C++
 compiler once per process (in a temporary folder). ``refine_mask_emulated`` takes the op's
 positional arguments, like every backend, plus the shared-memory options ``stage_weight`` and
 ``cache_keys`` that the CUDA launcher chooses per device.

@@ -42,7 +42,8 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
     """Refine one row. ``w, s, var, scaler, metric, mean``: lists of floats; ``pruned``: list of bools.
     Objectives "cov" and "cov_window": ``M`` the (cols, cols) float64 numpy second moment and ``g0``
     this row's ``D M`` for the initial pruned set (from one torch matmul over all rows, as the
-    reference); "cov_window" compares ``window`` candidates per list (``_window_cycles``).
+    reference); "cov_window" compares ``window`` candidates per list (``_window_cycles``); "swap"
+    the best pair of the whole row (``_swap_cycles``).
 
     Returns ``(pruned_list, swaps)``.
     """
@@ -66,6 +67,8 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
     initial = list(pruned)
     if max_cycle_time == 0:
         return pruned, 0
+    if objective == "swap":
+        return _swap_cycles(w, pruned, [float(x) for x in g0], M, prune_m if prune_n else 0, max_cycle_time)
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if p == 0:
@@ -201,6 +204,38 @@ def _window_cycles(w, dm, err, thr, pruned, initial, hi, lo, plo, phi, g, M, m, 
     return pruned, swaps
 
 
+def _swap_cycles(w, pruned, g, M, m, max_cycle_time):
+    """Objective "swap" for one row: each cycle, every pair (q kept, r pruned; N:M: in q's group)
+    in ascending (q, r) order, the first strictly smallest delta wins; applied if delta < 0, else
+    the row stops."""
+    cols = len(w)
+    swaps = 0
+    for _ in range(max_cycle_time):
+        best, pick = math.inf, None
+        for q in range(cols):
+            if pruned[q]:
+                continue
+            wq = float(w[q])
+            a = (2 * wq) * g[q] + (wq * wq) * float(M[q, q])
+            partners = range(q - q % m, q - q % m + m) if m else range(cols)
+            for r in partners:
+                if not pruned[r]:
+                    continue
+                wr = float(w[r])
+                b = (wr * wr) * float(M[r, r]) - (2 * wr) * g[r]
+                d = (a - ((2 * wq) * wr) * float(M[q, r])) + b
+                if d < best:
+                    best, pick = d, (q, r)
+        if not (best < 0):
+            break
+        q, r = pick
+        wq, wr = float(w[q]), float(w[r])
+        g = [g[j] + (wq * float(M[q, j]) - wr * float(M[r, j])) for j in range(cols)]
+        pruned[q], pruned[r] = True, False
+        swaps += 1
+    return pruned, swaps
+
+
 def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None, mean=None,
            sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
            pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot", second_moment=None, window=100):
@@ -208,7 +243,7 @@ def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, init
     W = weight.float().tolist()
     cols = weight.shape[1]
     g0 = M = None
-    if objective in ("cov", "cov_window"):  # g0 = D M with the reference's one matmul (its rounding is torch's)
+    if objective in ("cov", "cov_window", "swap"):  # g0 = D M with the reference's one matmul (its rounding is torch's)
         init = initial_mask
         if init is None:
             init = torch.tensor([oracle_row(row, sum_metric_row.tolist(), var.tolist(), scaler_row.tolist(),

@@ -1,5 +1,6 @@
 """dsnot-prune, python -m dsnot_kernels, the authors'-flags python/main.py, and saving."""
 import json
+import re
 import runpy
 import subprocess
 import sys
@@ -76,6 +77,10 @@ def test_cli_mse_no_refine(tiny_dir, tmp_path):
           "--objective", "cov_window", "--window", "4", "--json", str(out), "--quiet"])
     res = json.loads(out.read_text())
     assert res["rows"][-1]["method"] == "Wanda + DSnoT (cov_window) [skip=mlp]"
+    main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
+          "--objective", "swap", "--json", str(out), "--quiet"])
+    res = json.loads(out.read_text())
+    assert res["rows"][-1]["method"] == "Wanda + DSnoT (swap) [skip=mlp]" and res["rows"][-1]["swaps"] > 0
 
 
 def test_python_m_help():
@@ -88,7 +93,8 @@ def test_python_m_help():
         assert flag in res.stdout
 
 
-@pytest.mark.parametrize("extra", [[], ["--objective", "cov_window", "--window", "4"]], ids=["dsnot", "cov_window"])
+@pytest.mark.parametrize("extra", [[], ["--objective", "cov_window", "--window", "4"], ["--objective", "swap"]],
+                         ids=["dsnot", "cov_window", "swap"])
 def test_authors_main_flags(tiny_dir, tmp_path, monkeypatch, capsys, extra):
     calib = tmp_path / "calib.txt"
     calib.write_text("The quick brown fox jumps over the lazy dog. " * 200)
@@ -98,11 +104,12 @@ def test_authors_main_flags(tiny_dir, tmp_path, monkeypatch, capsys, extra):
         "--sparsity_ratio", "0.5", "--sparsity_type", "unstructured", "--nsamples", "4",
         "--max_cycle_time", "50", "--update_threshold", "0.1", "--pow_of_var_regrowing", "1",
         "--skip_layer", "no_skip", "--save_model", str(saved), "--seed", "0", "--cache_dir", "x",
-        "--eval_zero_shot", "--seqlen", "32", "--eval_windows", "2", "--calib", str(calib),
+        "--seqlen", "32", "--eval_windows", "2", "--calib", str(calib),
         "--output_results_file", str(results)] + extra)
     runpy.run_path(str(ROOT / "python" / "main.py"), run_name="__main__")
     out = capsys.readouterr().out
-    assert "sparsity sanity check 0.5000" in out and "ppl on wikitext2" in out
+    assert "sparsity sanity check 0.5000" in out and "ppl on pydoc_data.topics" in out
+    assert "wikitext2" not in out and f"result appended to {results}" in out
     assert results.read_text().count("\n") == 1 and (saved / "config.json").exists()
 
 
@@ -132,7 +139,7 @@ def test_save_is_atomic_and_reloads_identically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(model), "save_pretrained", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_model(model, None, target)
+        save_model(model, None, target, overwrite=True)
     assert sorted(p.name for p in target.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert AutoModelForCausalLM.from_pretrained(target) is not None
@@ -154,11 +161,44 @@ def test_embedded_model_loads_and_evaluates():
     assert 2 < dk.perplexity(model, ids, 256, max_windows=2) < 100
 
 
-def test_sparse24_is_refused_before_pruning(tiny_dir):
+def test_sparse24_is_refused_before_pruning(tiny_dir, capsys):
     from dsnot_kernels.cli import main
 
-    with pytest.raises(SystemExit, match="needs --pattern 2:4"):
+    with pytest.raises(SystemExit):
         main(["--model", str(tiny_dir), "--sparse24", "--quiet"])
+    assert "needs --pattern 2:4" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="refused: .*CUDA"):
+        with pytest.raises(SystemExit):
             main(["--model", str(tiny_dir), "--pattern", "2:4", "--sparse24", "--quiet"])
+        assert re.search("refused: .*CUDA", capsys.readouterr().err)
+
+
+def test_dtype_bfloat16_loads_prunes_and_saves_in_bfloat16(tiny_dir, tmp_path):
+    from safetensors import safe_open
+
+    from dsnot_kernels.cli import main
+
+    saved32, saved16 = tmp_path / "f32", tmp_path / "bf16"
+    common = ["--model", str(tiny_dir), "--nsamples", "2", "--seqlen", "32", "--eval-windows", "1", "--no-dense",
+              "--no-refine", "--quiet"]
+    main(common + ["--save", str(saved32)])
+    main(common + ["--save", str(saved16), "--dtype", "bfloat16"])
+    with safe_open(str(saved16 / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.bfloat16}
+    size16, size32 = (p.joinpath("model.safetensors").stat().st_size for p in (saved16, saved32))
+    assert size16 < 0.55 * size32
+
+
+def test_table_legend_and_also_objective_row(tiny_dir, tmp_path, capsys):
+    from dsnot_kernels.cli import main
+
+    out = tmp_path / "r.json"
+    main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
+          "--also-objective", "cov_window", "--window", "4", "--json", str(out), "--quiet"])
+    table = capsys.readouterr().out
+    assert "lower is better" in table and "swaps:" in table and "prune s:" in table and "masks s:" in table
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["Wanda", "Wanda + DSnoT [skip=mlp]",
+                                          "Wanda + DSnoT (cov_window) [skip=none]"]
+    assert rows[2]["swaps"] > 0 and rows[2]["sparsity"] == pytest.approx(0.5, abs=0.01)

@@ -1,6 +1,6 @@
 """The CPU (C++/OpenMP) kernel against the PyTorch reference: identical masks AND swap counts.
 
-Spec ALGORITHM.md §2-§3, numerics docs/KERNEL_CONTRACT.md. Every case runs ``refine_mask`` with
+Spec docs/ALGORITHM.md §2-§3, numerics docs/KERNEL_CONTRACT.md. Every case runs ``refine_mask`` with
 ``backend="torch"`` and ``backend="cpu"`` on the same inputs and compares (mask bool (rows, cols),
 swaps int32 (rows,)) exactly. Skipped cleanly when the extension has no CPU kernel.
 """

@@ -1,9 +1,9 @@
-"""Property-based checks of objectives "cov" and "cov_window" (docs/FUZZING.md).
+"""Property-based checks of objectives "cov", "cov_window" and "swap" (docs/FUZZING.md).
 
 The cases of ``test_fuzz.py`` (shapes, patterns, dtypes, value kinds, initial metrics and masks,
 cycles, thresholds, p, non-contiguous layouts) with a drawn second moment and window:
 
-* the CPU kernel (``refine_mask_cov``) equals the reference byte for byte, mask and swaps, and
+* the CPU kernels (``refine_mask_cov``, ``refine_mask_swap``) equal the reference byte for byte, mask and swaps, and
   the reference keeps the invariants of spec §3;
 * on small shapes the reference equals the per-row oracle (tests/oracle.py).
 """
@@ -20,6 +20,7 @@ from test_fuzz import (EXAMPLES, LONG, _label_events, _noncontiguous, _oracle, _
                        build, call, cases, check_invariants, check_output, op_args)
 
 OBJECTIVES = ("cov", "cov_window", "cov_window")
+CPU_OBJECTIVES = OBJECTIVES + ("swap",)  # the CPU kernels: refine_mask_cov and refine_mask_swap
 M_KINDS = ["gram", "gram", "lowrank_int", "diag", "zero", "wide"]
 SHAPE = (8, 400) if not LONG else (24, 1200)
 ORACLE_SHAPE = (3, 40) if not LONG else (4, 80)
@@ -63,17 +64,29 @@ def with_moment(case, mkind, window, plain):
 
 @pytest.mark.skipif(not _serves("cpu", "cpu"), reason="no cpu backend here")
 @_settings(EXAMPLES["compiled"])
-@given(case=cases(*SHAPE, objectives=OBJECTIVES), mkind=st.sampled_from(M_KINDS),
+@given(case=cases(*SHAPE, objectives=CPU_OBJECTIVES), mkind=st.sampled_from(M_KINDS),
        window=st.sampled_from([1, 2, 3, 7, 50, 100]), plain=st.booleans())
 def test_fuzz_cov_cpu_equals_reference(case, mkind, window, plain):
     kw = with_moment(case, mkind, window, plain)
     ref = call(kw, "torch")
     check_output(*ref, kw, "cpu")
-    check_invariants(*ref, kw)
+    if case.objective == "swap":  # a column may be regrown and pruned again: counts only
+        _check_swap_counts(*ref, kw)
+    else:
+        check_invariants(*ref, kw)
     got = call(_noncontiguous(kw) if case.noncontiguous else kw, "cpu")
     check_output(*got, kw, "cpu")
     assert_same(got, ref, f"cpu {case.objective} window {window} M {mkind}")
     _label_events(case, ref[1])
+
+
+def _check_swap_counts(mask, swaps, kw):
+    """Objective "swap": the pruned count per row (N per group) is kept (check_output checks the cap)."""
+    init, _ = call(dict(kw, max_cycle_time=0), "torch")
+    assert torch.equal(mask.sum(1), init.sum(1))
+    if kw["prune_n"]:
+        R, C = mask.shape
+        assert bool((mask.view(R, C // kw["prune_m"], kw["prune_m"]).sum(-1) == kw["prune_n"]).all())
 
 
 @pytest.mark.skipif(_oracle is None, reason="tests/oracle.py is not there")

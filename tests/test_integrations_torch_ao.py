@@ -126,7 +126,7 @@ def test_mse_objective_and_batches_of_one_sample():
         assert torch.equal(model[int(fqn[0])].parametrizations.weight[0].mask == 0, pruned)
 
 
-@pytest.mark.parametrize("objective,window", [("cov", 50), ("cov_window", 6)])
+@pytest.mark.parametrize("objective,window", [("cov", 50), ("cov_window", 6), ("swap", 100)])
 def test_cov_objectives_gather_the_second_moment(objective, window):
     model, data = small_model(5), calibration(3)
     dense = copy.deepcopy(model)

@@ -147,3 +147,29 @@ def test_opcheck_refine_mask_cov(window, pattern):
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert int(first[1].sum()) > 0
     torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("search", [0, 1])
+@pytest.mark.parametrize("pattern", [dict(sparsity=0.6), dict(prune_n=2, prune_m=4)], ids=["unstructured", "2:4"])
+def test_opcheck_refine_mask_swap(search, pattern):
+    """``dsnot_kernels::refine_mask_swap`` (objective 4 on the CPU): schema, fake kernel, autograd
+    registration and AOT dispatch, on the arguments ``refine_mask`` gives it."""
+    if not _extension.has_kernel("CPU", "refine_mask_swap"):
+        pytest.skip("the compiled extension has no refine_mask_swap CPU kernel here")
+    import dsnot_kernels as dk
+    from dsnot_kernels.reference_window import cov_g0
+
+    g = torch.Generator().manual_seed(4)
+    rows, cols = 5, 32
+    W = torch.randn(rows, cols, generator=g)
+    x = torch.randn(40, cols, generator=g) @ (torch.eye(cols) + 0.3 * torch.randn(cols, cols, generator=g))
+    M = (x.t() @ x / 40).double()
+    M = (M + M.t()) / 2
+    s, var, sc = torch.randn(cols, generator=g), torch.rand(cols, generator=g) + 0.1, torch.rand(cols, generator=g)
+    mask0 = dk.refine_mask(W, s, var, sc, max_cycle_time=0, **pattern)
+    args = (W, mask0, M, cov_g0(W, mask0, M), pattern.get("prune_m", 0), 1000, search)
+    op = torch.ops.dsnot_kernels.refine_mask_swap.default
+    first, again = op(*args), op(*args)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert int(first[1].sum()) > 0
+    torch.library.opcheck(op, args)

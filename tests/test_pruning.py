@@ -48,7 +48,8 @@ def test_target_sparsity_and_nm(family, pattern, sparsity):
     ("opt", "wanda", "mse", "unstructured"), ("gpt2", "sparsegpt", "dsnot", "unstructured"),
     ("mistral", "sparsegpt", "mse", "2:4"), ("llama", "wanda", "cov", "unstructured"),
     ("qwen2", "wanda", "cov", "2:4"), ("llama", "magnitude", "cov_window", "unstructured"),
-    ("mistral", "wanda", "cov_window", "2:4")])
+    ("mistral", "wanda", "cov_window", "2:4"), ("llama", "wanda", "swap", "unstructured"),
+    ("qwen2", "magnitude", "swap", "2:4")])
 def test_masks_equal_refine_mask_on_own_statistics(family, initial, objective, pattern):
     """The test gathers the statistics itself (its own hooks) and calls refine_mask."""
     model = tiny_model(family)
@@ -77,10 +78,11 @@ def test_masks_equal_refine_mask_on_own_statistics(family, initial, objective, p
         n, m = (0, 0) if pattern == "unstructured" else (2, 4)
         refined = is_refined(name, config)
         expected = dk.refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row, initial_metric=metric,
-                                  sparsity=0.6, prune_n=n, prune_m=m, max_cycle_time=50 if refined else 0,
+                                  sparsity=0.6, prune_n=n, prune_m=m, max_cycle_time=None if refined else 0,
                                   objective=objective if refined else "dsnot",
                                   mean=stats.mean if refined and objective == "mse" else None,
-                                  second_moment=stats.hessian if refined and objective.startswith("cov") else None,
+                                  second_moment=(stats.hessian if refined and objective in dk.ops.SECOND_MOMENT_OBJECTIVES
+                                                 else None),
                                   window=7, backend="torch")
         assert torch.equal(mask, expected), (i, name)
         checked.append((i, name))

@@ -307,16 +307,16 @@ def test_cov_window_ties_follow_the_slot_order():
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (seed, cfg)
 
 
-def test_cov_objectives_have_no_gpu_backend():
-    """"cov" and "cov_window": the reference and the CPU kernel only; asking for a GPU backend is
-    a clear error, and the automatic choice gives the reference's masks."""
+def test_cov_objectives_have_no_cuda_backend():
+    """"cov" and "cov_window": the reference, the CPU kernel and Triton (tests/test_triton_cov.py);
+    asking for the CUDA C++ backend is a clear error, and the automatic choice gives the
+    reference's masks."""
     W, st = _realistic(4, 64)
     H = torch.eye(64) + 0.1
     for objective in ("cov", "cov_window"):
-        for backend in ("triton", "cuda"):
-            with pytest.raises(ValueError, match="torch"):
-                dk.refine_mask(W, st.sum_metric_row, st.var, st.scaler_row, objective=objective, second_moment=H,
-                               backend=backend)
+        with pytest.raises(ValueError, match="torch"):
+            dk.refine_mask(W, st.sum_metric_row, st.var, st.scaler_row, objective=objective, second_moment=H,
+                           backend="cuda")
         mask = dk.refine_mask(W, st.sum_metric_row, st.var, st.scaler_row, objective=objective, second_moment=H)
         want = _ref(W, st.sum_metric_row, st.var, st.scaler_row, objective=objective, second_moment=H)[0]
         assert torch.equal(mask, want)

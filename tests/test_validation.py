@@ -265,6 +265,8 @@ def test_sparsity_not_a_number(value):
 @pytest.mark.parametrize("name", ["prune_n", "prune_m", "max_cycle_time"])
 @pytest.mark.parametrize("value", [2.0, "2", True, None, np.int64(2)])
 def test_int_arguments_type(name, value):
+    if name == "max_cycle_time" and value is None:
+        pytest.skip("max_cycle_time=None is the objective's default (test_swap_reference.py)")
     kw = {"prune_n": 2, "prune_m": 4}
     kw[name] = value
     with _raises(TypeError, name, "int"):

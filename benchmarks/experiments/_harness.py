@@ -61,7 +61,8 @@ def install(variant=None, hessian=False, per_sublayer=None):
         mask, swaps, info = refine_variant(
             W, stats.sum_metric_row, stats.var, stats.scaler_row, stats.mean, M,
             sparsity=config.sparsity, prune_n=config.prune_n, prune_m=config.prune_m,
-            max_cycle_time=config.max_cycle_time, update_threshold=config.update_threshold,
+            max_cycle_time=50 if config.max_cycle_time is None else config.max_cycle_time,
+            update_threshold=config.update_threshold,
             pow_of_var_regrowing=config.pow_of_var_regrowing, model=model_kind, window=window)
         mask_time = time.perf_counter() - t0
         entry = {"name": name, "kind": sublayer_kind(name), "shape": list(W.shape), "refined": True,

@@ -2,15 +2,17 @@
 # Build the WHOLE extension (CPU + CUDA kernels + torch glue) against a CUDA build of torch on a
 # machine without a GPU, and check that the op loads with kernels under both dispatch keys.
 #
-#   bash benchmarks/gpu/cuda_build_check.sh            # venv in $VENV_CU (default /work/venv-cu)
+#   bash benchmarks/gpu/cuda_build_check.sh            # venv in $VENV_CU (default .venv-cu)
 #
-# The CUDA torch goes into a separate venv OUTSIDE the repo (5.4 GB), and the build runs on a copy
-# of the tree in a temporary folder, so the repo's own CPU build is never touched. Needs nvcc
+# The CUDA torch goes into a separate venv (5.4 GB): $VENV_CU, a path relative to the repository
+# root unless absolute (default .venv-cu, git-ignored; made on the first run, reused after). The
+# build runs on a copy of the tree in a temporary folder, so the repo's own CPU build is never touched. Needs nvcc
 # (CUDA_HOME, default /usr/local/cuda) and torch==$TORCH_CU (default 2.14.1, a CUDA 13.0 build)
 # from the package index (setup.py picks C++20 for torch >= 2.14).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-VENV=${VENV_CU:-/work/venv-cu}
+VENV=${VENV_CU:-.venv-cu}
+case $VENV in /*) ;; *) VENV=$ROOT/$VENV ;; esac
 TORCH_CU=${TORCH_CU:-2.14.1}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH=$CUDA_HOME/bin:$PATH
@@ -26,7 +28,7 @@ SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 # CUDA headers of the pip packages (cublas, cusparse, ...) that torch's CUDA headers include.
 export CPATH=$SITE/nvidia/cu13/include${CPATH:+:$CPATH}
 COPY=$(mktemp -d /tmp/dsnot_cuda_build.XXXXXX)
-(cd "$ROOT" && git ls-files -co --exclude-standard | grep -v '^\.venv/' | tar -cf - -T -) | tar -xf - -C "$COPY"
+(cd "$ROOT" && git ls-files -co --exclude-standard | grep -v '^\.venv' | tar -cf - -T -) | tar -xf - -C "$COPY"
 cd "$COPY"
 "$VENV/bin/python" setup.py build_ext --inplace > build.log 2>&1 || { tail -n 40 build.log; exit 1; }
 t2=$(date +%s)

@@ -129,6 +129,18 @@ def sparse_tables(sp):
     return lines
 
 
+def cov_table(cov):
+    rows = ["| shape | objective | window | pattern | torch s | triton s | speedup | masks equal |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in cov.get("cases", []):
+        rows.append(f"| {r.get('shape')} | {r.get('objective')} | {r.get('window', '')} | {r.get('pattern', '')} | "
+                    f"{fnum(r.get('torch_s'), '{:.4f}')} | {fnum(r.get('triton_s'), '{:.4f}')} | "
+                    f"{fnum(r.get('speedup'))}x | {r.get('mask_equal', r.get('error', '?'))} |")
+    rows += ["", f"LLaMA-7B layer set (q k v o gate up down), triton cov_window 100 at 60 %: "
+             f"{fnum(cov.get('layer_set_total_s'), '{:.3f}')} s (target < 1 s)"]
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
@@ -139,7 +151,8 @@ def main(argv=None):
     refine = load(os.path.join(args.work, "refine.json"))
     sp = load(os.path.join(args.work, "sparse24.json"))
     st = stages(os.path.join(args.work, "stages.tsv"))
-    results = {"env": env, "stages": st, "refine": refine, "sparse24": sp}
+    cov = load(os.path.join(args.work, "cov.json"))  # bench_cov.py: objectives cov / cov_window
+    results = {"env": env, "stages": st, "refine": refine, "sparse24": sp, "cov": cov}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     if refine:
@@ -161,6 +174,8 @@ def main(argv=None):
         md.append(f"| {s['stage']} | {s['status']} | {s['seconds']} | {s['note']} |")
     md += ["", "### refine_mask: reference vs triton vs cuda (LLaMA shapes)", ""]
     md += refine_tables(refine) if refine else ["(not run: see the stage table)"]
+    md += ["", "### objectives cov / cov_window: reference vs triton", ""]
+    md += cov_table(cov) if cov else ["(not run: see the stage table)"]
     md += ["", "### 2:4 semi-structured sparse vs dense linear", ""]
     md += sparse_tables(sp) if sp else ["(not run: see the stage table)"]
     md.append("<!-- gpu-check:end -->")

@@ -21,8 +21,11 @@ def main():
     ap.add_argument("--backend", default="cuda")
     ap.add_argument("--small", action="store_true", help="fewer, smaller cases (racecheck is slow)")
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu only to test this script")
+    ap.add_argument("--cov", action="store_true", help="objectives cov and cov_window (second moment M)")
     args = ap.parse_args()
     dev = args.device
+    if args.cov:
+        return cov_cases(args.backend, dev)
     cases = [
         (48, 1000, torch.float16, dict(max_cycle_time=200, update_threshold=0.0)),
         (16, 1024, torch.bfloat16, dict(prune_n=2, prune_m=4, update_threshold=0.0)),
@@ -49,6 +52,31 @@ def main():
         ok = torch.equal(mask, ref) and torch.equal(swaps, ref_swaps)
         bad += not ok
         print(f"{args.backend} {rows}x{cols} {dtype} {sorted(kw)}: {'ok' if ok else 'MISMATCH'}", flush=True)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return 1 if bad else 0
+
+
+def cov_cases(backend, dev):
+    """Objectives cov / cov_window / swap: odd widths, windows past the list ends, M float32 and float64."""
+    bad = 0
+    for rows, cols, dtype, kw in [(8, 515, torch.float16, dict(objective="cov", update_threshold=0.0)),
+                                  (8, 700, torch.bfloat16, dict(objective="cov_window", window=100)),
+                                  (8, 512, torch.float32, dict(objective="cov_window", window=7, prune_n=2, prune_m=4)),
+                                  (4, 48, torch.float16, dict(objective="cov_window", window=100, update_threshold=0.0)),
+                                  (4, 301, torch.float16, dict(objective="swap", max_cycle_time=20)),
+                                  (4, 256, torch.bfloat16, dict(objective="swap", prune_n=2, prune_m=4))]:
+        g = torch.Generator().manual_seed(rows * cols)
+        x = torch.randn(64, cols, generator=g)
+        M = (x.t() @ x).to(torch.float64 if dtype == torch.float32 else torch.float32).to(dev)
+        w = (0.05 * torch.randn(rows, cols, generator=g)).to(dtype).to(dev)
+        stats = (x.mean(0).to(dev), x.var(0).to(dev), (x * x).mean(0).to(dev))
+        args = (w, stats[0] * 64, stats[1], stats[2])
+        mask, swaps = dk.refine_mask(*args, backend=backend, return_swaps=True, second_moment=M, **kw)
+        ref, ref_swaps = dk.refine_mask(*args, backend="torch", return_swaps=True, second_moment=M, **kw)
+        ok = torch.equal(mask, ref) and torch.equal(swaps, ref_swaps)
+        bad += not ok
+        print(f"{backend} {rows}x{cols} {dtype} {kw}: {'ok' if ok else 'MISMATCH'}", flush=True)
     if dev == "cuda":
         torch.cuda.synchronize()
     return 1 if bad else 0

@@ -1,5 +1,5 @@
 // CPU (C++/OpenMP) kernel of dsnot_kernels::refine_mask (schema in csrc/ops.cpp; semantics in
-// docs/KERNEL_CONTRACT.md and spec ALGORITHM.md §2-§3). Rows run in parallel with at::parallel_for,
+// docs/KERNEL_CONTRACT.md and spec docs/ALGORITHM.md §2-§3). Rows run in parallel with at::parallel_for,
 // each thread with its own RowScratch; the per-row work is in refine_row.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -1,5 +1,5 @@
 // Block-wide radix selection over 64-bit order keys, for up to four disjoint lists at once, and
-// the gathering + rank sort of the selected cursor candidates (ALGORITHM.md §2-§3). Part of
+// the gathering + rank sort of the selected cursor candidates (docs/ALGORITHM.md §2-§3). Part of
 // dsnot_kernels.cuh.
 #pragma once
 #include "row_state.cuh"

@@ -1,5 +1,5 @@
 // The CUDA refine_mask kernels and their launcher. Only CUDA and project headers: this file
-// compiles with plain nvcc (tests/test_cuda_compile.py, benchmarks/cuda_resources.py), the torch
+// compiles with plain nvcc (tests/test_cuda_nvcc.py, benchmarks/cuda_resources.py), the torch
 // glue lives in refine_mask_cuda.cu.
 #include <cuda_runtime.h>
 
@@ -15,7 +15,7 @@ namespace cuda {
 
 // At least 3 resident blocks per multiprocessor: up to 80 registers per thread. With 4 (64
 // registers) ptxas leaves a few cold spills of per-row constants on sm_90 (benchmarks/RESULTS.md,
-// CUDA kernel resources; tests/test_cuda_compile.py fails on any spill). Shared memory limits rows
+// CUDA kernel resources; tests/test_cuda_nvcc.py fails on any spill). Shared memory limits rows
 // of 8192+ columns to 3 or fewer blocks anyway (the launcher picks the layout).
 constexpr int kMinBlocksPerSM = 3;
 

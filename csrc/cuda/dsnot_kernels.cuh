@@ -1,5 +1,5 @@
 // CUDA refine_mask: initial mask + DSnoT swap loop, one thread block per row
-// (ALGORITHM.md §2-§3, bit-exact rules in docs/KERNEL_CONTRACT.md).
+// (docs/ALGORITHM.md §2-§3, bit-exact rules in docs/KERNEL_CONTRACT.md).
 //
 // Needs no torch headers: dsnot_kernels.cu instantiates it under nvcc, and the host emulation
 // harness (simt_host_harness.cpp) compiles the same body as plain C++ (DSNOT_SIMT_HOST) to run it

@@ -1,6 +1,6 @@
 // Runs the CUDA refine kernel body (dsnot_kernels.cuh) on the host SIMT emulation (simt_host.h),
 // one emulated 256-thread block per row, for tests on machines without a GPU
-// (tests/test_cuda_emulated.py builds this file with g++ and calls it through ctypes).
+// (tests/test_cuda_host.py builds this file with g++ and calls it through ctypes).
 // Not part of the extension: setup.py compiles only csrc/*.cpp, csrc/cpu/*.cpp and csrc/cuda/*.cu.
 #ifndef DSNOT_SIMT_HOST
 #define DSNOT_SIMT_HOST 1

@@ -1,4 +1,4 @@
-// The swap loop of one row (ALGORITHM.md §3, contract: "The swap loop"), run by warp 0 with the
+// The swap loop of one row (docs/ALGORITHM.md §3, contract: "The swap loop"), run by warp 0 with the
 // cursor positions in registers. Part of dsnot_kernels.cuh.
 #pragma once
 #include "row_state.cuh"

@@ -10,7 +10,7 @@ What INC's function reads from ``wrapped_layer`` (its ``WrappedGPT``): ``layer.w
 layer's weight, (out, in) for ``nn.Linear``), ``sum_metric_row`` and ``scaler_row`` ((in,)), and
 ``var`` ((in,) or (in, 1): INC keeps the variance with a trailing unit dimension).
 
-Deliberate differences from INC's own code, all within ALGORITHM.md's stated semantics:
+Deliberate differences from INC's own code, all within docs/ALGORITHM.md's stated semantics:
   * the masks are those of the spec (§2-§3): INC sorts N:M groups without a stable order, sums the
     row error in its own order and lets exhausted cursors run into the middle of its lists (see
     the spec §3); on ordinary layers the masks agree (the test checks this on INC itself);
@@ -79,6 +79,9 @@ def make_dsnot(backend=None):
         """
         if not isinstance(initial_metric, torch.Tensor) or initial_metric.dim() != 2:
             raise ValueError("initial_metric must be a 2-D tensor (out_features, in_features)")
+        if getattr(wrapped_layer, "nsamples", None) == 0:  # INC's WrappedGPT counts its add_batch samples
+            raise ValueError("wrapped_layer has seen no calibration sample (nsamples == 0): its statistics are "
+                             "all 0 and would prune by column index; run calibration inputs through it first")
         weight = _layer_weight(wrapped_layer.layer, initial_metric.shape)
         cols = weight.shape[1]
         dev = weight.device

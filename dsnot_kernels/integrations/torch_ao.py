@@ -42,15 +42,16 @@ class DSnoTSparsifier(BaseSparsifier):
         semi_structured_block_size: M for an (M/2):M pattern (4 = 2:4); overrides sparsity_level.
         prune_n, prune_m: any N:M pattern (overrides the two above when prune_n > 0).
         initial: initial metric, "wanda" (default), "magnitude" or "sparsegpt" (gathers a Hessian,
-            as objectives "cov" and "cov_window" do).
+            as objectives "cov", "cov_window" and "swap" do).
         refine: False = the initial mask alone (the plain Wanda/magnitude/SparseGPT baseline).
         max_cycle_time, update_threshold, pow_of_var_regrowing, without_same_sign, objective,
-        window, backend: as in ``dsnot_kernels.refine_mask``.
+        window, backend: as in ``dsnot_kernels.refine_mask`` (``max_cycle_time=None``: the
+        objective's default; objective "swap" needs a Hessian too).
         stats_device: where statistics are kept (None = each layer's weight device).
     """
 
     def __init__(self, sparsity_level: float = 0.5, semi_structured_block_size=None, prune_n: int = 0,
-                 prune_m: int = 0, initial: str = "wanda", refine: bool = True, max_cycle_time: int = 50,
+                 prune_m: int = 0, initial: str = "wanda", refine: bool = True, max_cycle_time=None,
                  update_threshold: float = 0.1, pow_of_var_regrowing: float = 1.0,
                  without_same_sign: bool = True, objective: str = "dsnot", window: int = 100, backend=None,
                  stats_device=None):

@@ -25,11 +25,14 @@ class PruneConfig:
     skip_sublayers: extra sub-layer names (last name component, e.g. "down_proj") that are not
         refined (the authors' ``--skip_sub_layer``).
     max_cycle_time, update_threshold, pow_of_var_regrowing, without_same_sign: spec §3.
+        ``max_cycle_time=None`` is the objective's default per sub-layer
+        (``ops.default_max_cycle_time``: 50; "swap": ``max(64, cols // 4)``).
     objective: "dsnot" (the authors' rule), "mse" (swap only when the row's mean² + variance
         output error drops; uses ``CalibrationStats.mean``) or "cov" (swap only when the row's full
         output error drops, with the inputs' (cols, cols) second moment: keeps one per sub-layer
         and runs on the "cpu" or "torch" backend) or "cov_window" (as "cov", but each cycle applies
-        the best swap among the next ``window`` candidates of each cursor; "cpu" or "torch").
+        the best swap among the next ``window`` candidates of each cursor; "cpu" or "torch") or
+        "swap" (each cycle the best swap among all pairs of the row, until none lowers the error).
     window: candidates per list that objective "cov_window" compares each cycle (int >= 1).
     backend: refine_mask backend (None = best for the device).
     batch_size: calibration samples per forward pass (statistics do not depend on it).
@@ -46,7 +49,7 @@ class PruneConfig:
     refine: bool = True
     skip: str = "mlp"
     skip_sublayers: tuple = ()
-    max_cycle_time: int = 50
+    max_cycle_time: "int | None" = None
     update_threshold: float = 0.1
     pow_of_var_regrowing: float = 1.0
     without_same_sign: bool = True
@@ -68,6 +71,14 @@ class PruneConfig:
             raise ValueError(f"initial must be one of {INITIAL_METHODS}, got {self.initial!r}")
         if self.objective not in OBJECTIVE_CHOICES:
             raise ValueError(f"objective must be one of {OBJECTIVE_CHOICES}, got {self.objective!r}")
+        if self.backend is not None:
+            from dsnot_kernels.ops import BACKENDS
+            if self.backend not in BACKENDS:
+                raise ValueError(f"backend must be None or one of {sorted(BACKENDS)}, got {self.backend!r}")
+        if self.max_cycle_time is not None and (isinstance(self.max_cycle_time, bool) or not
+                                                isinstance(self.max_cycle_time, int) or self.max_cycle_time < 0):
+            raise ValueError(f"max_cycle_time must be None (the objective's default) or an int >= 0, "
+                             f"got {self.max_cycle_time!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be an int >= 1, got {self.window!r}")
         self.prune_n, self.prune_m = parse_pattern(self.pattern)

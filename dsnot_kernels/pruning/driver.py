@@ -1,14 +1,19 @@
 """``prune_model``: layer-by-layer DSnoT pruning of a whole model (spec §4).
 
 Per block: hook its linear sub-layers, run the block on every calibration batch to gather
-``CalibrationStats`` (accumulated per sample, so the batch size does not change them), compute
+``CalibrationStats`` (accumulated per sample, so the batch size does not change them; one object
+per distinct input, shared by q/k/v and by gate/up; the second moment only where
+``needs_second_moment``), compute
 every sub-layer's mask with ``refine_mask``, zero the pruned weights, run the block again to get
 the next block's inputs. Masks of a block are all computed before any weight is zeroed, so an
 error leaves that block untouched; the error names the block, the sub-layer and the stage.
+Under an initialised ``torch.distributed`` process group the work is split across ranks with the
+masks of one process (``dsnot_kernels.pruning.distributed``).
 """
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -19,8 +24,10 @@ from dsnot_kernels.pruning.adapters import (find_blocks, find_sublayers, is_refi
                                             weight_view)
 from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, move_outside,
                                            restore_devices, snapshot_devices)
+from dsnot_kernels.pruning import distributed as dist_prune
 from dsnot_kernels.pruning.config import PruneConfig
 from dsnot_kernels.pruning.output_error import output_error, second_moment
+from dsnot_kernels.pruning.stats_pass import BlockStats
 from dsnot_kernels.stats import CalibrationStats
 
 
@@ -50,8 +57,45 @@ def _run_block(block, inputs, calls, state):
     return outs
 
 
+def needs_second_moment(config, name=None) -> bool:
+    """Whether sub-layer ``name`` (None: any sub-layer) needs the (cols, cols) second moment M.
+
+    M is costly (cols² floats, a (cols, T) x (T, cols) product per sample), so it is built only
+    for what reads it: the sparsegpt initial metric, ``record_error``, and refined sub-layers of an
+    objective that uses it (``SECOND_MOMENT_OBJECTIVES``).
+    """
+    if config.initial in ("sparsegpt", "sparsegpt_metric") or config.record_error:
+        return True
+    if config.objective not in SECOND_MOMENT_OBJECTIVES:
+        return False
+    return bool(config.refine) if name is None else is_refined(name, config)
+
+
+def _statistics_pass(block, subs, inputs, calls, device, config, ranks, sample_offset):
+    """Run ``block`` on every batch with hooks; returns the ``BlockStats`` (one statistics object per
+    distinct sub-layer input: ``CalibrationStats``, or per-sample recorders under torch.distributed)."""
+    cols = {name: weight_view(m).shape[1] for name, m in subs.items()}
+    needs = {name: needs_second_moment(config, name) for name in subs}
+    if ranks is None:
+        make = lambda c, h: CalibrationStats(c, device=device, hessian=h)  # noqa: E731
+    else:
+        make = lambda c, h: dist_prune.SampleRecorder(c, device, h, sample_offset)  # noqa: E731
+    collector = BlockStats(subs, cols, needs, make)
+    hooks = [m.register_forward_hook(collector.hook(name)) for name, m in subs.items()]
+    try:
+        for x, call in zip(inputs, calls):
+            collector.begin_call(x.shape[0])
+            block(x, *call.args, **call.kwargs)
+            collector.end_call()
+    finally:
+        for h in hooks:
+            h.remove()
+    return collector
+
+
 def _sublayer_mask(name, module, stats, config, want_error):
     """(mask, swaps, entry) of one sub-layer; the weight is not modified."""
+    stats.check_not_empty(f"sub-layer {name}")  # e.g. a sub-layer the block's forward never called
     W = weight_view(module)
     refined = is_refined(name, config)
     metric = None if config.initial == "wanda" else initial_metric(config.initial, W, stats)
@@ -77,13 +121,27 @@ def _sublayer_mask(name, module, stats, config, want_error):
     if want_error:
         moment = second_moment(stats)
         after = output_error(W, mask, stats, moment)
-        if refined and config.max_cycle_time > 0:
+        if refined and config.max_cycle_time != 0:  # None: the objective's default (> 0)
             initial, _ = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
                                      max_cycle_time=0, **common)
             before = output_error(W, initial, stats, moment)
         else:
             before = dict(after)
         entry["error"] = {"initial": before, "refined": after}
+    return mask, entry
+
+
+def _sublayer_mask_rows(name, module, stats, config, ranks):
+    """``_sublayer_mask`` of this rank's contiguous share of the rows, all-gathered (collective)."""
+    W = weight_view(module)
+    r0, r1 = dist_prune.share(W.shape[0], *ranks)
+    part, entry = _sublayer_mask(name, SimpleNamespace(weight=SimpleNamespace(data=W[r0:r1])), stats,
+                                 config, False)
+    t0 = time.perf_counter()
+    mask = dist_prune.gather_rows(part, W.shape[0])
+    swaps, rows_swapped = dist_prune.sum_across([entry["swaps"], entry["rows_swapped"]], W.device)
+    entry.update(shape=list(W.shape), sparsity=float(mask.float().mean()), swaps=int(swaps),
+                 rows_swapped=int(rows_swapped), gather_time_s=time.perf_counter() - t0)
     return mask, entry
 
 
@@ -99,28 +157,46 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         on_mask: optional ``fn(block_index, sublayer_name, mask)`` called with each (rows, cols)
             bool mask (True = pruned) before it is applied.
 
+    Under an initialised ``torch.distributed`` process group (world size > 1), call it on every
+    rank with the same arguments: each rank runs a contiguous share of the calibration batches and
+    of each sub-layer's mask rows, and every rank ends with the masks (and weights) one process
+    would give (``dsnot_kernels.pruning.distributed``); the report adds ``world_size``,
+    ``local_samples`` and ``reduce_time_s``.
+
     Raises:
-        PruningError naming the block, sub-layer and stage. Blocks finished before the error are
-        pruned, the rest untouched, and every tensor is back on its original device.
+        PruningError naming the block, sub-layer and stage (and, under torch.distributed, the rank).
+        Blocks finished before the error are pruned, the rest untouched, and every tensor is back
+        on its original device. ValueError before any work if the ranks' arguments differ or there
+        are more ranks than calibration batches.
     """
     config = config if config is not None else PruneConfig()
     calibration = _check_calibration(calibration)
     path, blocks = find_blocks(model)
     first = next(model.parameters())
     device = torch.device(config.device) if config.device else first.device
-    need_hessian = (config.initial == "sparsegpt" or config.record_error
-                    or config.objective in SECOND_MOMENT_OBJECTIVES)
+    batches = list(calibration.split(config.batch_size))
+    ranks = dist_prune.world()
+    sample_offset, counts, split_rows = 0, None, False
+    if ranks is not None:  # each rank: a contiguous share of the batches (issue #20)
+        dist_prune.check_arguments(config, calibration, len(batches))
+        shares = [dist_prune.share(len(batches), r, ranks[1]) for r in range(ranks[1])]
+        counts = [sum(b.shape[0] for b in batches[a:z]) for a, z in shares]
+        a, z = shares[ranks[0]]
+        sample_offset = sum(b.shape[0] for b in batches[:a])
+        batches = batches[a:z]
+        split_rows = dist_prune.splits_rows(config)
 
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "config": config.to_dict(),
-              "device": str(device), "sublayers": [], "blocks": [], "completed": False}
+              "device": str(device), "sublayers": [], "blocks": [], "completed": False,
+              "world_size": 1 if ranks is None else ranks[1],
+              "local_samples": sum(b.shape[0] for b in batches)}
     snapshot = snapshot_devices(model)
     cfg = getattr(model, "config", None)
     use_cache = getattr(cfg, "use_cache", None)
     was_training = model.training
     where = {"block": None, "sublayer": None, "stage": "capture"}
-    hooks = []
-    state = {"batch": 1, "stats": {}}
+    state = {"batch": 1}
     t_start = time.perf_counter()
     try:
         if use_cache is not None:
@@ -129,13 +205,14 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         with torch.no_grad():
             move_outside(model, blocks, device)
             t0 = time.perf_counter()
-            captured = capture_block_calls(model, blocks, calibration.split(config.batch_size), device)
+            captured = capture_block_calls(model, blocks, batches, device)
             report["capture_time_s"] = time.perf_counter() - t0
             restore_devices(model, snapshot)
             inputs = captured.inputs
             try:
                 from tqdm.auto import tqdm
-                bar = tqdm(range(len(blocks)), desc="pruning blocks", disable=not config.progress)
+                bar = tqdm(range(len(blocks)), desc="pruning blocks",
+                           disable=not config.progress or (ranks is not None and ranks[0] != 0))
             except ImportError:  # tqdm is a dependency, but a bar is not worth failing for
                 bar = range(len(blocks))
             for i in bar:
@@ -143,36 +220,33 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 block = blocks[i].to(device)
                 calls = [c[i] for c in captured.calls]
                 subs = find_sublayers(block)
-                state["stats"] = {name: CalibrationStats(weight_view(m).shape[1], device=device,
-                                                         hessian=need_hessian)
-                                  for name, m in subs.items()}
-                timing = {"stats_s": 0.0}
-
-                def make_hook(name):
-                    def hook(module, inp, out):
-                        t = time.perf_counter()
-                        x = inp[0]
-                        state["stats"][name].add_batch(x.reshape(state["batch"], -1, x.shape[-1]))
-                        timing["stats_s"] += time.perf_counter() - t
-                    return hook
-
-                hooks = [m.register_forward_hook(make_hook(name)) for name, m in subs.items()]
                 t0 = time.perf_counter()
-                _run_block(block, inputs, calls, state)
+                collector = _statistics_pass(block, subs, inputs, calls, device, config, ranks,
+                                             sample_offset)
                 t_pass1 = time.perf_counter() - t0
-                for h in hooks:
-                    h.remove()
-                hooks = []
+                timing = {"stats_s": collector.time_s, "reduce_s": 0.0}
+                if ranks is not None:
+                    where["stage"] = "reduce statistics (collective)"
+                    t0 = time.perf_counter()
+                    combined = {o: dist_prune.combine(collector.stats[o], counts)
+                                for o in collector.groups()}
+                    timing["reduce_s"] = time.perf_counter() - t0
+                    stats_of = lambda name: combined[collector.owner[name]]  # noqa: E731
+                else:
+                    stats_of = collector.stats_of
 
                 where["stage"] = "mask"
                 masks = {}
                 for name, module in subs.items():
                     where["sublayer"] = name
-                    mask, entry = _sublayer_mask(name, module, state["stats"][name], config,
-                                                 config.record_error)
+                    if ranks is not None and split_rows:
+                        mask, entry = _sublayer_mask_rows(name, module, stats_of(name), config, ranks)
+                    else:
+                        mask, entry = _sublayer_mask(name, module, stats_of(name), config,
+                                                     config.record_error)
                     entry["block"] = i
                     masks[name] = (mask, entry)
-                state["stats"] = {}
+                del collector
                 if on_mask is not None:
                     where["stage"] = "on_mask"
                     for name, (mask, _) in masks.items():
@@ -193,18 +267,26 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 restore_devices(model, snapshot)
                 report["blocks"].append({
                     "block": i, "forward_s": t_pass1 + t_pass2 - timing["stats_s"],
-                    "stats_s": timing["stats_s"],
+                    "stats_s": timing["stats_s"], "reduce_s": timing["reduce_s"],
                     "mask_time_s": sum(e["mask_time_s"] for e in report["sublayers"] if e["block"] == i)})
+            if ranks is not None:
+                where.update(block=None, sublayer=None, stage="finish (collective)")
+                dist_prune.all_finished(device)
     except Exception as exc:
         blk, sub, stage = where["block"], where["sublayer"], where["stage"]
         at = "while capturing the first block's inputs" if blk is None else \
             f"at block {blk} ({path}.{blk})" + (f", sub-layer {sub}" if sub else "") + f", stage {stage}"
+        if stage == "finish (collective)":
+            at = "at the final agreement of the ranks"
+        if ranks is not None:
+            at += f" on rank {ranks[0]} of {ranks[1]}"
+            if "collective" in stage or "mask" in stage:
+                at += " (a collective failed: another rank probably failed, see its message, or the "\
+                      "process group timed out)"
         report["error"] = f"{type(exc).__name__}: {exc}"
         raise PruningError(f"prune_model failed {at}: {type(exc).__name__}: {exc}",
                            block=blk, sublayer=sub, stage=stage, report=report) from exc
     finally:
-        for h in hooks:
-            h.remove()
         restore_devices(model, snapshot)
         if use_cache is not None:
             cfg.use_cache = use_cache
@@ -221,5 +303,6 @@ def _summarise(report, total_time):
     report["mask_time_s"] = sum(e["mask_time_s"] for e in subs)
     report["forward_time_s"] = sum(b["forward_s"] for b in report["blocks"])
     report["stats_time_s"] = sum(b["stats_s"] for b in report["blocks"])
+    report["reduce_time_s"] = sum(b.get("reduce_s", 0.0) for b in report["blocks"])
     report["total_time_s"] = total_time
     report["completed"] = True

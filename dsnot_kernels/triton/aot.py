@@ -15,10 +15,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from dsnot_kernels.triton.cov import _cov_kernel
+from dsnot_kernels.triton.cov_launch import swap_tile_config, tile_config
 from dsnot_kernels.triton.launch import launch_config
 from dsnot_kernels.triton.refine import _refine_kernel, n_chunks
 from dsnot_kernels.triton.select_nm import _select_nm_kernel
 from dsnot_kernels.triton.select_unstructured import _select_unstructured_kernel
+from dsnot_kernels.triton.swap import _swap_kernel
 
 ARCHS = (80, 90)
 LAYER_COLS = (4096, 11008, 14336, 28672)
@@ -55,7 +58,7 @@ def variants(cols: int):
 
     def add(name, fn, t, c):
         c = dict(c, CHUNK=chunk)
-        if fn is _refine_kernel:
+        if fn is _refine_kernel or fn is _cov_kernel:
             c["N_CHUNKS"] = n_chunks(cols, chunk)
         out.append(Variant(name, fn, _sig(fn, t, c), c, nw))
 
@@ -69,7 +72,44 @@ def variants(cols: int):
         add(f"select_nm_{n}_{m}[fp16]", _select_nm_kernel, sel_t, dict(PRUNE_N=n, PRUNE_M=m))
     add("refine_2_4[fp16]", _refine_kernel, ref_t, _refine_c(True, 4, 0))
     add("refine_4_8_mse[fp16]", _refine_kernel, ref_t, _refine_c(True, 8, 1))
+    # objectives 2 (cov) and 3 (cov_window, default window 100): M float32 (the caller's, kept)
+    # for every weight dtype, M float64 once; 2:4 for fp16
+    for wd, md in (("fp16", "fp32"), ("bf16", "fp32"), ("fp32", "fp32"), ("fp16", "fp64")):
+        cov_t = _cov_types(wd, md)
+        add(f"cov_unstructured[{wd},M={md}]", _cov_kernel, cov_t, _cov_c(False, 1, 0))
+        add(f"cov_window_unstructured[{wd},M={md}]", _cov_kernel, cov_t, _cov_c(False, 1, 100))
+    cov_t = _cov_types("fp16", "fp32")
+    add("cov_2_4[fp16,M=fp32]", _cov_kernel, cov_t, _cov_c(True, 4, 0))
+    add("cov_window_2_4[fp16,M=fp32]", _cov_kernel, cov_t, _cov_c(True, 4, 100))
+    # objective 4 (swap)
+    for wd, md in (("fp16", "fp32"), ("bf16", "fp32"), ("fp16", "fp64")):
+        add(f"swap_unstructured[{wd},M={md}]", _swap_kernel, _swap_types(wd, md), _swap_c(cols, 0))
+    add("swap_2_4[fp16,M=fp32]", _swap_kernel, _swap_types("fp16", "fp32"), _swap_c(cols, 4))
     return out
+
+
+def _swap_types(wdtype, mdtype):
+    w = "*i16" if wdtype == "bf16" else "*" + wdtype
+    return dict(w_ptr=w, m_ptr="*" + mdtype, g_ptr="*fp64", src_ptr="*u8", out_ptr="*u8",
+                swaps_ptr="*i32", cols="i32", max_cycles="i32")
+
+
+def _swap_c(cols, m):
+    qb, rb = swap_tile_config(cols, m, interpreting=False)
+    return dict(NM=m > 0, PRUNE_M=max(m, 1), M_POW2=triton.next_power_of_2(max(m, 1)), QB=qb, RB=rb)
+
+
+def _cov_types(wdtype, mdtype):
+    w = "*i16" if wdtype == "bf16" else "*" + wdtype
+    return dict(w_ptr=w, smr_ptr="*fp32", varp_ptr="*fp32", sqrt_s_ptr="*fp32", metric_ptr="*fp32",
+                m_ptr="*" + mdtype, g_ptr="*fp64", slots_ptr="*i32", src_ptr="*u8", out_ptr="*u8",
+                swaps_ptr="*i32", cols="i32", K="i32", max_cycles="i32", thr="fp32",
+                has_metric="i32", div="i32")
+
+
+def _cov_c(nm, m, window):
+    qb, rb = tile_config(window, m if nm else 0, interpreting=False)
+    return dict(WINDOW=window > 0, NM=nm, PRUNE_M=m, M_POW2=triton.next_power_of_2(m), QB=qb, RB=rb)
 
 
 def _refine_c(nm, m, objective):

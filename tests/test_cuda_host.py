@@ -5,7 +5,7 @@ compared mask-for-mask and swap-for-swap with the PyTorch reference.
 The emulation runs every thread of the block with its barriers and warp primitives (and reports a
 barrier that can deadlock), so selection, the fixed-order error sum, list refills and the swap loop
 are all exercised; device-only concerns (real races, memory errors, nvcc code generation) are
-covered by tests/test_cuda.py and compute-sanitizer on a GPU (benchmarks/gpu_check.sh).
+covered by tests/test_cuda_gpu.py and compute-sanitizer on a GPU (benchmarks/gpu_check.sh).
 """
 import os
 import sys

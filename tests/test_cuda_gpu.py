@@ -2,7 +2,7 @@
 
 Skipped without a CUDA device or without the compiled CUDA kernel. The reference runs on the same
 device (and, for small cases, on the CPU too). Run on a GPU machine with
-``python -m pytest -q tests/test_cuda.py`` (benchmarks/gpu_check.sh does).
+``python -m pytest -q tests/test_cuda_gpu.py`` (benchmarks/gpu_check.sh does).
 """
 
 import pytest

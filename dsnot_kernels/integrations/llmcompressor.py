@@ -1,0 +1,306 @@
+"""``DSnoTModifier``: DSnoT for llm-compressor's ``oneshot`` (tested with llmcompressor 0.14.0.1).
+
+Usage, like llm-compressor's own ``WandaPruningModifier``::
+
+    from llmcompressor import oneshot
+    from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
+
+    oneshot(model=model, processor=tokenizer, dataset=calibration_dataset,
+            recipe=[DSnoTModifier(sparsity=0.5, mask_structure="0:0")],   # or "2:4"
+            num_calibration_samples=128, max_seq_length=2048)
+
+Importing this module also registers the class with llm-compressor's ``ModifierFactory``, so YAML
+recipes can name it (``DSnoTModifier:`` under a ``*_modifiers:`` group).
+
+How it runs. The class subclasses llm-compressor's ``SparsityModifierBase`` (a pydantic model,
+unknown options are rejected), so ``oneshot`` drives it through its sequential pipeline: one
+decoder layer at a time, a calibration pass with the hooks on, then ``compress_modules`` at the
+end of that layer's step, then a second pass (hooks off) whose outputs feed the next layer. That
+is the same order as ``dsnot_kernels.prune_model``: every mask of a layer comes from statistics
+of the unpruned layer, and the next layer sees the pruned layer's outputs.
+
+* Statistics: the forward hook gives each target linear layer's input, (B, T, C) = B calibration
+  samples of T tokens, to a ``dsnot_kernels.CalibrationStats`` (spec §1; a 2-D input counts as one
+  sample), kept on the module's execution device. The (C, C) second moment is gathered only when
+  the initial method or the objective needs it. Padding tokens of a padded batch are counted like
+  any other token (as llm-compressor's Wanda does): with ``batch_size > 1`` use equal-length
+  samples (``max_seq_length`` with ``concatenate_data=True``, or pre-tokenised equal lengths).
+* Masks: per module, from ``dsnot_kernels.refine_mask`` through the same per-sub-layer function as
+  ``prune_model`` (``dsnot_kernels.pruning.driver``), with a ``PruneConfig`` built from this
+  modifier's options, so every choice of ``initial``/``objective``/``skip`` that ``PruneConfig``
+  accepts (read at run time) is accepted here with the same meaning.
+* Zeroing: as the base class's modifiers do, the weight is read inside
+  ``compressed_tensors``' ``align_module_device`` (onloaded to the execution device), the masked
+  copy is written back with ``update_offload_parameter``, so offloaded (CPU or disk) and
+  device-mapped models are handled as llm-compressor's own modifiers handle them (disk offload is
+  tested; a GPU run is not).
+
+With ``sequential_targets_per_subgraph > 1`` llm-compressor calibrates several decoder layers in
+one pass, so the later ones see the earlier ones unpruned (``prune_model`` always goes one block
+at a time). ``oneshot(output_dir=...)`` writes the pruned model dense, with the zeros in place,
+and a ``recipe.yaml`` that names ``DSnoTModifier`` with its options (it reloads once this module is
+imported).
+
+``skip`` is decided on the module's name relative to its decoder layer (the sequential target
+that holds it): "mlp" (default, the authors') refines attention projections only, "self_attn"
+refines the MLP only, "none" refines every target module.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+try:
+    import llmcompressor  # noqa: F401
+    from compressed_tensors.utils import (align_module_device, get_execution_device, match_named_modules,
+                                          update_offload_parameter)
+    from llmcompressor.modifiers import ModifierFactory
+    from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
+    from loguru import logger
+    from pydantic import Field, PrivateAttr, field_validator, model_validator
+except ImportError as exc:  # pragma: no cover - exercised only where llm-compressor is missing
+    raise ImportError(
+        "dsnot_kernels.integrations.llmcompressor needs llm-compressor, which is not importable here "
+        f"({exc}). Install it in its own environment (it pins transformers<=5.17): "
+        "pip install llmcompressor==0.14.0.1, or in this repository `make llmcompressor-venv` "
+        "(.venv-llmc from the exact pins of requirements-llmcompressor.txt)."
+    ) from exc
+
+import torch
+from torch import nn
+
+from dsnot_kernels import ops
+from dsnot_kernels.pruning import driver
+from dsnot_kernels.pruning.adapters import is_prunable, is_transposed, sublayer_kind, weight_view
+from dsnot_kernels.pruning.config import PruneConfig, parse_pattern
+from dsnot_kernels.stats import CalibrationStats
+
+__all__ = ["DSnoTModifier"]
+
+
+def _prune_config_error(**field) -> Optional[str]:
+    """The message ``PruneConfig`` raises for this one field's value, or None when it accepts it."""
+    try:
+        PruneConfig(progress=False, **field)
+    except (ValueError, TypeError) as err:
+        return str(err)
+    return None
+
+
+class DSnoTModifier(SparsityModifierBase):
+    """DSnoT (training-free mask refinement, ICLR 2024) as an llm-compressor oneshot modifier.
+
+    Sample yaml::
+
+        dsnot_stage:
+          sparsity_modifiers:
+            DSnoTModifier:
+              sparsity: 0.5
+              mask_structure: "2:4"
+              objective: dsnot
+
+    Options of the base class (``SparsityModifierBase``):
+        sparsity: unstructured ratio per row in [0, 1) (default 0.5), or a list with one value per
+            target layer; ignored for N:M (N of every M are pruned).
+        mask_structure: "0:0" (unstructured, default) or "N:M" such as "2:4".
+        targets, ignore: which modules to prune (llm-compressor's matching). ``ignore`` defaults to
+            ``["re:.*lm_head"]`` (DSnoT, Wanda and SparseGPT never prune the output head).
+        sparsity_profile="owl", owl_m, owl_lmbda: OWL layer-wise sparsities (llm-compressor's; in
+            0.14.0.1 its OWL pass fails inside llm-compressor before any modifier runs, its own Wanda
+            included: pass per-layer ratios as ``sparsity=[...]`` with decoder-layer ``targets``).
+
+    Options of DSnoT, with ``dsnot_kernels.PruneConfig``'s names and meanings:
+        initial: initial mask, "wanda" (default), "magnitude", or any other ``PruneConfig.initial``.
+        refine: False = the initial mask alone (e.g. ``refine=False`` is Wanda).
+        objective: swap rule, "dsnot" (default) or any other ``PruneConfig.objective``; the
+            inputs' second moment is gathered only for objectives (and initial methods) that use it.
+        skip: "mlp" (default: refine attention projections only), "self_attn" or "none".
+        window: candidates per list for objective "cov_window" (default 100).
+        max_cycle_time, update_threshold, pow_of_var_regrowing: spec §3 (50, 0.1, 1.0).
+        backend: ``refine_mask`` backend (None = best for the weights' device).
+
+    After ``oneshot``, ``modifier.report`` lists one entry per pruned module (name, shape,
+    refined, sparsity, swaps, mask time, calibration samples).
+    """
+
+    sparsity: float | list[float] | dict[str, float] | None = 0.5
+    ignore: list[str] = Field(default_factory=lambda: ["re:.*lm_head"])
+
+    initial: str = "wanda"
+    refine: bool = True
+    objective: str = "dsnot"
+    skip: str = "mlp"
+    window: int = ops.DEFAULT_WINDOW
+    max_cycle_time: int = 50
+    update_threshold: float = 0.1
+    pow_of_var_regrowing: float = 1.0
+    backend: Optional[str] = None
+
+    _stats: dict = PrivateAttr(default_factory=dict)          # module -> CalibrationStats
+    _layer_names: list = PrivateAttr(default_factory=list)    # names of the sequential targets
+    _report: list = PrivateAttr(default_factory=list)
+
+    # -- validation: PruneConfig's own checks, read at run time -------------------------------
+    @field_validator("initial", "objective", "skip")
+    @classmethod
+    def _check_choice(cls, value, info):
+        message = _prune_config_error(**{info.field_name: value})
+        if message:
+            raise ValueError(message)
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value):
+        message = _prune_config_error(window=value)
+        if message:
+            raise ValueError(message)
+        return value
+
+    @field_validator("max_cycle_time")
+    @classmethod
+    def _check_cycles(cls, value):
+        if value < 0:
+            raise ValueError(f"max_cycle_time must be >= 0, got {value}")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value):
+        if value is not None and value not in ops.BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; expected None or one of {sorted(ops.BACKENDS)}")
+        return value
+
+    @field_validator("mask_structure")
+    @classmethod
+    def _check_mask_structure(cls, value):
+        try:
+            n, m = (int(v) for v in str(value).split(":"))
+        except ValueError:
+            raise ValueError(f'mask_structure must be "0:0" (unstructured) or "N:M" such as "2:4", '
+                             f"got {value!r}") from None
+        if (n, m) != (0, 0):
+            parse_pattern(f"{n}:{m}")  # 0 < N < M, else ValueError
+        return value
+
+    @field_validator("sparsity")
+    @classmethod
+    def _check_sparsity(cls, value):
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        for v in values:
+            if v is not None:
+                message = _prune_config_error(sparsity=v)
+                if message:
+                    raise ValueError(message)
+        return value
+
+    @model_validator(mode="after")
+    def _check_structure_and_sparsity(self):
+        unstructured = str(self.mask_structure).split(":")[0].strip() == "0"
+        if unstructured and self.sparsity is None and self.sparsity_profile is None:
+            raise ValueError("sparsity is required for an unstructured mask (mask_structure='0:0')")
+        return self
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def report(self) -> list:
+        """One dict per pruned module: name, shape, refined, sparsity, swaps, mask_time_s, nsamples."""
+        return list(self._report)
+
+    def _needs_second_moment(self) -> bool:
+        return self.initial.startswith("sparsegpt") or self.objective in ops.SECOND_MOMENT_OBJECTIVES
+
+    def _config(self, sparsity) -> PruneConfig:
+        pattern = f"{self._prune_n}:{self._prune_m}" if self._prune_n else "unstructured"
+        return PruneConfig(sparsity=0.5 if sparsity is None or self._prune_n else float(sparsity),
+                           pattern=pattern, initial=self.initial, refine=self.refine, skip=self.skip,
+                           max_cycle_time=self.max_cycle_time, update_threshold=self.update_threshold,
+                           pow_of_var_regrowing=self.pow_of_var_regrowing, objective=self.objective,
+                           window=self.window, backend=self.backend, progress=False)
+
+    def _relative_name(self, name: str) -> str:
+        """``name`` relative to the sequential target (decoder layer) that holds it."""
+        best = ""
+        for layer in self._layer_names:
+            if name.startswith(layer + ".") and len(layer) > len(best):
+                best = layer
+        return name[len(best) + 1:] if best else name
+
+    def _module_sparsity(self, module, name):
+        sparsity = self._module_sparsities[module]
+        if isinstance(sparsity, dict):  # OWL: {decoder layer name: sparsity}
+            for layer, value in sparsity.items():
+                if name == layer or name.startswith(layer + "."):
+                    return value
+            raise ValueError(f"{name}: no sparsity for it among the OWL layers {sorted(sparsity)}")
+        return sparsity
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def on_initialize(self, state, **kwargs) -> bool:
+        done = super().on_initialize(state, **kwargs)
+        self._layer_names = [name for name, _ in match_named_modules(state.model, self._sequential_targets)]
+        self._report = []
+        return done
+
+    def on_calibration_start(self, state, event, **kwargs):
+        super().on_calibration_start(state, event, **kwargs)
+        for module, name in self._module_names.items():
+            if not is_prunable(module):
+                self.remove_hooks()
+                raise ValueError(f"DSnoTModifier prunes linear layers (nn.Linear, transformers Conv1D); "
+                                 f"{name.rstrip('.')} is a {type(module).__name__}: add it to `ignore` "
+                                 "or narrow `targets`")
+
+    def calibrate_module(self, module: nn.Module, args: tuple, _output) -> None:
+        """Forward hook: add the module's input, (B, T, C) = B samples, to its CalibrationStats."""
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise ValueError(f"{self._module_names.get(module, module).rstrip('.')}: DSnoTModifier expects "
+                             "the layer's input as its first positional argument")
+        x = args[0]
+        stats = self._stats.get(module)
+        if stats is None:
+            stats = CalibrationStats(weight_view(module).shape[1], device=get_execution_device(module),
+                                     hessian=self._needs_second_moment())
+            self._stats[module] = stats
+        if x.dim() > 3:
+            x = x.reshape(-1, x.shape[-2], x.shape[-1])
+        stats.add_batch(x)
+
+    def compress_modules(self) -> None:
+        """Masks of every calibrated module (statistics of the unpruned layer), then zero them."""
+        for module in list(self._stats):
+            stats = self._stats[module]
+            name = self._module_names[module].rstrip(".")
+            config = self._config(self._module_sparsity(module, name))
+            relative = self._relative_name(name)
+            logger.info(f"DSnoT: pruning {name} using {stats.nsamples} samples")
+            t0 = time.perf_counter()
+            with torch.no_grad(), align_module_device(module):
+                result = driver._sublayer_mask(relative, module, stats, config, False)
+                # (mask, entry), or (mask, new weight or None, entry) where the initial method updates
+                # the kept weights (SparseGPT as published)
+                mask, new_weight, entry = result if len(result) == 3 else (result[0], None, result[1])
+                pruned = module.weight.data.clone()
+                view = pruned.t() if is_transposed(module) else pruned  # (out, in), as the mask
+                if new_weight is not None:
+                    view.copy_(new_weight)
+                view[mask.to(view.device)] = 0
+            update_offload_parameter(module, "weight", pruned)
+            entry.update(name=name, kind=sublayer_kind(relative), nsamples=stats.nsamples,
+                         total_time_s=time.perf_counter() - t0)
+            self._report.append(entry)
+            del self._stats[module]
+
+    def on_finalize(self, state, **kwargs) -> bool:
+        if not self.ended_:
+            self.on_end(state, None)  # removes the hooks
+        left = len(self._stats)
+        self._stats = {}
+        self._module_names = {}
+        self._module_sparsities = {}
+        if left:
+            raise ValueError(f"DSnoTModifier: {left} calibrated modules were never pruned")
+        return True
+
+
+ModifierFactory.register("DSnoTModifier", DSnoTModifier)

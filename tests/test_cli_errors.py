@@ -1,0 +1,141 @@
+"""Issue 16: every argument that can be checked without the model is refused before anything loads,
+argparse-style (one ``prog: error:`` line, exit status 2), by dsnot-prune and python/main.py; and
+``--save`` never destroys what is there."""
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any attempt to load a model fails the test (the checks must come first)."""
+    import dsnot_kernels.models as models
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(models, "load_embedded", refuse)
+
+
+def _files(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("notes")
+    afile = tmp_path / "afile"
+    afile.write_text("precious")
+    return empty, victim, afile
+
+
+CLI_CASES = [
+    (["--pattern", "3:2"], "--pattern 3:2"),
+    (["--pattern", "2-4"], "--pattern 2-4"),
+    (["--sparsity", "1.0"], "--sparsity"),
+    (["--sparsity", "nan"], "--sparsity"),
+    (["--pattern", "2:4", "--sparsity", "0.7"], "--sparsity 0.7 with --pattern 2:4"),
+    (["--nsamples", "0"], "--nsamples must be >= 1"),
+    (["--seqlen", "1"], "--seqlen must be >= 2"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--window", "0"], "--window must be >= 1"),
+    (["--max-cycle-time", "-1"], "--max-cycle-time"),
+    (["--update-threshold", "-1"], "--update-threshold"),
+    (["--backend", "nope"], "--backend nope: unknown"),
+    (["--backend", "cuda"], "--backend cuda cannot serve cpu"),
+    (["--objective", "cov", "--backend", "cuda"], "objective cov runs on the cpu or torch or triton backend"),
+    (["--calib", "/missing/calib.txt"], "--calib /missing/calib.txt: no such file"),
+    (["--calib", "{empty}"], "the file is empty"),
+    (["--eval", "{tmp}"], "not a file"),
+    (["--model", "/does/not/exist"], "--model /does/not/exist: no such file or folder"),
+    (["--model", "./nope"], "no such file or folder"),
+    (["--model", "{tmp}"], "no config.json"),
+    (["--save", "{victim}"], "is not empty"),
+    (["--save", "{afile}"], "not a folder"),
+    (["--overwrite"], "--overwrite needs --save"),
+    (["--json", "/missing/dir/r.json"], "does not exist"),
+]
+if not torch.cuda.is_available():
+    CLI_CASES.append((["--device", "cuda"], "--device cuda: this torch has no usable CUDA"))
+
+
+@pytest.mark.parametrize("argv, message", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_cli_refuses_before_loading(argv, message, tmp_path, capsys, no_loading):
+    from dsnot_kernels.cli import main
+
+    empty, victim, afile = _files(tmp_path)
+    argv = [a.format(empty=empty, victim=victim, afile=afile, tmp=tmp_path) for a in argv]
+    message = message.format(tmp=tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--quiet"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dsnot-prune: error: ") and message in last, err
+    assert (victim / "notes.txt").read_text() == "notes" and afile.read_text() == "precious"
+
+
+def test_hub_id_refused_offline(monkeypatch, capsys, no_loading):
+    from dsnot_kernels.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    with pytest.raises(SystemExit) as info:
+        main(["--model", "someone/not-cached-model", "--quiet"])
+    assert info.value.code == 2
+    assert "not in the Hugging Face cache while HF_HUB_OFFLINE=1" in capsys.readouterr().err
+
+
+def test_cli_subprocess_is_quick_and_one_line():
+    """The real console entry: exit 2, a one-line error, no traceback."""
+    res = subprocess.run([sys.executable, "-m", "dsnot_kernels", "--pattern", "3:2"], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("dsnot-prune: error: --pattern 3:2")
+
+
+MAIN_CASES = [
+    (["--eval_dataset", "wikitext2"], "would need a download"),
+    (["--eval_zero_shot"], "--eval_zero_shot is not supported"),
+    (["--sparsity_type", "2:4", "--sparsity_ratio", "0.6"], "needs --sparsity_ratio 0.5"),
+    (["--model", "PATH"], "--model PATH: no such file or folder"),
+    (["--model", "/does/not/exist"], "no such file or folder"),
+    (["--sparsity_ratio", "1.0"], "--sparsity_ratio must be in [0, 1)"),
+    (["--nsamples", "0"], "--nsamples must be >= 1"),
+    (["--backend", "nope"], "--backend nope: unknown"),
+    (["--calib", "/missing"], "--calib /missing: no such file"),
+    (["--save_model", "{victim}"], "is not empty"),
+]
+
+
+@pytest.mark.parametrize("argv, message", MAIN_CASES, ids=[" ".join(a) for a, _ in MAIN_CASES])
+def test_main_py_refuses_before_loading(argv, message, tmp_path, monkeypatch, capsys, no_loading):
+    _, victim, _ = _files(tmp_path)
+    argv = [a.format(victim=victim) for a in argv]
+    monkeypatch.setattr(sys, "argv", ["main.py", "--sparsity_ratio", "0.5"] + argv)
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / "python" / "main.py"), run_name="__main__")
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("main.py: error: ") and message in last, last
+
+
+def test_main_py_eval_dataset_file_is_used(tmp_path):
+    """--eval_dataset FILE is the evaluation text, and the result line names it."""
+    sys.path.insert(0, str(ROOT / "python"))
+    try:
+        import main as authors_main
+    finally:
+        sys.path.pop(0)
+    text = tmp_path / "eval.txt"
+    text.write_text("some evaluation text\n")
+    args = authors_main.parse(["--eval_dataset", str(text), "--sparsity_ratio", "0.5"])
+    authors_main.check(args)
+    assert args.eval_file == str(text)
