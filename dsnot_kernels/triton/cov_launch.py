@@ -18,7 +18,7 @@ import contextlib
 
 import torch
 
-from dsnot_kernels.reference import var_power
+from dsnot_kernels.reference import sqrt_rn, var_power
 from dsnot_kernels.reference_window import cov_g0
 from dsnot_kernels.triton.cov import cov_refine
 from dsnot_kernels.triton.launch import MASK_POISON, SWAPS_POISON, _poison_on, launch_config
@@ -169,7 +169,7 @@ def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metr
         swaps.fill_(SWAPS_POISON)
     chunk, num_warps = launch_config(cols)
     nm = prune_n > 0
-    sqrt_scaler = torch.sqrt(scaler_row)
+    sqrt_scaler = sqrt_rn(scaler_row)  # correctly rounded (CPU torch.sqrt is not: issue 21)
     p = float(pow_of_var_regrowing)
     varp = var if p == 0.0 else var_power(var, p)
     thr = float(torch.tensor(update_threshold, dtype=torch.float32))

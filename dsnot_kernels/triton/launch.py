@@ -10,7 +10,7 @@ import os
 import torch
 import triton
 
-from dsnot_kernels.reference import var_power
+from dsnot_kernels.reference import sqrt_rn, var_power
 from dsnot_kernels.triton.refine import refine
 from dsnot_kernels.triton.select_nm import select_nm
 from dsnot_kernels.triton.select_unstructured import select_unstructured
@@ -66,7 +66,7 @@ def refine_mask_triton(weight, sum_metric_row, var, scaler_row, initial_metric, 
         return out.zero_().view(torch.bool), swaps.zero_()
     chunk, num_warps = launch_config(cols)
     nm = prune_n > 0
-    sqrt_scaler = torch.sqrt(scaler_row)  # correctly rounded, as the reference's wanda metric
+    sqrt_scaler = sqrt_rn(scaler_row)  # correctly rounded (CPU torch.sqrt is not: issue 21)
     # var**p: the contract's one definition (ATen CPU pow in float64, one rounding; p == 1: var)
     p = float(pow_of_var_regrowing)
     varp = var if p == 0.0 else var_power(var, p)
