@@ -109,7 +109,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backend", default=None, help="refine_mask backend (default: the best for CPU tensors)")
     ap.add_argument("--patterns", default=",".join(p[0] for p in PATTERNS),
-                    help="comma-separated subset of " + ",".join(p[0] for p in PATTERNS) + ", run in that order")
+                    help="comma-separated subset of " + ",".join(p[0] for p in PATTERNS).replace("%", "%%") + ", run in that order")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
