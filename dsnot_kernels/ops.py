@@ -83,22 +83,37 @@ def _serve_triton(device: torch.device) -> "str | None":
     return None
 
 
-def _serve_cov_cpu(device: torch.device) -> "str | None":
-    why = _serve_cpu(device)
-    if why is None and not _extension.has_kernel("CPU", "refine_mask_cov"):
-        why = "the compiled extension has no refine_mask_cov kernel (rebuild it)"
-    return why
+def _serve_cpu_op(op: str) -> Callable[[torch.device], "str | None"]:
+    """``can_serve`` of a CPU backend that needs the compiled op ``dsnot_kernels::<op>``."""
+    def can_serve(device: torch.device) -> "str | None":
+        why = _serve_cpu(device)
+        if why is None and not _extension.has_kernel("CPU", op):
+            why = f"the compiled extension has no {op} kernel (rebuild it)"
+        return why
+    return can_serve
+
+
+_serve_cov_cpu = _serve_cpu_op("refine_mask_cov")
+_serve_swap_cpu = _serve_cpu_op("refine_mask_swap")
+
+
+def _cpu_initial_mask(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, sparsity,
+                      prune_n, prune_m, update_threshold, pow_of_var_regrowing, same_sign):
+    """The caller's mask, else the initial selection of the compiled op (0 cycles): the start of the
+    second-moment objectives' CPU kernels, which then take g0 = cov_g0(...) (the reference's matmul)."""
+    if initial_mask is not None:
+        return initial_mask
+    mask, _ = _compiled_op(weight, sum_metric_row, var, scaler_row, initial_metric, None, None, sparsity,
+                           prune_n, prune_m, 0, update_threshold, pow_of_var_regrowing, same_sign, 0)
+    return mask
 
 
 def _cov_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean, sparsity,
              prune_n, prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, same_sign,
              objective, second_moment=None, window=0):
-    """Objectives 2 and 3 on the CPU kernel: the initial mask (compiled op) and g0 = D0 @ M (the
-    reference's one matmul) here, the cycles in C++ (csrc/cpu/refine_cov_cpu.cpp)."""
-    if initial_mask is None:
-        initial_mask, _ = _compiled_op(weight, sum_metric_row, var, scaler_row, initial_metric, None, None,
-                                       sparsity, prune_n, prune_m, 0, update_threshold, pow_of_var_regrowing,
-                                       same_sign, 0)
+    """Objectives 2 and 3 on the CPU kernel: the cycles in C++ (csrc/cpu/refine_cov_cpu.cpp)."""
+    initial_mask = _cpu_initial_mask(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask,
+                                     sparsity, prune_n, prune_m, update_threshold, pow_of_var_regrowing, same_sign)
     if max_cycle_time == 0:
         return initial_mask.clone(), torch.zeros(weight.shape[0], dtype=torch.int32)
     g0 = cov_g0(weight, initial_mask, second_moment)
@@ -107,23 +122,13 @@ def _cov_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_ma
         max_cycle_time, update_threshold, pow_of_var_regrowing, window if objective == 3 else 0)
 
 
-def _serve_swap_cpu(device: torch.device) -> "str | None":
-    why = _serve_cpu(device)
-    if why is None and not _extension.has_kernel("CPU", "refine_mask_swap"):
-        why = "the compiled extension has no refine_mask_swap kernel (rebuild it)"
-    return why
-
-
 def _swap_cpu(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean, sparsity,
               prune_n, prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing, same_sign,
               objective, second_moment=None):
-    """Objective 4 ("swap") on the CPU kernel: the initial mask (compiled op, 0 cycles) and
-    g0 = D0 @ M (the reference's one matmul) here, the exact best-pair search in C++
+    """Objective 4 ("swap") on the CPU kernel: the exact best-pair search in C++
     (csrc/cpu/refine_swap_cpu.cpp)."""
-    if initial_mask is None:
-        initial_mask, _ = _compiled_op(weight, sum_metric_row, var, scaler_row, initial_metric, None, None,
-                                       sparsity, prune_n, prune_m, 0, update_threshold, pow_of_var_regrowing,
-                                       same_sign, 0)
+    initial_mask = _cpu_initial_mask(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask,
+                                     sparsity, prune_n, prune_m, update_threshold, pow_of_var_regrowing, same_sign)
     if max_cycle_time == 0:
         return initial_mask.clone(), torch.zeros(weight.shape[0], dtype=torch.int32)
     g0 = cov_g0(weight, initial_mask, second_moment)
