@@ -52,3 +52,28 @@ def test_cli_help_points_at_the_api_doc():
                          timeout=120, cwd=ROOT)
     assert res.returncode == 0 and "docs/API.md" in res.stdout
     assert (ROOT / "docs" / "API.md").exists()
+
+
+def test_readme_objective_table_matches_the_code():
+    """The README's objective x backend table says what ``ops.OBJECTIVES`` says."""
+    import re
+    from pathlib import Path
+
+    from dsnot_kernels.ops import BACKENDS, OBJECTIVES
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| objective | a row swaps"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert set(columns[3:]) == set(BACKENDS)
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"\| `(\w+)` \|", line)
+        if m and m.group(1) in OBJECTIVES and line.count("|") == len(columns) + 1:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[m.group(1)] = cells
+    assert set(rows) == set(OBJECTIVES)
+    for name, cells in rows.items():
+        served = {b for b, cell in zip(columns[3:], cells[3:]) if cell == "yes"}
+        assert served == set(OBJECTIVES[name].backends), name
+        needs = set(re.findall(r"`(\w+)`", cells[2]))
+        assert needs == set(OBJECTIVES[name].needs), name
