@@ -28,7 +28,7 @@ import triton.language as tl
 
 from dsnot_kernels.triton._common import (KEY_MAX, KEY_MIN, composite_key, dm_at, key_column,
                                           load_w, metric_at, pair_tree_256, weight_arg)
-from dsnot_kernels.triton.refine import _chunk_best, _growth_values, _prune_values
+from dsnot_kernels.triton.refine import _chunk_best, _growth_values, _prune_values, _tournament
 
 # list ids in the slots scratch
 HI, LO, PLO, PHI = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
@@ -125,24 +125,10 @@ def _cov_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, m_ptr, g_ptr, 
     tl.debug_barrier()
 
     # 2. the tournament, and (objective 3) the windows filled from it
-    top_hi = tl.full([N_CHUNKS], KEY_MIN, tl.int64)
-    top_lo = top_hi
-    top_plo = top_hi
-    top_phi = top_hi
-    if (max_cycles > 0) & (tl.abs(err) > thr):
-        for c in range(0, tl.cdiv(cols, CHUNK)):
-            offs = c * CHUNK + idx
-            m = offs < cols
-            here = chunk_ids == c
-            top_hi = tl.where(here, _chunk_best(
-                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, True, div), KEY_MAX), top_hi)
-            top_lo = tl.where(here, _chunk_best(
-                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, False, div), KEY_MAX), top_lo)
-            if not NM:
-                top_phi = tl.where(here, _chunk_best(
-                    _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, True), KEY_MAX), top_phi)
-                top_plo = tl.where(here, _chunk_best(
-                    _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, False), KEY_MAX), top_plo)
+    build = (max_cycles > 0) & (tl.abs(err) > thr)
+    top_hi, top_lo, top_plo, top_phi = _tournament(build, w_row, smr_ptr, varp_ptr, sqrt_s_ptr, out_row,
+                                                   idx, chunk_ids, cols, div, NM, CHUNK, N_CHUNKS)
+    if build:
         if WINDOW:
             for s in range(0, K):
                 col, top_hi = _take_growth(top_hi, True, w_row, smr_ptr, varp_ptr, out_row, idx,

@@ -63,6 +63,32 @@ def _chunk_best(values, limit):
     return tl.max(tl.where(values < limit, values, KEY_MIN), axis=0)
 
 
+@triton.jit
+def _tournament(build, w_row, smr_ptr, varp_ptr, sqrt_s_ptr, out_row, idx, chunk_ids, cols, div,
+                NM: tl.constexpr, CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr):
+    """The best member of each chunk for the lists hi, lo, plo, phi ((N_CHUNKS,) int64 keys each;
+    KEY_MIN everywhere unless ``build``; N:M builds no prune lists)."""
+    top_hi = tl.full([N_CHUNKS], KEY_MIN, tl.int64)
+    top_lo = top_hi
+    top_plo = top_hi
+    top_phi = top_hi
+    if build:
+        for c in range(0, tl.cdiv(cols, CHUNK)):
+            offs = c * CHUNK + idx
+            m = offs < cols
+            here = chunk_ids == c
+            top_hi = tl.where(here, _chunk_best(
+                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, True, div), KEY_MAX), top_hi)
+            top_lo = tl.where(here, _chunk_best(
+                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, False, div), KEY_MAX), top_lo)
+            if not NM:
+                top_phi = tl.where(here, _chunk_best(
+                    _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, True), KEY_MAX), top_phi)
+                top_plo = tl.where(here, _chunk_best(
+                    _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, False), KEY_MAX), top_plo)
+    return top_hi, top_lo, top_plo, top_phi
+
+
 @triton.jit(do_not_specialize=["max_cycles", "same_sign", "has_metric", "div"])
 def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, var_ptr,
                    src_ptr, out_ptr, swaps_ptr, cols, max_cycles, thr, same_sign, has_metric, div,
@@ -101,24 +127,9 @@ def _refine_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, mean_ptr, v
     tl.debug_barrier()  # the copied codes are read by other threads below
 
     # 2. the tournament: best member of each chunk, per list (built only if a cycle can run)
-    top_hi = tl.full([N_CHUNKS], KEY_MIN, tl.int64)
-    top_lo = top_hi
-    top_plo = top_hi
-    top_phi = top_hi
-    if (max_cycles > 0) & (tl.abs(err) > thr):
-        for c in range(0, tl.cdiv(cols, CHUNK)):
-            offs = c * CHUNK + idx
-            m = offs < cols
-            here = chunk_ids == c
-            top_hi = tl.where(here, _chunk_best(
-                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, True, div), KEY_MAX), top_hi)
-            top_lo = tl.where(here, _chunk_best(
-                _growth_values(w_row, smr_ptr, varp_ptr, out_row, offs, m, False, div), KEY_MAX), top_lo)
-            if not NM:
-                top_phi = tl.where(here, _chunk_best(
-                    _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, True), KEY_MAX), top_phi)
-                top_plo = tl.where(here, _chunk_best(
-                    _prune_values(w_row, smr_ptr, sqrt_s_ptr, out_row, offs, m, False), KEY_MAX), top_plo)
+    top_hi, top_lo, top_plo, top_phi = _tournament(
+        (max_cycles > 0) & (tl.abs(err) > thr), w_row, smr_ptr, varp_ptr, sqrt_s_ptr, out_row, idx,
+        chunk_ids, cols, div, NM, CHUNK, N_CHUNKS)
 
     # 3. the swap loop (contract "The swap loop" / objective 1)
     swaps = tl.sum(tl.zeros([2], tl.int32), axis=0)
