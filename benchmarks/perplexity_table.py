@@ -44,9 +44,12 @@ METHODS = {  # name -> PruneConfig overrides; run order = round 1 for all patter
     "cov_window100_all_rec": dict(refine=True, skip="none", objective="cov_window", window=100, reconstruct=True),
     "wanda_rec": dict(refine=False, reconstruct=True),
     "sparsegpt_rec": dict(initial="sparsegpt", refine=False, reconstruct=True),
+    "swap_all_rec": dict(refine=True, skip="none", objective="swap", reconstruct=True),
+    "sparsegpt_swap_rec": dict(initial="sparsegpt", refine=True, skip="none", objective="swap", reconstruct=True),
 }
 ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"], ["swap_all"],
-          ["sparsegpt", "sparsegpt_cov_window_rec", "cov_window100_all_rec"], ["wanda_rec", "sparsegpt_rec"]]
+          ["sparsegpt", "sparsegpt_cov_window_rec", "cov_window100_all_rec"], ["wanda_rec", "sparsegpt_rec"],
+          ["swap_all_rec", "sparsegpt_swap_rec"]]
 LABELS = {"dense": "dense", "wanda": "Wanda",
           "dsnot_attn": "Wanda + DSnoT, attention only (skip=mlp, the authors' default)",
           "dsnot_all": "Wanda + DSnoT, every sub-layer (skip=none)",
@@ -59,7 +62,9 @@ LABELS = {"dense": "dense", "wanda": "Wanda",
           "sparsegpt_rec": "SparseGPT + reconstruct",
           "wanda_rec": "Wanda + reconstruct",
           "cov_window100_all_rec": "Wanda + cov_window (window 100, skip=none) + reconstruct",
-          "sparsegpt_cov_window_rec": "SparseGPT + cov_window (window 100, skip=none) + reconstruct"}
+          "sparsegpt_cov_window_rec": "SparseGPT + cov_window (window 100, skip=none) + reconstruct",
+          "swap_all_rec": "Wanda + swap (every sub-layer) + reconstruct",
+          "sparsegpt_swap_rec": "SparseGPT + swap (every sub-layer) + reconstruct"}
 
 
 def load(path=RESULTS) -> dict:
@@ -89,7 +94,8 @@ def table(data, key) -> str:
     if dense:
         lines.append("| dense | " + " | ".join(f"{dense['ppl']:.2f}" for _ in order) + " |")
     for method in ["wanda", "dsnot_attn", "dsnot_all", "mse_all", "cov_all", "cov_window_all", "cov_window100_all",
-                   "swap_all", "sparsegpt", "sparsegpt_rec", "wanda_rec", "cov_window100_all_rec", "sparsegpt_cov_window_rec"]:
+                   "swap_all", "sparsegpt", "sparsegpt_rec", "wanda_rec", "cov_window100_all_rec", "sparsegpt_cov_window_rec",
+                   "swap_all_rec", "sparsegpt_swap_rec"]:
         cells = []
         for c in order:
             r = runs.get(f"{method}@{c}")
@@ -188,6 +194,7 @@ def main():
                         reconstruct_max_iterations=max((r["iterations"] for r in recs), default=0),
                         reconstruct_mean_iterations=sum(r["iterations"] for r in recs) / max(len(recs), 1),
                         reconstruct_max_rel_residual=max((r["max_rel_residual"] for r in recs), default=0.0),
+                        reconstruct_max_rel_decrease=max((r.get("max_rel_decrease", 0.0) for r in recs), default=0.0),
                         reconstruct_rows_reverted=sum(r["rows_reverted"] for r in recs),
                         sparsegpt_time_s=sum(e.get("sparsegpt_time_s", 0.0) for e in report["sublayers"]))
                 save(data, args.out)

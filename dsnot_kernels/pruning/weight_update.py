@@ -33,7 +33,7 @@ def sparsegpt_initial(W: torch.Tensor, stats, config):
 def reconstruct_kept(W: torch.Tensor, mask: torch.Tensor, stats, init=None):
     """(new_weight, info) of the exact reconstruction of the kept weights for ``mask``.
 
-    ``info`` (JSON-serialisable): iterations, max_rel_residual, converged, rows_not_converged,
+    ``info`` (JSON-serialisable): iterations, max_rel_residual, max_rel_decrease, converged, rows_not_converged,
     rows_reverted, loss_before/loss_after (mean row loss in the Hessian's scale), time_s."""
     if stats.hessian is None:
         raise ValueError("reconstruct=True needs CalibrationStats(..., hessian=True)")
