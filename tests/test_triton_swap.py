@@ -201,3 +201,18 @@ def test_bounded_search_reads_fewer_pairs(monkeypatch):
     swaps, pf, pu = check(monkeypatch, W, st, sparsity=0.5)
     assert int(swaps.sum()) >= 10
     assert int(pf.sum()) < 0.7 * int(pu.sum()), (pf.tolist(), pu.tolist())
+
+
+def test_mask_bytes_are_0_or_1(monkeypatch):
+    """The working marks (2: kept and scanned this cycle) never reach the result, whether a row
+    stops at its local optimum or at the cap; poisoned outputs are all written."""
+    monkeypatch.setenv("DSNOT_KERNELS_POISON", "1")
+    from dsnot_kernels.triton import cov_launch
+
+    W, st = correlated(3, 32, seed=10, common=1.0)
+    args = (W, st.sum_metric_row, st.var, st.scaler_row)
+    for cap in (BIG, 2):
+        mask, swaps, pairs = triton_run(monkeypatch, args, st.hessian, 0, sparsity=0.5, max_cycle_time=cap)
+        b = mask.view(torch.uint8)
+        assert bool(((b == 0) | (b == 1)).all()) and bool((swaps >= 0).all()) and bool((pairs > 0).all())
+    assert cov_launch.layer_bytes(3, 32, torch.float32, 0, swap_bounds=True)["bounds"] == 8 * 3 * 32 + 8 * 3 + 8

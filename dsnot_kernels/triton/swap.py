@@ -31,7 +31,9 @@ Two searches (``SEARCH``), with the same result bit for bit:
   Every bound is lowered by a relative slack (``SLACK`` = 1e-10 of the row's scale: the largest
   |A|, |B| and |cross term|, non-decreasing), far above the float64 rounding of a delta (< 4·2⁻⁵³
   of it), so it bounds the COMPUTED delta. Per cycle: a few O(cols) passes plus one O(cols) row
-  scan and one O(cols) selection per scanned q.
+  scan and one O(cols) selection per scanned q. The two passes of an accepted swap (the g update
+and the bounds) run in CHUNK/2-column blocks: they hold a dozen float64 values per column, and
+so the kernel stays at <= 80 registers (benchmarks/triton_resources.py).
 
 ``out`` holds the working mask (0 kept, 1 pruned; 2 kept and scanned this cycle) and is the result
 (0/1). ``pairs[row]`` (int64) counts the deltas computed (as the CPU kernel counts them: a scan of
@@ -106,7 +108,7 @@ def _swap_pass(w_row, g_row, m_ptr, lb_row, out_row, q, r, wq, wr, cols, scale, 
     dmax = tl.sum(tl.zeros([2], tl.float64), axis=0)
     mx = tl.sum(tl.zeros([2], tl.float64), axis=0)
     pb = tl.sum(tl.zeros([2], tl.float64), axis=0) + inf
-    for base in range(0, cols, CHUNK):
+    for base in range(0, cols, CHUNK // 2):
         offs = base + idx
         m = offs < cols
         mo = tl.where(ok, m, False)  # (a block & a scalar bool trips the interpreter)
@@ -144,7 +146,7 @@ def _bound_pass(w_row, g_row, m_ptr, lb_row, out_row, q, wq, pb, dmin, peps, col
     """After the swap (q newly pruned): per kept column ``L += dmin`` less the slack, the new pair
     with q, then ``lb = A + L`` less the slack (NaN -> -inf). Stores only if ``ok``."""
     mq_row = m_ptr + q.to(tl.int64) * cols
-    for base in range(0, cols, CHUNK):
+    for base in range(0, cols, CHUNK // 2):
         offs = base + idx
         m = offs < cols
         mo = tl.where(ok, m, False)
@@ -236,7 +238,7 @@ def _swap_kernel(w_ptr, m_ptr, g_ptr, src_ptr, out_ptr, swaps_ptr, lb_ptr, mmax_
             wq = load_w(w_row + q, ok).to(tl.float64)
             wr = load_w(w_row + r, ok).to(tl.float64)
             dmin, dmax, mx, pb = _swap_pass(w_row, g_row, m_ptr, lb_row, out_row, q, r, wq, wr, cols,
-                                            scale, ok, idx, CHUNK)
+                                            scale, ok, tl.arange(0, CHUNK // 2), CHUNK)
             dmin = tl.where(dmin < inf, dmin, 0.0)  # q is the only pruned column now
             scale = tl.where(ok, tl.maximum(scale, mx + c_max), scale)
             peps = SLACK * (scale + dmax)
@@ -246,7 +248,7 @@ def _swap_kernel(w_ptr, m_ptr, g_ptr, src_ptr, out_ptr, swaps_ptr, lb_ptr, mmax_
             tl.store(lb_row + r, -inf, mask=ok)  # r is kept now: scanned when next needed
             tl.debug_barrier()
             _bound_pass(w_row, g_row, m_ptr, lb_row, out_row, q, wq, pb, dmin, peps, cols, scale, ok,
-                        idx, CHUNK)
+                        tl.arange(0, CHUNK // 2), CHUNK)
             pairs += tl.where(ok, n_kept, 0).to(tl.int64)
         else:
             best = tl.sum(tl.zeros([2], tl.float64), axis=0) + inf
