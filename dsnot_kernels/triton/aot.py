@@ -81,9 +81,10 @@ def variants(cols: int):
     cov_t = _cov_types("fp16", "fp32")
     add("cov_2_4[fp16,M=fp32]", _cov_kernel, cov_t, _cov_c(True, 4, 0))
     add("cov_window_2_4[fp16,M=fp32]", _cov_kernel, cov_t, _cov_c(True, 4, 100))
-    # objective 4 (swap)
+    # objective 4 (swap): the bounded search (the launcher's default), and the full scan once
     for wd, md in (("fp16", "fp32"), ("bf16", "fp32"), ("fp16", "fp64")):
         add(f"swap_unstructured[{wd},M={md}]", _swap_kernel, _swap_types(wd, md), _swap_c(cols, 0))
+    add("swap_unstructured_full[fp16,M=fp32]", _swap_kernel, _swap_types("fp16", "fp32"), _swap_c(cols, 0, 1))
     add("swap_2_4[fp16,M=fp32]", _swap_kernel, _swap_types("fp16", "fp32"), _swap_c(cols, 4))
     return out
 
@@ -91,12 +92,14 @@ def variants(cols: int):
 def _swap_types(wdtype, mdtype):
     w = "*i16" if wdtype == "bf16" else "*" + wdtype
     return dict(w_ptr=w, m_ptr="*" + mdtype, g_ptr="*fp64", src_ptr="*u8", out_ptr="*u8",
-                swaps_ptr="*i32", cols="i32", max_cycles="i32")
+                swaps_ptr="*i32", lb_ptr="*fp64", mmax_ptr="*fp64", pairs_ptr="*i64", cols="i32",
+                max_cycles="i32")
 
 
-def _swap_c(cols, m):
+def _swap_c(cols, m, search=0):
     qb, rb = swap_tile_config(cols, m, interpreting=False)
-    return dict(NM=m > 0, PRUNE_M=max(m, 1), M_POW2=triton.next_power_of_2(max(m, 1)), QB=qb, RB=rb)
+    return dict(NM=m > 0, PRUNE_M=max(m, 1), M_POW2=triton.next_power_of_2(max(m, 1)), QB=qb, RB=rb,
+                SEARCH=search if m == 0 else 1)
 
 
 def _cov_types(wdtype, mdtype):

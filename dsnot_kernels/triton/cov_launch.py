@@ -39,20 +39,24 @@ def free_bytes(device: torch.device) -> "int | None":
     return None
 
 
-def layer_bytes(rows: int, cols: int, m_dtype: torch.dtype, window: int = 0) -> dict:
+def layer_bytes(rows: int, cols: int, m_dtype: torch.dtype, window: int = 0, swap_bounds: bool = False) -> dict:
     """Bytes the Triton cov path allocates for one (rows, cols) layer, beyond its inputs.
 
     ``peak`` is the most at one time: during the g0 matmul, D0 and g (float64 each) plus, for a
-    float32 M, its float64 copy; then g, the mask and the slots while the kernel runs."""
+    float32 M, its float64 copy; then g, the mask, the slots and (``swap_bounds``: objective 4's
+    bounded search, unstructured) the float64 bounds scratch (allocated after the matmul) while
+    the kernel runs."""
     K = min(window, cols)
     g = 8 * rows * cols
     d0 = 8 * rows * cols
     m64 = 8 * cols * cols if m_dtype != torch.float64 else 0
     mask = rows * cols + 4 * rows
     slots = 4 * rows * 4 * K
+    bounds = 8 * rows * cols + 8 * rows + 8 if swap_bounds else 0
     matmul = g + d0 + m64 + mask
-    kernel = g + mask + slots
-    return dict(g=g, d0=d0, m64_copy=m64, mask=mask, slots=slots, peak=max(matmul, kernel))
+    kernel = g + mask + slots + bounds
+    return dict(g=g, d0=d0, m64_copy=m64, mask=mask, slots=slots, bounds=bounds, matmul=matmul,
+                kernel=kernel, peak=max(matmul, kernel))
 
 
 def check_memory(device: torch.device, need: int, what: str) -> None:
@@ -142,10 +146,14 @@ def tile_config(window: int, prune_m: int, interpreting: bool):
 
 def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
                            sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
-                           pow_of_var_regrowing, same_sign, objective, second_moment=None, window=0):
+                           pow_of_var_regrowing, same_sign, objective, second_moment=None, window=0,
+                           swap_search=0, swap_pairs=None):
     """Triton backend of objectives 2, 3 and 4 (the op's positional arguments, validated by
     ``ops.refine_mask``, plus ``second_moment`` (cols, cols) float32/float64 exactly symmetric and
-    ``window`` for objective 3). Returns (mask (rows, cols) bool, swaps (rows,) int32)."""
+    ``window`` for objective 3). Objective 4: ``swap_search`` 0 = the bounded search (the
+    default; unstructured rows), 1 = the full scan of every pair (the same result); ``swap_pairs``,
+    a (rows,) int64 tensor, receives the deltas each row computed. Returns (mask (rows, cols)
+    bool, swaps (rows,) int32)."""
     import os
 
     rows, cols = weight.shape
@@ -156,10 +164,12 @@ def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metr
     if K > MAX_WINDOW:
         raise ValueError(f"window={window}: the triton cov_window kernel takes windows up to {MAX_WINDOW}")
     blocked = False
+    swap_bounds = objective == 4 and prune_n == 0 and swap_search == 0
     if max_cycle_time > 0:
-        need = layer_bytes(rows, cols, second_moment.dtype, K)
+        need = layer_bytes(rows, cols, second_moment.dtype, K, swap_bounds)
         free = free_bytes(dev)
-        small = need["peak"] - need["m64_copy"] + 8 * cols * min(cols, G0_BLOCK) if need["m64_copy"] else None
+        small = (max(need["matmul"] - need["m64_copy"] + 8 * cols * min(cols, G0_BLOCK), need["kernel"])
+                 if need["m64_copy"] else None)
         blocked = free is not None and small is not None and need["peak"] > free >= small
         check_memory(dev, small if blocked else need["peak"], f"a ({rows}, {cols}) layer")
     out = torch.empty((rows, cols), dtype=torch.uint8, device=dev)
@@ -191,8 +201,10 @@ def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metr
         interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
         if objective == 4:
             qb, rb = swap_tile_config(cols, prune_m if nm else 0, interpreting)
-            swap_refine(weight, second_moment, g, src, out, swaps, int(max_cycle_time), prune_m if nm else 0,
-                        chunk, num_warps, qb, rb)
+            pairs = swap_refine(weight, second_moment, g, src, out, swaps, int(max_cycle_time),
+                                prune_m if nm else 0, chunk, num_warps, qb, rb, search=int(swap_search))
+            if swap_pairs is not None:
+                swap_pairs.copy_(pairs)
             return out.view(torch.bool), swaps
         slots = torch.empty((rows, 4, K), dtype=torch.int32, device=dev) if K else None
         qb, rb = tile_config(K, prune_m if nm else 0, interpreting)
