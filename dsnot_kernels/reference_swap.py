@@ -65,7 +65,7 @@ def _cycles_unstructured(Wd, g, m, M, Mdiag, max_cycle_time, swaps):
     inf = torch.full((), _INF, dtype=torch.float64, device=dev)
     kept = (~m).sum(1)
     S = int(kept.max())
-    if S == 0 or S == cols:
+    if S == 0 or bool((kept == cols).all()):   # no kept column, or no pruned one, in any row
         return
     qcol = torch.sort(m.to(torch.int8), dim=1, stable=True)[1][:, :S]        # kept first, ascending
     ok = torch.arange(S, device=dev).unsqueeze(0) < kept.unsqueeze(1)        # (n, S)

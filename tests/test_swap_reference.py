@@ -313,3 +313,22 @@ def test_chunks_do_not_change_the_result(monkeypatch):
         b = dk.refine_mask(W, *vec, **kw)
         monkeypatch.undo()
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_a_fully_kept_row_does_not_stop_the_others():
+    """A caller's mask where one row keeps every column (no pair) and one prunes every column (no
+    pair), in the same chunk as rows that swap: those two make no swap, the others are refined as
+    alone (the reference once returned early for the whole chunk when one row kept every column)."""
+    W = torch.randn(4, 24, generator=torch.Generator().manual_seed(5))
+    st, M = calib(24, 17)
+    init = torch.rand(4, 24, generator=torch.Generator().manual_seed(6)) < 0.5
+    init[1] = False
+    init[3] = True
+    ref, got, _ = run(W, st, M, initial_mask=init, max_cycle_time=1000)
+    assert_same(ref, got, "fully kept row")
+    assert int(ref[1][1]) == 0 and int(ref[1][3]) == 0 and int(ref[1][0]) > 0 and int(ref[1][2]) > 0
+    for r in (0, 2):  # each row refined alone gives the same
+        alone = dk.refine_mask(W[r:r + 1], st.sum_metric_row, st.var, st.scaler_row, objective="swap",
+                               second_moment=M, backend="torch", return_swaps=True, initial_mask=init[r:r + 1],
+                               max_cycle_time=1000)
+        assert torch.equal(alone[0][0], ref[0][r]) and int(alone[1][0]) == int(ref[1][r])
