@@ -117,12 +117,12 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
 struct SwapScratch {
   std::vector<double> w, g, A, B, L, key, hm, hb;
   std::vector<uint8_t> pruned;
-  std::vector<int32_t> ps, ks;                  // pruned / kept columns by (a_j, j) ascending
-  std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle
+  std::vector<int32_t> ps, ks, stair;           // pruned / kept columns by (a_j, j) ascending
+  std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle (the first nc)
   explicit SwapScratch(const SwapProblem& P) {
     const size_t c = static_cast<size_t>(P.cols);
     w.resize(c); g.resize(c); A.resize(c); B.resize(c); L.resize(c);
-    key.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c);
+    key.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c); stair.resize(c); cand.resize(c);
   }
 };
 
@@ -179,10 +179,23 @@ inline void move_between(std::vector<int32_t>& from, std::vector<int32_t>& to, i
 // (r pruned, slopes decreasing in the a order), built here (hm, hb; returns its size) and
 // evaluated at x = a_q for the kept q in increasing a order by Envelope::at.
 size_t build_envelope(SwapScratch& S) {
+  // Only lines below every line of a larger or equal a can be lowest at some x >= 0 (a_q >= 0):
+  // the others are dropped first (one compare each, from the largest a down; the staircase left
+  // is short on real layers, where a large |w_r| also makes B_r very negative).
+  int32_t* st = S.stair.data();
+  size_t ns = 0;
+  double lo = kInf;
+  for (auto it = S.ps.rbegin(); it != S.ps.rend(); ++it) {
+    const double b = S.B[*it];
+    st[ns] = *it;
+    ns += b < lo;
+    lo = b < lo ? b : lo;
+  }
   double* hm = S.hm.data();
   double* hb = S.hb.data();
   size_t n = 0;
-  for (const int32_t r : S.ps) {
+  while (ns > 0) {  // increasing a
+    const int32_t r = st[--ns];
     const double m = -2.0 * S.key[r], b = S.B[r];
     if (n > 0 && hm[n - 1] == m) {  // equal slopes: the lower intercept
       if (hb[n - 1] <= b) continue;
@@ -262,7 +275,8 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
     } else {
       // One pass over the kept q: the last swap's bound update, the Cauchy-Schwarz bound (every
       // cycle: measured best; every 2nd or 4th cycle read 2-5x more pairs), the candidates.
-      S.cand.clear();
+      size_t nc = 0;
+      std::pair<double, int64_t>* cand = S.cand.data();
       auto bound = [&](int64_t q, double cs) {
         double l = L[q];
         if (pending) {  // B moved by >= dmin on the old pruned r; the new pair (q, q*)
@@ -275,7 +289,8 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
         l = c > l ? c : l;
         L[q] = l;
         const double lb = (A[q] + l) - kSlack * (scale + std::fabs(l));
-        if (lb < 0.0) S.cand.emplace_back(lb, q);
+        cand[nc] = std::make_pair(lb, q);  // kept if lb < 0 (branch-free: about half are)
+        nc += lb < 0.0;
       };
       if (use_cs) {
         Envelope env{S.hm.data(), S.hb.data(), build_envelope(S)};
@@ -288,17 +303,16 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
       pending = false;
       // The lowest bound first (one scan gives an incumbent), then in order only those that can
       // still reach it.
-      if (!S.cand.empty()) {
-        auto lo = std::min_element(S.cand.begin(), S.cand.end());
-        std::iter_swap(S.cand.begin(), lo);
-        scan(S.cand.front().second);
+      if (nc > 0) {
+        auto lo = std::min_element(cand, cand + nc);
+        std::iter_swap(cand, lo);
+        scan(cand[0].second);
         const double cut = best;
-        auto end = std::partition(S.cand.begin() + 1, S.cand.end(), [cut](const auto& c) { return c.first <= cut; });
-        S.cand.erase(end, S.cand.end());
-        std::sort(S.cand.begin() + 1, S.cand.end());
+        nc = std::partition(cand + 1, cand + nc, [cut](const auto& c) { return c.first <= cut; }) - cand;
+        std::sort(cand + 1, cand + nc);
       }
-      for (size_t t = 1; t < S.cand.size(); ++t) {
-        const auto& c = S.cand[t];
+      for (size_t t = 1; t < nc; ++t) {
+        const auto& c = cand[t];
         if (c.first > best) break;
         scan(c.second);
       }
