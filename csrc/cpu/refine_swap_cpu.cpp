@@ -115,52 +115,110 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
 }
 
 struct SwapScratch {
-  std::vector<double> w, g, A, B, L, key, hm, hb;
+  std::vector<double> w, g, A, B, L, key, hm, hb, dB;
   std::vector<uint8_t> pruned;
   std::vector<int32_t> ps, ks, stair;           // pruned / kept columns by (a_j, j) ascending
   std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle (the first nc)
   explicit SwapScratch(const SwapProblem& P) {
     const size_t c = static_cast<size_t>(P.cols);
     w.resize(c); g.resize(c); A.resize(c); B.resize(c); L.resize(c);
-    key.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c); stair.resize(c); cand.resize(c);
+    key.resize(c); dB.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c); stair.resize(c); cand.resize(c);
   }
 };
 
 // g <- g + (w_q M[q, :] - w_r M[r, :]), each op rounded (contract "Objective 2").
+DSNOT_SWAP_CLONES void update_g_row(double* __restrict g, const double* __restrict mq, const double* __restrict mr,
+                                    double wq, double wr, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) g[j] = g[j] + (wq * mq[j] - wr * mr[j]);
+}
 inline void update_g(const SwapProblem& P, double* g, double wq, double wr, int64_t q, int64_t r) {
-  const double* mq = P.M + q * P.cols;
-  const double* mr = P.M + r * P.cols;
-  for (int64_t j = 0; j < P.cols; ++j) g[j] = g[j] + (wq * mq[j] - wr * mr[j]);
+  update_g_row(g, P.M + q * P.cols, P.M + r * P.cols, wq, wr, P.cols);
 }
 
 inline double a_term(double w, double g, double md) { return (2.0 * w) * g + (w * w) * md; }
 inline double b_term(double w, double g, double md) { return (w * w) * md - (2.0 * w) * g; }
 
 // A on kept columns (+inf on pruned), B on pruned columns (+inf on kept); returns max |A|, |B|.
-// With dmin: also the min (and max |.|) of B_new - B_old over the columns pruned before and after
-// (pruned now and not q_new). Branch-free: the kept/pruned pattern of a row is random.
-double side_terms(const SwapProblem& P, SwapScratch& S, int64_t q_new, double* dmin, double* dmax_abs) {
+// With dB: also dB_j = B_new - B_old on the columns pruned before and after (pruned now and not
+// q_new; +inf elsewhere), their min and max |.|. Branch-free (the kept/pruned pattern of a row is
+// random) and vectorised.
+// Lane-wise select (m: all-ones lanes take x) and |x|, as macros: no v4d passes through a call.
+#define DSNOT_VSEL(m, x, y) ((v4d)((((v4l)(x)) & (m)) | (((v4l)(y)) & ~(m))))
+#define DSNOT_VABS(x) ((v4d)(((v4l)(x)) & kAbsMask))
+template <bool kDelta>
+__attribute__((always_inline)) inline double side_pass(int64_t n, const double* __restrict w, const double* __restrict g,
+                        const double* __restrict diag, const uint8_t* __restrict pr, int64_t q_new,
+                        double* __restrict A, double* __restrict B, double* __restrict dB, double* dmin,
+                        double* dmax_abs) {
+  const v4d inf = {kInf, kInf, kInf, kInf}, zero = {0.0, 0.0, 0.0, 0.0}, two = {2.0, 2.0, 2.0, 2.0};
+  const v4l qn = {q_new, q_new, q_new, q_new}, step = {4, 4, 4, 4};
+  const v4l kAbsMask = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+  v4d mxv = zero, dnv = inf, dav = zero;
+  v4l idx = {0, 1, 2, 3};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    v4d wv, gv, mv, bo;
+    std::memcpy(&wv, w + j, sizeof(wv));
+    std::memcpy(&gv, g + j, sizeof(gv));
+    std::memcpy(&mv, diag + j, sizeof(mv));
+    const v4l pv = {pr[j], pr[j + 1], pr[j + 2], pr[j + 3]};
+    const v4l p = pv != 0;
+    const v4d a = (two * wv) * gv + (wv * wv) * mv, b = (wv * wv) * mv - (two * wv) * gv;
+    if (kDelta) {
+      std::memcpy(&bo, B + j, sizeof(bo));
+      const v4l both = p & (idx != qn);
+      const v4d d = DSNOT_VSEL(both, b - bo, inf);
+      std::memcpy(dB + j, &d, sizeof(d));
+      dnv = DSNOT_VSEL(d < dnv, d, dnv);
+      const v4d ad = DSNOT_VSEL(both, DSNOT_VABS(d), zero);
+      dav = DSNOT_VSEL(ad > dav, ad, dav);
+      idx += step;
+    }
+    const v4d an = DSNOT_VSEL(p, inf, a), bn = DSNOT_VSEL(p, b, inf);
+    std::memcpy(A + j, &an, sizeof(an));
+    std::memcpy(B + j, &bn, sizeof(bn));
+    const v4d v = DSNOT_VABS(DSNOT_VSEL(p, b, a));
+    mxv = DSNOT_VSEL(v > mxv, v, mxv);
+  }
   double mx = 0.0, dn = kInf, da = 0.0;
-  const double* w = S.w.data();
-  const double* g = S.g.data();
-  const uint8_t* pr = S.pruned.data();
-  double* A = S.A.data();
-  double* B = S.B.data();
-  for (int64_t j = 0; j < P.cols; ++j) {
-    const double a = a_term(w[j], g[j], P.diag[j]), b = b_term(w[j], g[j], P.diag[j]);
+  for (int l = 0; l < 4; ++l) {
+    mx = mxv[l] > mx ? mxv[l] : mx;
+    dn = dnv[l] < dn ? dnv[l] : dn;
+    da = dav[l] > da ? dav[l] : da;
+  }
+  for (; j < n; ++j) {  // the tail
+    const double a = a_term(w[j], g[j], diag[j]), b = b_term(w[j], g[j], diag[j]);
     const bool p = pr[j] != 0;
-    const bool both = p && j != q_new;
-    const double d = both ? b - B[j] : kInf;
-    dn = d < dn ? d : dn;
-    const double ad = both ? std::fabs(d) : 0.0;
-    da = ad > da ? ad : da;
+    if (kDelta) {
+      const bool both = p && j != q_new;
+      const double d = both ? b - B[j] : kInf;
+      dB[j] = d;
+      dn = d < dn ? d : dn;
+      const double ad = both ? std::fabs(d) : 0.0;
+      da = ad > da ? ad : da;
+    }
     A[j] = p ? kInf : a;
     B[j] = p ? b : kInf;
     const double v = std::fabs(p ? b : a);
     mx = v > mx ? v : mx;
   }
-  if (dmin != nullptr) { *dmin = dn; *dmax_abs = da; }
+  if (kDelta) { *dmin = dn; *dmax_abs = da; }
   return mx;
+}
+DSNOT_SWAP_CLONES double side_pass_delta(int64_t n, const double* w, const double* g, const double* diag,
+                                         const uint8_t* pr, int64_t q_new, double* A, double* B, double* dB,
+                                         double* dmin, double* dmax_abs) {
+  return side_pass<true>(n, w, g, diag, pr, q_new, A, B, dB, dmin, dmax_abs);
+}
+DSNOT_SWAP_CLONES double side_pass_plain(int64_t n, const double* w, const double* g, const double* diag,
+                                         const uint8_t* pr, double* A, double* B) {
+  return side_pass<false>(n, w, g, diag, pr, -1, A, B, nullptr, nullptr, nullptr);
+}
+double side_terms(const SwapProblem& P, SwapScratch& S, int64_t q_new, double* dmin, double* dmax_abs) {
+  if (dmin == nullptr)
+    return side_pass_plain(P.cols, S.w.data(), S.g.data(), P.diag, S.pruned.data(), S.A.data(), S.B.data());
+  return side_pass_delta(P.cols, S.w.data(), S.g.data(), P.diag, S.pruned.data(), q_new, S.A.data(), S.B.data(),
+                         S.dB.data(), dmin, dmax_abs);
 }
 
 // (a_j, j) order of the row's columns.
