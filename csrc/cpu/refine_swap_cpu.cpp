@@ -115,14 +115,14 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
 }
 
 struct SwapScratch {
-  std::vector<double> w, g, A, B, L, key, hm, hb, dB;
+  std::vector<double> w, g, A, B, L, key, hm, hb, lb, cs;  // lb, cs: the bound pass's
   std::vector<uint8_t> pruned;
   std::vector<int32_t> ps, ks, stair;           // pruned / kept columns by (a_j, j) ascending
   std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle (the first nc)
   explicit SwapScratch(const SwapProblem& P) {
     const size_t c = static_cast<size_t>(P.cols);
     w.resize(c); g.resize(c); A.resize(c); B.resize(c); L.resize(c);
-    key.resize(c); dB.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c); stair.resize(c); cand.resize(c);
+    key.resize(c); lb.resize(c); cs.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c); stair.resize(c); cand.resize(c);
   }
 };
 
@@ -139,8 +139,8 @@ inline double a_term(double w, double g, double md) { return (2.0 * w) * g + (w 
 inline double b_term(double w, double g, double md) { return (w * w) * md - (2.0 * w) * g; }
 
 // A on kept columns (+inf on pruned), B on pruned columns (+inf on kept); returns max |A|, |B|.
-// With dB: also dB_j = B_new - B_old on the columns pruned before and after (pruned now and not
-// q_new; +inf elsewhere), their min and max |.|. Branch-free (the kept/pruned pattern of a row is
+// With kDelta: also the min and max |.| of B_new - B_old over the columns pruned before and after
+// (pruned now and not q_new). Branch-free (the kept/pruned pattern of a row is
 // random) and vectorised.
 // Lane-wise select (m: all-ones lanes take x) and |x|, as macros: no v4d passes through a call.
 #define DSNOT_VSEL(m, x, y) ((v4d)((((v4l)(x)) & (m)) | (((v4l)(y)) & ~(m))))
@@ -148,8 +148,7 @@ inline double b_term(double w, double g, double md) { return (w * w) * md - (2.0
 template <bool kDelta>
 __attribute__((always_inline)) inline double side_pass(int64_t n, const double* __restrict w, const double* __restrict g,
                         const double* __restrict diag, const uint8_t* __restrict pr, int64_t q_new,
-                        double* __restrict A, double* __restrict B, double* __restrict dB, double* dmin,
-                        double* dmax_abs) {
+                        double* __restrict A, double* __restrict B, double* dmin, double* dmax_abs) {
   const v4d inf = {kInf, kInf, kInf, kInf}, zero = {0.0, 0.0, 0.0, 0.0}, two = {2.0, 2.0, 2.0, 2.0};
   const v4l qn = {q_new, q_new, q_new, q_new}, step = {4, 4, 4, 4};
   const v4l kAbsMask = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
@@ -168,7 +167,6 @@ __attribute__((always_inline)) inline double side_pass(int64_t n, const double* 
       std::memcpy(&bo, B + j, sizeof(bo));
       const v4l both = p & (idx != qn);
       const v4d d = DSNOT_VSEL(both, b - bo, inf);
-      std::memcpy(dB + j, &d, sizeof(d));
       dnv = DSNOT_VSEL(d < dnv, d, dnv);
       const v4d ad = DSNOT_VSEL(both, DSNOT_VABS(d), zero);
       dav = DSNOT_VSEL(ad > dav, ad, dav);
@@ -192,7 +190,6 @@ __attribute__((always_inline)) inline double side_pass(int64_t n, const double* 
     if (kDelta) {
       const bool both = p && j != q_new;
       const double d = both ? b - B[j] : kInf;
-      dB[j] = d;
       dn = d < dn ? d : dn;
       const double ad = both ? std::fabs(d) : 0.0;
       da = ad > da ? ad : da;
@@ -206,19 +203,19 @@ __attribute__((always_inline)) inline double side_pass(int64_t n, const double* 
   return mx;
 }
 DSNOT_SWAP_CLONES double side_pass_delta(int64_t n, const double* w, const double* g, const double* diag,
-                                         const uint8_t* pr, int64_t q_new, double* A, double* B, double* dB,
-                                         double* dmin, double* dmax_abs) {
-  return side_pass<true>(n, w, g, diag, pr, q_new, A, B, dB, dmin, dmax_abs);
+                                         const uint8_t* pr, int64_t q_new, double* A, double* B, double* dmin,
+                                         double* dmax_abs) {
+  return side_pass<true>(n, w, g, diag, pr, q_new, A, B, dmin, dmax_abs);
 }
 DSNOT_SWAP_CLONES double side_pass_plain(int64_t n, const double* w, const double* g, const double* diag,
                                          const uint8_t* pr, double* A, double* B) {
-  return side_pass<false>(n, w, g, diag, pr, -1, A, B, nullptr, nullptr, nullptr);
+  return side_pass<false>(n, w, g, diag, pr, -1, A, B, nullptr, nullptr);
 }
 double side_terms(const SwapProblem& P, SwapScratch& S, int64_t q_new, double* dmin, double* dmax_abs) {
   if (dmin == nullptr)
     return side_pass_plain(P.cols, S.w.data(), S.g.data(), P.diag, S.pruned.data(), S.A.data(), S.B.data());
   return side_pass_delta(P.cols, S.w.data(), S.g.data(), P.diag, S.pruned.data(), q_new, S.A.data(), S.B.data(),
-                         S.dB.data(), dmin, dmax_abs);
+                         dmin, dmax_abs);
 }
 
 // (a_j, j) order of the row's columns.
@@ -279,6 +276,87 @@ struct Envelope {
   }
 };
 
+// Lines of the envelope evaluated at every column (a min over all its lines, vectorised) up to
+// this many; a longer envelope is walked in the a order of the kept columns.
+constexpr size_t kEnvelopeLanes = 32;
+
+// The bound pass, every column (contiguous, vectorised). Kept q: with prow (a swap (q*, r*) just
+// applied), L_q <- min(L_q + dmin - slack, the new pair (q, q*) = pb - ((2 w_q) pw) prow_q - slack);
+// then L_q <- max(L_q, the Cauchy-Schwarz bound cs_q - slack), cs_q = the envelope at a_q (nh >= 0
+// lines hm, hb; or read from cs when given; none when nh < 0); LB_q = (A_q + L_q) - slack. Pruned
+// columns: LB = +inf (their L is never read).
+DSNOT_SWAP_CLONES void bound_pass(int64_t n, double* __restrict L, const double* __restrict A,
+                                  const double* __restrict w, const double* __restrict key,
+                                  const uint8_t* __restrict pr, const double* __restrict prow, double pb,
+                                  double pw, double dmin, double peps, double scale, const double* hm,
+                                  const double* hb, int64_t nh, const double* __restrict cs_given,
+                                  double* __restrict LB) {
+  const v4d inf = {kInf, kInf, kInf, kInf}, ninf = -inf, two = {2.0, 2.0, 2.0, 2.0};
+  const v4d ks = {kSlack, kSlack, kSlack, kSlack}, ks2 = ks * two;
+  const v4d sc = {scale, scale, scale, scale}, pbv = {pb, pb, pb, pb}, pwv = {pw, pw, pw, pw};
+  const v4d dm = {dmin, dmin, dmin, dmin}, pe = {peps, peps, peps, peps};
+  const v4l kAbsMask = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    v4d l, av;
+    std::memcpy(&l, L + j, sizeof(l));
+    std::memcpy(&av, A + j, sizeof(av));
+    if (prow != nullptr) {
+      v4d wv, mv;
+      std::memcpy(&wv, w + j, sizeof(wv));
+      std::memcpy(&mv, prow + j, sizeof(mv));
+      const v4d pair = pbv - ((two * wv) * pwv) * mv;
+      const v4d moved = (l + dm) - (pe + ks * DSNOT_VABS(l));
+      const v4d lo = pair - ks * (sc + DSNOT_VABS(pair));
+      l = DSNOT_VSEL(moved < lo, moved, lo);
+    }
+    v4d cs = ninf;
+    if (cs_given != nullptr) {
+      std::memcpy(&cs, cs_given + j, sizeof(cs));
+    } else if (nh >= 0) {
+      v4d x;
+      std::memcpy(&x, key + j, sizeof(x));
+      cs = inf;
+      for (int64_t h = 0; h < nh; ++h) {
+        const v4d bh = {hb[h], hb[h], hb[h], hb[h]}, mh = {hm[h], hm[h], hm[h], hm[h]};
+        const v4d v = bh + mh * x;
+        cs = DSNOT_VSEL(v < cs, v, cs);
+      }
+    }
+    const v4d c = cs - ks2 * (sc + DSNOT_VABS(cs));
+    l = DSNOT_VSEL(c > l, c, l);
+    std::memcpy(L + j, &l, sizeof(l));
+    const v4l pv = {pr[j], pr[j + 1], pr[j + 2], pr[j + 3]};
+    const v4d lb = (av + l) - ks * (sc + DSNOT_VABS(l));
+    const v4d out = DSNOT_VSEL(pv != 0, inf, lb);
+    std::memcpy(LB + j, &out, sizeof(out));
+  }
+  for (; j < n; ++j) {  // the tail
+    double l = L[j];
+    if (prow != nullptr) {
+      const double pair = pb - ((2.0 * w[j]) * pw) * prow[j];
+      const double moved = (l + dmin) - (peps + kSlack * std::fabs(l));
+      const double lo = pair - kSlack * (scale + std::fabs(pair));
+      l = moved < lo ? moved : lo;
+    }
+    double cs = -kInf;
+    if (cs_given != nullptr) {
+      cs = cs_given[j];
+    } else if (nh >= 0) {
+      cs = kInf;
+      for (int64_t h = 0; h < nh; ++h) {
+        const double v = hb[h] + hm[h] * key[j];
+        cs = v < cs ? v : cs;
+      }
+    }
+    const double c = cs - kSlack * 2.0 * (scale + std::fabs(cs));
+    l = c > l ? c : l;
+    L[j] = l;
+    const double lb = (A[j] + l) - kSlack * (scale + std::fabs(l));
+    LB[j] = pr[j] ? kInf : lb;
+  }
+}
+
 // Unstructured cycles; returns the swap count.
 int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* pairs) {
   const int64_t cols = P.cols;
@@ -335,27 +413,25 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
       // cycle: measured best; every 2nd or 4th cycle read 2-5x more pairs), the candidates.
       size_t nc = 0;
       std::pair<double, int64_t>* cand = S.cand.data();
-      auto bound = [&](int64_t q, double cs) {
-        double l = L[q];
-        if (pending) {  // B moved by >= dmin on the old pruned r; the new pair (q, q*)
-          const double pair = pb - ((2.0 * w[q]) * pw) * prow[q];
-          const double moved = (l + dmin) - (peps + kSlack * std::fabs(l));
-          const double lo = pair - kSlack * (scale + std::fabs(pair));
-          l = moved < lo ? moved : lo;
-        }
-        const double c = cs - kSlack * 2.0 * (scale + std::fabs(cs));
-        l = c > l ? c : l;
-        L[q] = l;
-        const double lb = (A[q] + l) - kSlack * (scale + std::fabs(l));
-        cand[nc] = std::make_pair(lb, q);  // kept if lb < 0 (branch-free: about half are)
-        nc += lb < 0.0;
-      };
+      double* LB = S.lb.data();
       if (use_cs) {
-        Envelope env{S.hm.data(), S.hb.data(), build_envelope(S)};
-        for (const int32_t q : S.ks) bound(q, env.at(S.key[q]));
+        const size_t nh = build_envelope(S);
+        const double* cs = nullptr;
+        if (nh > kEnvelopeLanes) {  // walk the envelope in the a order of the kept q
+          double* csw = S.cs.data();
+          Envelope env{S.hm.data(), S.hb.data(), nh};
+          for (const int32_t q : S.ks) csw[q] = env.at(S.key[q]);
+          cs = csw;
+        }
+        bound_pass(cols, L, A, w, S.key.data(), pr, pending ? prow : nullptr, pb, pw, dmin, peps, scale,
+                   S.hm.data(), S.hb.data(), static_cast<int64_t>(nh), cs, LB);
       } else {
-        for (int64_t q = 0; q < cols; ++q)
-          if (!pr[q]) bound(q, -kInf);
+        bound_pass(cols, L, A, w, S.key.data(), pr, pending ? prow : nullptr, pb, pw, dmin, peps, scale,
+                   nullptr, nullptr, -1, nullptr, LB);
+      }
+      for (int64_t q = 0; q < cols; ++q) {  // the candidates: lb < 0 (branch-free: about half are)
+        cand[nc] = std::make_pair(LB[q], q);
+        nc += LB[q] < 0.0;
       }
       if (pending) *pairs += n_kept;  // the (q, q*) pairs just read
       pending = false;
