@@ -70,6 +70,8 @@ struct SwapProblem {
 #endif
 typedef double v4d __attribute__((vector_size(32)));
 typedef int64_t v4l __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef int64_t v8l __attribute__((vector_size(64)));
 
 // Row q of the pair matrix: the first minimum over j of d_j = (a - (tq w_j) M_qj) + B_j, where
 // B_j = +inf on kept columns (never a pair). One pass: each of 8 lanes keeps its minimum and the
@@ -77,24 +79,24 @@ typedef int64_t v4l __attribute__((vector_size(32)));
 // the pair a scalar scan with `<` picks (-0.0 == +0.0). *arg = -1 if no finite d.
 DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const double* B, const double* Mq,
                                  int64_t n, int64_t* arg) {
-  const v4d inf = {kInf, kInf, kInf, kInf};
-  const v4d av = {a, a, a, a};
-  const v4d tv = {tq, tq, tq, tq};
-  v4d m0 = inf, m1 = inf;
-  v4l i0 = {-1, -1, -1, -1}, i1 = {-1, -1, -1, -1};
-  v4l j0 = {0, 1, 2, 3}, j1 = {4, 5, 6, 7};
-  const v4l step = {8, 8, 8, 8};
+  const v8d inf = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
+  const v8d av = {a, a, a, a, a, a, a, a};
+  const v8d tv = {tq, tq, tq, tq, tq, tq, tq, tq};
+  v8d m0 = inf, m1 = inf;
+  v8l i0 = {-1, -1, -1, -1, -1, -1, -1, -1}, i1 = i0;
+  v8l j0 = {0, 1, 2, 3, 4, 5, 6, 7}, j1 = {8, 9, 10, 11, 12, 13, 14, 15};
+  const v8l step = {16, 16, 16, 16, 16, 16, 16, 16};
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    v4d w0, w1, b0, b1, c0, c1;
-    std::memcpy(&w0, w + j, sizeof(w0)); std::memcpy(&w1, w + j + 4, sizeof(w1));
-    std::memcpy(&b0, B + j, sizeof(b0)); std::memcpy(&b1, B + j + 4, sizeof(b1));
-    std::memcpy(&c0, Mq + j, sizeof(c0)); std::memcpy(&c1, Mq + j + 4, sizeof(c1));
-    const v4d d0 = (av - (tv * w0) * c0) + b0;
-    const v4d d1 = (av - (tv * w1) * c1) + b1;
-    const v4l l0 = d0 < m0, l1 = d1 < m1;
-    m0 = (v4d)(((v4l)d0 & l0) | ((v4l)m0 & ~l0));
-    m1 = (v4d)(((v4l)d1 & l1) | ((v4l)m1 & ~l1));
+  for (; j + 16 <= n; j += 16) {
+    v8d w0, w1, b0, b1, c0, c1;
+    std::memcpy(&w0, w + j, sizeof(w0)); std::memcpy(&w1, w + j + 8, sizeof(w1));
+    std::memcpy(&b0, B + j, sizeof(b0)); std::memcpy(&b1, B + j + 8, sizeof(b1));
+    std::memcpy(&c0, Mq + j, sizeof(c0)); std::memcpy(&c1, Mq + j + 8, sizeof(c1));
+    const v8d d0 = (av - (tv * w0) * c0) + b0;
+    const v8d d1 = (av - (tv * w1) * c1) + b1;
+    const v8l l0 = d0 < m0, l1 = d1 < m1;
+    m0 = (v8d)(((v8l)d0 & l0) | ((v8l)m0 & ~l0));
+    m1 = (v8d)(((v8l)d1 & l1) | ((v8l)m1 & ~l1));
     i0 = (j0 & l0) | (i0 & ~l0);
     i1 = (j1 & l1) | (i1 & ~l1);
     j0 += step;
@@ -102,7 +104,7 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
   }
   double v = kInf;
   int64_t k = -1;
-  for (int l = 0; l < 4; ++l) {
+  for (int l = 0; l < 8; ++l) {
     if (m0[l] < v || (m0[l] == v && i0[l] < k)) { v = m0[l]; k = i0[l]; }
     if (m1[l] < v || (m1[l] == v && i1[l] < k)) { v = m1[l]; k = i1[l]; }
   }
