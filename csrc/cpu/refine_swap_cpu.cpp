@@ -18,9 +18,16 @@
 // channels of real layers correlate weakly with every other, rho_j ~ 0.2, while the largest
 // correlation of the whole matrix is ~0.99), gives min_r (B_r - 2 a_q a_r) for every q in O(cols)
 // per cycle through the lower envelope of lines in a_q = |w_q| z_q; a row takes the larger of the
-// two. Every bound is lowered by a relative slack far above the rounding of the float64
-// operations, so it bounds the COMPUTED delta: the search returns the pair the full scan returns
-// (tests/test_swap_cpu_kernel.py compares it with search=1, the full scan, and the reference).
+// two. The envelope is built from the few pruned r not dominated on a >= 0 (no other line with a
+// larger or equal a_r and a lower or equal B_r: ~8 of 288-768 on real layers, where a large |w_r|
+// also makes B_r very negative), so it has a handful of lines (~4), and is evaluated at every
+// column as a min over its lines (vectorised; walked in the a order of the kept q past 32 lines).
+// Per cycle the row's O(cols) work is contiguous passes, vectorised: g and the side terms A, B
+// (and min / max |ΔB|), the bound pass (every L_q's update, the Cauchy-Schwarz bound, lb_q), the
+// candidates (lb_q < 0, branch-free), then the scans. Every bound is lowered by a relative slack
+// far above the rounding of the float64 operations, so it bounds the COMPUTED delta: the search
+// returns the pair the full scan returns (tests/test_swap_cpu_kernel.py compares it with
+// search=1, the full scan, and the reference).
 // N:M compares only pairs within a group: O(cols * M) per cycle, scanned in full.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -119,7 +126,7 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
 struct SwapScratch {
   std::vector<double> w, g, A, B, L, key, hm, hb, lb, cs;  // lb, cs: the bound pass's
   std::vector<uint8_t> pruned;
-  std::vector<int32_t> ps, ks, stair;           // pruned / kept columns by (a_j, j) ascending
+  std::vector<int32_t> ps, ks, stair;           // pruned / kept columns by (a_j, j) ascending; the undominated pruned
   std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle (the first nc)
   explicit SwapScratch(const SwapProblem& P) {
     const size_t c = static_cast<size_t>(P.cols);
@@ -411,8 +418,8 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
       for (int64_t q = 0; q < cols; ++q)
         if (!pr[q]) scan(q);
     } else {
-      // One pass over the kept q: the last swap's bound update, the Cauchy-Schwarz bound (every
-      // cycle: measured best; every 2nd or 4th cycle read 2-5x more pairs), the candidates.
+      // One pass over every column: the last swap's bound update, the Cauchy-Schwarz bound (every
+      // cycle: measured best; every 2nd or 4th cycle read 2-5x more pairs), lb; then the candidates.
       size_t nc = 0;
       std::pair<double, int64_t>* cand = S.cand.data();
       double* LB = S.lb.data();
