@@ -14,7 +14,7 @@ Parts (``--parts``):
   ``--captured FILE`` adds real sub-layers (``benchmarks/experiments/capture_layer.py``).
 * ``scaling``: 32 rows, 1k to 16k columns: kernel time per weight and pairs per swap.
 * ``model``: ``prune_model`` of the embedded SmolLM2-135M (README setup: 32 x 512 calibration
-  tokens, or ``--nsamples``; every sub-layer refined) with cov_window (defaults) and with swap (its default cap), cpu
+  tokens, or ``--nsamples`` x ``--seqlen``; every sub-layer refined) with cov_window (defaults) and with swap (its default cap), cpu
   backend, wall clock of each, in the same run.
 
 Writes ``benchmarks/results/kernels_swap.csv`` and the "Objective swap" section of RESULTS.md.
@@ -160,7 +160,7 @@ def model(args, table):
     for objective in ("cov_window", "swap"):
         mdl, tok, _ = load_model()
         cal_text, _ = default_texts()
-        calib = calibration_windows(tokenize(tok, cal_text), args.nsamples, 512, seed=0)
+        calib = calibration_windows(tokenize(tok, cal_text), args.nsamples, args.seqlen, seed=0)
         cfg = dk.PruneConfig(sparsity=args.sparsity, skip="none", objective=objective, backend="cpu",
                              max_cycle_time=None if objective == "swap" else 50)
         t0 = time.perf_counter()
@@ -182,8 +182,10 @@ def main(argv=None):
     ap.add_argument("--captured", default=None, help="torch.save'd sub-layers of capture_layer.py")
     ap.add_argument("--sparsity", type=float, default=0.6)
     ap.add_argument("--nsamples", type=int, default=32,
-                    help="model part: calibration windows of 512 tokens (fewer = a harsher ratio: "
+                    help="model part: calibration windows of --seqlen tokens (fewer = a harsher ratio: "
                          "the forward passes shrink, the mask time does not)")
+    ap.add_argument("--seqlen", type=int, default=512,
+                    help="model part: tokens per calibration window (the demo setting: --nsamples 16 --seqlen 256)")
     ap.add_argument("--ref-rows", type=int, default=64, help="rows the reference runs per layer (0 = all)")
     ap.add_argument("--ref-rows-wide", type=int, default=2, help="the same at >= 4096 columns")
     ap.add_argument("--rows-wide", type=int, default=256, help="rows of the >= 4096-column layers (0 = all)")
@@ -229,7 +231,7 @@ def main(argv=None):
             body += f"| {cols} | {wall:.3f} | {ns:.0f} | {sw:.1f} ({smax}) | {ps:.0f} | {full} | {100 * ps / full:.2f} % |\n"
     mbody = header(command_line("benchmarks/bench_swap.py", argv))
     if mtab:
-        mbody += (f"\nWhole-model `prune_model` of the embedded SmolLM2-135M ({args.nsamples} x 512 calibration tokens, "
+        mbody += (f"\nWhole-model `prune_model` of the embedded SmolLM2-135M ({args.nsamples} x {args.seqlen} calibration tokens, "
                  "every sub-layer refined, cpu backend), same run; masks = the refine_mask calls alone:\n\n"
                  "| objective | wall (s) | masks (s) | swaps/row (mean over sub-layers) |\n|---|---|---|---|\n")
         for obj, wall, mask_s, sw in mtab:

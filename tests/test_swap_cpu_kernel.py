@@ -322,3 +322,79 @@ def test_checks_at_the_cpp_boundary():
         args[index] = bad
         with pytest.raises(RuntimeError, match=word):
             op(*args)
+
+
+def envelope_size(key, B):
+    """Lines of the lower envelope of y = B_r - 2 a_r x over x >= 0 (the kernel's build_envelope:
+    dominated lines dropped, then the hull), for one row's pruned columns (a = key)."""
+    order = sorted(range(len(key)), key=lambda r: (key[r], r))
+    stair, lo = [], float("inf")
+    for r in reversed(order):
+        if B[r] < lo:
+            stair.append(r)
+            lo = B[r]
+    hm, hb = [], []
+    for r in reversed(stair):
+        m, b = -2.0 * key[r], B[r]
+        if hm and hm[-1] == m:
+            if hb[-1] <= b:
+                continue
+            hm.pop(); hb.pop()
+        while len(hm) >= 2 and (b - hb[-2]) * (hm[-2] - hm[-1]) <= (hb[-1] - hb[-2]) * (hm[-2] - m):
+            hm.pop(); hb.pop()
+        hm.append(m); hb.append(b)
+    return len(hm)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_long_envelope(seed):
+    """A Cauchy-Schwarz envelope of many lines (B_r = a_r^2 on the pruned r: every line is tangent to
+    -x^2, none dominated), above the kernel's vectorised evaluation (32 lines): the envelope is then
+    walked in the a order of the kept columns. Op inputs built directly (g0 chosen, not D0 M), so the
+    bounded search is compared with the full search."""
+    g = torch.Generator().manual_seed(40 + seed)
+    rows, cols = 5, 192
+    X = 0.01 * torch.randn(cols, cols, generator=g, dtype=torch.float64)
+    M = X + X.t() + torch.eye(cols, dtype=torch.float64) * (1.0 + torch.rand(cols, generator=g, dtype=torch.float64))
+    pruned = torch.zeros(rows, cols, dtype=torch.bool)
+    pruned[:, ::2] = True
+    W = torch.randn(rows, cols, generator=g)
+    W[:, ::2] = (0.5 + torch.arange(0, cols, 2) / cols).float() * torch.where(torch.rand(rows, cols // 2, generator=g) < 0.5, -1.0, 1.0)
+    w = W.double()
+    s = torch.diagonal(M).sqrt()
+    corr = (M / (s[:, None] * s[None, :])).abs()
+    corr.fill_diagonal_(0)
+    z = s * corr.max(1).values.sqrt()
+    a = w.abs() * z
+    B_target = a * a
+    d = torch.diagonal(M)
+    g0 = torch.where(pruned, ((w * w) * d - B_target) / (2 * w),
+                     -((w * w) * d + torch.rand(rows, cols, generator=g, dtype=torch.float64)) / (2 * w))
+    B = (w * w) * d - (2 * w) * g0
+    for i in range(rows):
+        p = pruned[i].nonzero().flatten().tolist()
+        assert envelope_size([float(a[i, r]) for r in p], [float(B[i, r]) for r in p]) > 32
+    op = torch.ops.dsnot_kernels.refine_mask_swap.default
+    fast = op(W, pruned, M, g0, 0, BIG, 0)
+    full = op(W, pruned, M, g0, 0, BIG, 1)
+    assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1])
+    assert int(fast[1].min()) > 0
+    assert bool((fast[2] <= full[2] + fast[1].long() * cols).all())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_outlier_channels(seed):
+    """A few input channels with huge activations shared across tokens (LLM "massive activations"):
+    after a swap the change of B is tiny on most columns and very negative on a few (heavy tails),
+    which drags every carried bound down; the search must stay exact."""
+    g = torch.Generator().manual_seed(60 + seed)
+    rows, cols, tokens = 10, 160, 96
+    x = torch.randn(2, tokens, cols, generator=g) @ (torch.eye(cols) + 0.1 * torch.randn(cols, cols, generator=g))
+    hot = torch.randperm(cols, generator=g)[:4]
+    x[..., hot] += 40.0 * torch.randn(2, tokens, 1, generator=g) * (1.0 + torch.rand(4, generator=g))
+    st = dk.CalibrationStats(cols, hessian=True)
+    st.add_batch(x)
+    W = 0.05 * torch.randn(rows, cols, generator=g)
+    W[:, hot] *= 0.05
+    for kw in (dict(sparsity=0.5), dict(sparsity=0.7)):
+        assert int(check(W, st, **kw).sum()) > 0

@@ -18,9 +18,16 @@
 // channels of real layers correlate weakly with every other, rho_j ~ 0.2, while the largest
 // correlation of the whole matrix is ~0.99), gives min_r (B_r - 2 a_q a_r) for every q in O(cols)
 // per cycle through the lower envelope of lines in a_q = |w_q| z_q; a row takes the larger of the
-// two. Every bound is lowered by a relative slack far above the rounding of the float64
-// operations, so it bounds the COMPUTED delta: the search returns the pair the full scan returns
-// (tests/test_swap_cpu_kernel.py compares it with search=1, the full scan, and the reference).
+// two. The envelope is built from the few pruned r not dominated on a >= 0 (no other line with a
+// larger or equal a_r and a lower or equal B_r: ~8 of 288-768 on real layers, where a large |w_r|
+// also makes B_r very negative), so it has a handful of lines (~4), and is evaluated at every
+// column as a min over its lines (vectorised; walked in the a order of the kept q past 32 lines).
+// Per cycle the row's O(cols) work is contiguous passes, vectorised: g and the side terms A, B
+// (and min / max |ΔB|), the bound pass (every L_q's update, the Cauchy-Schwarz bound, lb_q), the
+// candidates (lb_q < 0, branch-free), then the scans. Every bound is lowered by a relative slack
+// far above the rounding of the float64 operations, so it bounds the COMPUTED delta: the search
+// returns the pair the full scan returns (tests/test_swap_cpu_kernel.py compares it with
+// search=1, the full scan, and the reference).
 // N:M compares only pairs within a group: O(cols * M) per cycle, scanned in full.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -70,6 +77,8 @@ struct SwapProblem {
 #endif
 typedef double v4d __attribute__((vector_size(32)));
 typedef int64_t v4l __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef int64_t v8l __attribute__((vector_size(64)));
 
 // Row q of the pair matrix: the first minimum over j of d_j = (a - (tq w_j) M_qj) + B_j, where
 // B_j = +inf on kept columns (never a pair). One pass: each of 8 lanes keeps its minimum and the
@@ -77,24 +86,24 @@ typedef int64_t v4l __attribute__((vector_size(32)));
 // the pair a scalar scan with `<` picks (-0.0 == +0.0). *arg = -1 if no finite d.
 DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const double* B, const double* Mq,
                                  int64_t n, int64_t* arg) {
-  const v4d inf = {kInf, kInf, kInf, kInf};
-  const v4d av = {a, a, a, a};
-  const v4d tv = {tq, tq, tq, tq};
-  v4d m0 = inf, m1 = inf;
-  v4l i0 = {-1, -1, -1, -1}, i1 = {-1, -1, -1, -1};
-  v4l j0 = {0, 1, 2, 3}, j1 = {4, 5, 6, 7};
-  const v4l step = {8, 8, 8, 8};
+  const v8d inf = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
+  const v8d av = {a, a, a, a, a, a, a, a};
+  const v8d tv = {tq, tq, tq, tq, tq, tq, tq, tq};
+  v8d m0 = inf, m1 = inf;
+  v8l i0 = {-1, -1, -1, -1, -1, -1, -1, -1}, i1 = i0;
+  v8l j0 = {0, 1, 2, 3, 4, 5, 6, 7}, j1 = {8, 9, 10, 11, 12, 13, 14, 15};
+  const v8l step = {16, 16, 16, 16, 16, 16, 16, 16};
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    v4d w0, w1, b0, b1, c0, c1;
-    std::memcpy(&w0, w + j, sizeof(w0)); std::memcpy(&w1, w + j + 4, sizeof(w1));
-    std::memcpy(&b0, B + j, sizeof(b0)); std::memcpy(&b1, B + j + 4, sizeof(b1));
-    std::memcpy(&c0, Mq + j, sizeof(c0)); std::memcpy(&c1, Mq + j + 4, sizeof(c1));
-    const v4d d0 = (av - (tv * w0) * c0) + b0;
-    const v4d d1 = (av - (tv * w1) * c1) + b1;
-    const v4l l0 = d0 < m0, l1 = d1 < m1;
-    m0 = (v4d)(((v4l)d0 & l0) | ((v4l)m0 & ~l0));
-    m1 = (v4d)(((v4l)d1 & l1) | ((v4l)m1 & ~l1));
+  for (; j + 16 <= n; j += 16) {
+    v8d w0, w1, b0, b1, c0, c1;
+    std::memcpy(&w0, w + j, sizeof(w0)); std::memcpy(&w1, w + j + 8, sizeof(w1));
+    std::memcpy(&b0, B + j, sizeof(b0)); std::memcpy(&b1, B + j + 8, sizeof(b1));
+    std::memcpy(&c0, Mq + j, sizeof(c0)); std::memcpy(&c1, Mq + j + 8, sizeof(c1));
+    const v8d d0 = (av - (tv * w0) * c0) + b0;
+    const v8d d1 = (av - (tv * w1) * c1) + b1;
+    const v8l l0 = d0 < m0, l1 = d1 < m1;
+    m0 = (v8d)(((v8l)d0 & l0) | ((v8l)m0 & ~l0));
+    m1 = (v8d)(((v8l)d1 & l1) | ((v8l)m1 & ~l1));
     i0 = (j0 & l0) | (i0 & ~l0);
     i1 = (j1 & l1) | (i1 & ~l1);
     j0 += step;
@@ -102,7 +111,7 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
   }
   double v = kInf;
   int64_t k = -1;
-  for (int l = 0; l < 4; ++l) {
+  for (int l = 0; l < 8; ++l) {
     if (m0[l] < v || (m0[l] == v && i0[l] < k)) { v = m0[l]; k = i0[l]; }
     if (m1[l] < v || (m1[l] == v && i1[l] < k)) { v = m1[l]; k = i1[l]; }
   }
@@ -115,52 +124,107 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
 }
 
 struct SwapScratch {
-  std::vector<double> w, g, A, B, L, key, hm, hb;
+  std::vector<double> w, g, A, B, L, key, hm, hb, lb, cs;  // lb, cs: the bound pass's
   std::vector<uint8_t> pruned;
-  std::vector<int32_t> ps, ks;                  // pruned / kept columns by (a_j, j) ascending
-  std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle
+  std::vector<int32_t> ps, ks, stair;           // pruned / kept columns by (a_j, j) ascending; the undominated pruned
+  std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle (the first nc)
   explicit SwapScratch(const SwapProblem& P) {
     const size_t c = static_cast<size_t>(P.cols);
     w.resize(c); g.resize(c); A.resize(c); B.resize(c); L.resize(c);
-    key.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c);
+    key.resize(c); lb.resize(c); cs.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c); stair.resize(c); cand.resize(c);
   }
 };
 
 // g <- g + (w_q M[q, :] - w_r M[r, :]), each op rounded (contract "Objective 2").
+DSNOT_SWAP_CLONES void update_g_row(double* __restrict g, const double* __restrict mq, const double* __restrict mr,
+                                    double wq, double wr, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) g[j] = g[j] + (wq * mq[j] - wr * mr[j]);
+}
 inline void update_g(const SwapProblem& P, double* g, double wq, double wr, int64_t q, int64_t r) {
-  const double* mq = P.M + q * P.cols;
-  const double* mr = P.M + r * P.cols;
-  for (int64_t j = 0; j < P.cols; ++j) g[j] = g[j] + (wq * mq[j] - wr * mr[j]);
+  update_g_row(g, P.M + q * P.cols, P.M + r * P.cols, wq, wr, P.cols);
 }
 
 inline double a_term(double w, double g, double md) { return (2.0 * w) * g + (w * w) * md; }
 inline double b_term(double w, double g, double md) { return (w * w) * md - (2.0 * w) * g; }
 
 // A on kept columns (+inf on pruned), B on pruned columns (+inf on kept); returns max |A|, |B|.
-// With dmin: also the min (and max |.|) of B_new - B_old over the columns pruned before and after
-// (pruned now and not q_new). Branch-free: the kept/pruned pattern of a row is random.
-double side_terms(const SwapProblem& P, SwapScratch& S, int64_t q_new, double* dmin, double* dmax_abs) {
+// With kDelta: also the min and max |.| of B_new - B_old over the columns pruned before and after
+// (pruned now and not q_new). Branch-free (the kept/pruned pattern of a row is
+// random) and vectorised.
+// Lane-wise select (m: all-ones lanes take x) and |x|, as macros: no v4d passes through a call.
+#define DSNOT_VSEL(m, x, y) ((v4d)((((v4l)(x)) & (m)) | (((v4l)(y)) & ~(m))))
+#define DSNOT_VABS(x) ((v4d)(((v4l)(x)) & kAbsMask))
+template <bool kDelta>
+__attribute__((always_inline)) inline double side_pass(int64_t n, const double* __restrict w, const double* __restrict g,
+                        const double* __restrict diag, const uint8_t* __restrict pr, int64_t q_new,
+                        double* __restrict A, double* __restrict B, double* dmin, double* dmax_abs) {
+  const v4d inf = {kInf, kInf, kInf, kInf}, zero = {0.0, 0.0, 0.0, 0.0}, two = {2.0, 2.0, 2.0, 2.0};
+  const v4l qn = {q_new, q_new, q_new, q_new}, step = {4, 4, 4, 4};
+  const v4l kAbsMask = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+  v4d mxv = zero, dnv = inf, dav = zero;
+  v4l idx = {0, 1, 2, 3};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    v4d wv, gv, mv, bo;
+    std::memcpy(&wv, w + j, sizeof(wv));
+    std::memcpy(&gv, g + j, sizeof(gv));
+    std::memcpy(&mv, diag + j, sizeof(mv));
+    const v4l pv = {pr[j], pr[j + 1], pr[j + 2], pr[j + 3]};
+    const v4l p = pv != 0;
+    const v4d a = (two * wv) * gv + (wv * wv) * mv, b = (wv * wv) * mv - (two * wv) * gv;
+    if (kDelta) {
+      std::memcpy(&bo, B + j, sizeof(bo));
+      const v4l both = p & (idx != qn);
+      const v4d d = DSNOT_VSEL(both, b - bo, inf);
+      dnv = DSNOT_VSEL(d < dnv, d, dnv);
+      const v4d ad = DSNOT_VSEL(both, DSNOT_VABS(d), zero);
+      dav = DSNOT_VSEL(ad > dav, ad, dav);
+      idx += step;
+    }
+    const v4d an = DSNOT_VSEL(p, inf, a), bn = DSNOT_VSEL(p, b, inf);
+    std::memcpy(A + j, &an, sizeof(an));
+    std::memcpy(B + j, &bn, sizeof(bn));
+    const v4d v = DSNOT_VABS(DSNOT_VSEL(p, b, a));
+    mxv = DSNOT_VSEL(v > mxv, v, mxv);
+  }
   double mx = 0.0, dn = kInf, da = 0.0;
-  const double* w = S.w.data();
-  const double* g = S.g.data();
-  const uint8_t* pr = S.pruned.data();
-  double* A = S.A.data();
-  double* B = S.B.data();
-  for (int64_t j = 0; j < P.cols; ++j) {
-    const double a = a_term(w[j], g[j], P.diag[j]), b = b_term(w[j], g[j], P.diag[j]);
+  for (int l = 0; l < 4; ++l) {
+    mx = mxv[l] > mx ? mxv[l] : mx;
+    dn = dnv[l] < dn ? dnv[l] : dn;
+    da = dav[l] > da ? dav[l] : da;
+  }
+  for (; j < n; ++j) {  // the tail
+    const double a = a_term(w[j], g[j], diag[j]), b = b_term(w[j], g[j], diag[j]);
     const bool p = pr[j] != 0;
-    const bool both = p && j != q_new;
-    const double d = both ? b - B[j] : kInf;
-    dn = d < dn ? d : dn;
-    const double ad = both ? std::fabs(d) : 0.0;
-    da = ad > da ? ad : da;
+    if (kDelta) {
+      const bool both = p && j != q_new;
+      const double d = both ? b - B[j] : kInf;
+      dn = d < dn ? d : dn;
+      const double ad = both ? std::fabs(d) : 0.0;
+      da = ad > da ? ad : da;
+    }
     A[j] = p ? kInf : a;
     B[j] = p ? b : kInf;
     const double v = std::fabs(p ? b : a);
     mx = v > mx ? v : mx;
   }
-  if (dmin != nullptr) { *dmin = dn; *dmax_abs = da; }
+  if (kDelta) { *dmin = dn; *dmax_abs = da; }
   return mx;
+}
+DSNOT_SWAP_CLONES double side_pass_delta(int64_t n, const double* w, const double* g, const double* diag,
+                                         const uint8_t* pr, int64_t q_new, double* A, double* B, double* dmin,
+                                         double* dmax_abs) {
+  return side_pass<true>(n, w, g, diag, pr, q_new, A, B, dmin, dmax_abs);
+}
+DSNOT_SWAP_CLONES double side_pass_plain(int64_t n, const double* w, const double* g, const double* diag,
+                                         const uint8_t* pr, double* A, double* B) {
+  return side_pass<false>(n, w, g, diag, pr, -1, A, B, nullptr, nullptr);
+}
+double side_terms(const SwapProblem& P, SwapScratch& S, int64_t q_new, double* dmin, double* dmax_abs) {
+  if (dmin == nullptr)
+    return side_pass_plain(P.cols, S.w.data(), S.g.data(), P.diag, S.pruned.data(), S.A.data(), S.B.data());
+  return side_pass_delta(P.cols, S.w.data(), S.g.data(), P.diag, S.pruned.data(), q_new, S.A.data(), S.B.data(),
+                         dmin, dmax_abs);
 }
 
 // (a_j, j) order of the row's columns.
@@ -179,10 +243,23 @@ inline void move_between(std::vector<int32_t>& from, std::vector<int32_t>& to, i
 // (r pruned, slopes decreasing in the a order), built here (hm, hb; returns its size) and
 // evaluated at x = a_q for the kept q in increasing a order by Envelope::at.
 size_t build_envelope(SwapScratch& S) {
+  // Only lines below every line of a larger or equal a can be lowest at some x >= 0 (a_q >= 0):
+  // the others are dropped first (one compare each, from the largest a down; the staircase left
+  // is short on real layers, where a large |w_r| also makes B_r very negative).
+  int32_t* st = S.stair.data();
+  size_t ns = 0;
+  double lo = kInf;
+  for (auto it = S.ps.rbegin(); it != S.ps.rend(); ++it) {
+    const double b = S.B[*it];
+    st[ns] = *it;
+    ns += b < lo;
+    lo = b < lo ? b : lo;
+  }
   double* hm = S.hm.data();
   double* hb = S.hb.data();
   size_t n = 0;
-  for (const int32_t r : S.ps) {
+  while (ns > 0) {  // increasing a
+    const int32_t r = st[--ns];
     const double m = -2.0 * S.key[r], b = S.B[r];
     if (n > 0 && hm[n - 1] == m) {  // equal slopes: the lower intercept
       if (hb[n - 1] <= b) continue;
@@ -207,6 +284,87 @@ struct Envelope {
     return hb[h] + hm[h] * x;
   }
 };
+
+// Lines of the envelope evaluated at every column (a min over all its lines, vectorised) up to
+// this many; a longer envelope is walked in the a order of the kept columns.
+constexpr size_t kEnvelopeLanes = 32;
+
+// The bound pass, every column (contiguous, vectorised). Kept q: with prow (a swap (q*, r*) just
+// applied), L_q <- min(L_q + dmin - slack, the new pair (q, q*) = pb - ((2 w_q) pw) prow_q - slack);
+// then L_q <- max(L_q, the Cauchy-Schwarz bound cs_q - slack), cs_q = the envelope at a_q (nh >= 0
+// lines hm, hb; or read from cs when given; none when nh < 0); LB_q = (A_q + L_q) - slack. Pruned
+// columns: LB = +inf (their L is never read).
+DSNOT_SWAP_CLONES void bound_pass(int64_t n, double* __restrict L, const double* __restrict A,
+                                  const double* __restrict w, const double* __restrict key,
+                                  const uint8_t* __restrict pr, const double* __restrict prow, double pb,
+                                  double pw, double dmin, double peps, double scale, const double* hm,
+                                  const double* hb, int64_t nh, const double* __restrict cs_given,
+                                  double* __restrict LB) {
+  const v4d inf = {kInf, kInf, kInf, kInf}, ninf = -inf, two = {2.0, 2.0, 2.0, 2.0};
+  const v4d ks = {kSlack, kSlack, kSlack, kSlack}, ks2 = ks * two;
+  const v4d sc = {scale, scale, scale, scale}, pbv = {pb, pb, pb, pb}, pwv = {pw, pw, pw, pw};
+  const v4d dm = {dmin, dmin, dmin, dmin}, pe = {peps, peps, peps, peps};
+  const v4l kAbsMask = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    v4d l, av;
+    std::memcpy(&l, L + j, sizeof(l));
+    std::memcpy(&av, A + j, sizeof(av));
+    if (prow != nullptr) {
+      v4d wv, mv;
+      std::memcpy(&wv, w + j, sizeof(wv));
+      std::memcpy(&mv, prow + j, sizeof(mv));
+      const v4d pair = pbv - ((two * wv) * pwv) * mv;
+      const v4d moved = (l + dm) - (pe + ks * DSNOT_VABS(l));
+      const v4d lo = pair - ks * (sc + DSNOT_VABS(pair));
+      l = DSNOT_VSEL(moved < lo, moved, lo);
+    }
+    v4d cs = ninf;
+    if (cs_given != nullptr) {
+      std::memcpy(&cs, cs_given + j, sizeof(cs));
+    } else if (nh >= 0) {
+      v4d x;
+      std::memcpy(&x, key + j, sizeof(x));
+      cs = inf;
+      for (int64_t h = 0; h < nh; ++h) {
+        const v4d bh = {hb[h], hb[h], hb[h], hb[h]}, mh = {hm[h], hm[h], hm[h], hm[h]};
+        const v4d v = bh + mh * x;
+        cs = DSNOT_VSEL(v < cs, v, cs);
+      }
+    }
+    const v4d c = cs - ks2 * (sc + DSNOT_VABS(cs));
+    l = DSNOT_VSEL(c > l, c, l);
+    std::memcpy(L + j, &l, sizeof(l));
+    const v4l pv = {pr[j], pr[j + 1], pr[j + 2], pr[j + 3]};
+    const v4d lb = (av + l) - ks * (sc + DSNOT_VABS(l));
+    const v4d out = DSNOT_VSEL(pv != 0, inf, lb);
+    std::memcpy(LB + j, &out, sizeof(out));
+  }
+  for (; j < n; ++j) {  // the tail
+    double l = L[j];
+    if (prow != nullptr) {
+      const double pair = pb - ((2.0 * w[j]) * pw) * prow[j];
+      const double moved = (l + dmin) - (peps + kSlack * std::fabs(l));
+      const double lo = pair - kSlack * (scale + std::fabs(pair));
+      l = moved < lo ? moved : lo;
+    }
+    double cs = -kInf;
+    if (cs_given != nullptr) {
+      cs = cs_given[j];
+    } else if (nh >= 0) {
+      cs = kInf;
+      for (int64_t h = 0; h < nh; ++h) {
+        const double v = hb[h] + hm[h] * key[j];
+        cs = v < cs ? v : cs;
+      }
+    }
+    const double c = cs - kSlack * 2.0 * (scale + std::fabs(cs));
+    l = c > l ? c : l;
+    L[j] = l;
+    const double lb = (A[j] + l) - kSlack * (scale + std::fabs(l));
+    LB[j] = pr[j] ? kInf : lb;
+  }
+}
 
 // Unstructured cycles; returns the swap count.
 int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* pairs) {
@@ -260,45 +418,44 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
       for (int64_t q = 0; q < cols; ++q)
         if (!pr[q]) scan(q);
     } else {
-      // One pass over the kept q: the last swap's bound update, the Cauchy-Schwarz bound (every
-      // cycle: measured best; every 2nd or 4th cycle read 2-5x more pairs), the candidates.
-      S.cand.clear();
-      auto bound = [&](int64_t q, double cs) {
-        double l = L[q];
-        if (pending) {  // B moved by >= dmin on the old pruned r; the new pair (q, q*)
-          const double pair = pb - ((2.0 * w[q]) * pw) * prow[q];
-          const double moved = (l + dmin) - (peps + kSlack * std::fabs(l));
-          const double lo = pair - kSlack * (scale + std::fabs(pair));
-          l = moved < lo ? moved : lo;
-        }
-        const double c = cs - kSlack * 2.0 * (scale + std::fabs(cs));
-        l = c > l ? c : l;
-        L[q] = l;
-        const double lb = (A[q] + l) - kSlack * (scale + std::fabs(l));
-        if (lb < 0.0) S.cand.emplace_back(lb, q);
-      };
+      // One pass over every column: the last swap's bound update, the Cauchy-Schwarz bound (every
+      // cycle: measured best; every 2nd or 4th cycle read 2-5x more pairs), lb; then the candidates.
+      size_t nc = 0;
+      std::pair<double, int64_t>* cand = S.cand.data();
+      double* LB = S.lb.data();
       if (use_cs) {
-        Envelope env{S.hm.data(), S.hb.data(), build_envelope(S)};
-        for (const int32_t q : S.ks) bound(q, env.at(S.key[q]));
+        const size_t nh = build_envelope(S);
+        const double* cs = nullptr;
+        if (nh > kEnvelopeLanes) {  // walk the envelope in the a order of the kept q
+          double* csw = S.cs.data();
+          Envelope env{S.hm.data(), S.hb.data(), nh};
+          for (const int32_t q : S.ks) csw[q] = env.at(S.key[q]);
+          cs = csw;
+        }
+        bound_pass(cols, L, A, w, S.key.data(), pr, pending ? prow : nullptr, pb, pw, dmin, peps, scale,
+                   S.hm.data(), S.hb.data(), static_cast<int64_t>(nh), cs, LB);
       } else {
-        for (int64_t q = 0; q < cols; ++q)
-          if (!pr[q]) bound(q, -kInf);
+        bound_pass(cols, L, A, w, S.key.data(), pr, pending ? prow : nullptr, pb, pw, dmin, peps, scale,
+                   nullptr, nullptr, -1, nullptr, LB);
+      }
+      for (int64_t q = 0; q < cols; ++q) {  // the candidates: lb < 0 (branch-free: about half are)
+        cand[nc] = std::make_pair(LB[q], q);
+        nc += LB[q] < 0.0;
       }
       if (pending) *pairs += n_kept;  // the (q, q*) pairs just read
       pending = false;
       // The lowest bound first (one scan gives an incumbent), then in order only those that can
       // still reach it.
-      if (!S.cand.empty()) {
-        auto lo = std::min_element(S.cand.begin(), S.cand.end());
-        std::iter_swap(S.cand.begin(), lo);
-        scan(S.cand.front().second);
+      if (nc > 0) {
+        auto lo = std::min_element(cand, cand + nc);
+        std::iter_swap(cand, lo);
+        scan(cand[0].second);
         const double cut = best;
-        auto end = std::partition(S.cand.begin() + 1, S.cand.end(), [cut](const auto& c) { return c.first <= cut; });
-        S.cand.erase(end, S.cand.end());
-        std::sort(S.cand.begin() + 1, S.cand.end());
+        nc = std::partition(cand + 1, cand + nc, [cut](const auto& c) { return c.first <= cut; }) - cand;
+        std::sort(cand + 1, cand + nc);
       }
-      for (size_t t = 1; t < S.cand.size(); ++t) {
-        const auto& c = S.cand[t];
+      for (size_t t = 1; t < nc; ++t) {
+        const auto& c = cand[t];
         if (c.first > best) break;
         scan(c.second);
       }
