@@ -188,10 +188,12 @@ def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.T
         l_a = loss[active] - dec
         loss[active] = l_a
         two = prev + dec
-        last_rel[active] = two / torch.where(l_a > 0, l_a, torch.ones_like(l_a))
         z_a = precondition(r_a, active)
         rz_new = (r_a * z_a).sum(1)
-        done = (two <= tol * l_a + floor[active]) | (rz_new <= 0)  # converged: the criterion, or r = 0
+        exact = rz_new <= 0                              # r = 0: the row is at its optimum
+        last_rel[active] = torch.where(exact, torch.zeros_like(two),
+                                       two / torch.where(l_a > 0, l_a, torch.ones_like(l_a)))
+        done = (two <= tol * l_a + floor[active]) | exact      # converged: the criterion, or r = 0
         conv[active[done & ok]] = True
         still = ~done & ok & torch.isfinite(rz_new) & torch.isfinite(l_a)
         if not bool(still.any()):

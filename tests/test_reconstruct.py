@@ -222,3 +222,17 @@ def test_rows_with_a_small_optimum_still_reach_it():
         lo, le = row_losses(W, out, Md), row_losses(W, exp, Md)
         gap = (lo - le) / le
         assert info["converged"] and float(gap.max()) <= 2 * tol + 1e-13, (tol, gap)
+
+
+def test_a_row_solved_in_one_step_reports_a_finite_stopping_quantity():
+    """Rows that keep one weight are solved by the first step (up to rounding): converged within a
+    step or two more, and the reported stopping quantity is finite (0 where r is exactly 0), never
+    the undefined first-step ratio."""
+    W, M = _layer(6, 16, seed=0)   # seed 0: some rows end with r exactly 0 after the first step
+    W = W.double()
+    mask = torch.ones(6, 16, dtype=torch.bool)
+    mask[torch.arange(6), torch.arange(6)] = False          # one kept weight per row
+    out, info = dk.reconstruct(W, mask, M, return_info=True)
+    exp = per_row_solve(W, mask, M, 0.01)
+    torch.testing.assert_close(out.double(), exp, rtol=1e-9, atol=1e-12)
+    assert info["converged"] and info["max_rel_decrease"] <= info["tol"] and info["iterations"] <= 3
