@@ -213,4 +213,90 @@ def test_mask_bytes_are_0_or_1(monkeypatch):
         mask, swaps, pairs = triton_run(monkeypatch, args, st.hessian, 0, sparsity=0.5, max_cycle_time=cap)
         b = mask.view(torch.uint8)
         assert bool(((b == 0) | (b == 1)).all()) and bool((swaps >= 0).all()) and bool((pairs > 0).all())
-    assert cov_launch.layer_bytes(3, 32, torch.float32, 0, swap_bounds=True)["bounds"] == 8 * 3 * 32 + 8 * 3 + 8
+    assert cov_launch.layer_bytes(3, 32, torch.float32, 0, swap_bounds=True)["bounds"] == 8 * 3 * 32 + 8 * 3 + 8 + 8 * 33
+
+
+def without_cs(monkeypatch, args, M, **kw):
+    """The bounded search with the Cauchy-Schwarz bound off (CS_K = 0): (mask, swaps, pairs)."""
+    from dsnot_kernels.triton import cov_launch, swap
+
+    with monkeypatch.context() as mp:
+        mp.setattr(cov_launch, "swap_refine", functools.partial(swap.swap_refine, cs_k=0))
+        return triton_run(monkeypatch, args, M, 0, **kw)
+
+
+def test_cs_factors_match_the_cpu_definition():
+    """z_j = s_j sqrt(rho_j) (1 + 1e-12) and its use flag: a zero channel keeps the bound, a
+    nonzero entry next to a zero diagonal (rho infinite) or a negative diagonal turns it off."""
+    from dsnot_kernels.triton.swap import cs_factors
+
+    _, st = correlated(1, 24, seed=11)
+    M = st.hessian.double()
+    z = cs_factors(M)
+    s = torch.sqrt(torch.diagonal(M))
+    off = ~torch.eye(24, dtype=torch.bool, device=M.device)
+    rho = torch.where(off, M.abs() / (s[:, None] * s[None, :]), torch.zeros((), dtype=M.dtype, device=M.device)).amax(1)
+    assert torch.allclose(z[:24], s * torch.sqrt(rho), rtol=1e-11) and float(z[24]) == 1.0
+    assert bool((M.abs() <= z[:24, None] * z[None, :24])[off].all())  # q != r
+    Z = M.clone()
+    Z[7, :] = 0.0
+    Z[:, 7] = 0.0
+    z = cs_factors(Z)
+    assert float(z[24]) == 1.0 and float(z[7]) == 0.0
+    Z[11, 11] = 0.0
+    assert float(cs_factors(Z)[24]) == 0.0
+    Z = M.clone()
+    Z[3, 3] = -1.0
+    assert float(cs_factors(Z)[24]) == 0.0
+
+
+def weak(rows, cols, seed):
+    """Weakly correlated channels: many tokens, little mixing (most rho_j small)."""
+    return correlated(rows, cols, torch.float16, seed=seed, mixing=0.02, tokens=512)
+
+
+def test_cauchy_schwarz_prunes_weakly_correlated(monkeypatch):
+    """Weakly correlated channels: the Cauchy-Schwarz bound does most of the pruning; exact, and
+    far fewer pairs than without it."""
+    W, st = weak(3, 64, seed=12)
+    swaps, pf, pu = check(monkeypatch, W, st, sparsity=0.5)
+    assert int(swaps.sum()) >= 3
+    args = (W, st.sum_metric_row, st.var, st.scaler_row)
+    mask, sw, p0 = without_cs(monkeypatch, args, st.hessian, sparsity=0.5, max_cycle_time=BIG)
+    assert torch.equal(sw.cpu(), swaps.cpu())
+    assert int(pf.sum()) < 0.6 * int(p0.sum()), (pf.tolist(), p0.tolist())
+
+
+def test_cauchy_schwarz_zero_channel(monkeypatch):
+    """A dead channel (z = 0) with the bound on, and a weakly correlated layer with a zero weight row."""
+    W, st = weak(3, 40, seed=13)
+    W = W.clone()
+    W[2] = 0.0
+    M = st.hessian.clone()
+    M[5, :] = 0.0
+    M[:, 5] = 0.0
+    for kw in (dict(sparsity=0.5), dict(sparsity=0.3)):
+        check(monkeypatch, W, st, M=M, **kw)
+
+
+def test_cauchy_schwarz_off_with_infinite_rho(monkeypatch):
+    """A nonzero entry next to a zero diagonal: rho infinite, no Cauchy-Schwarz bound (the pairs
+    read are those without it), still exact."""
+    W, st = weak(3, 40, seed=14)
+    M = st.hessian.clone()
+    M[9, 9] = 0.0
+    swaps, pf, _ = check(monkeypatch, W, st, M=M, sparsity=0.5)
+    args = (W, st.sum_metric_row, st.var, st.scaler_row)
+    _, _, p0 = without_cs(monkeypatch, args, M, sparsity=0.5, max_cycle_time=BIG)
+    assert torch.equal(pf.cpu(), p0.cpu())
+
+
+def test_cauchy_schwarz_reads_fewer_pairs_correlated(monkeypatch):
+    """The correlated layer of test_bounded_search_reads_fewer_pairs: the Cauchy-Schwarz bound
+    reads fewer pairs than the carried bounds alone."""
+    W, st = correlated(4, 96, torch.float16, seed=9, common=1.0)
+    swaps, pf, pu = check(monkeypatch, W, st, sparsity=0.5)
+    args = (W, st.sum_metric_row, st.var, st.scaler_row)
+    _, sw, p0 = without_cs(monkeypatch, args, st.hessian, sparsity=0.5, max_cycle_time=BIG)
+    assert torch.equal(sw.cpu(), swaps.cpu())
+    assert int(pf.sum()) < int(p0.sum()), (pf.tolist(), p0.tolist())

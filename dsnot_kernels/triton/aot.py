@@ -21,7 +21,7 @@ from dsnot_kernels.triton.launch import launch_config
 from dsnot_kernels.triton.refine import _refine_kernel, n_chunks
 from dsnot_kernels.triton.select_nm import _select_nm_kernel
 from dsnot_kernels.triton.select_unstructured import _select_unstructured_kernel
-from dsnot_kernels.triton.swap import _swap_kernel
+from dsnot_kernels.triton.swap import CS_K as SWAP_CS_K, _swap_kernel, cs_tile
 
 ARCHS = (80, 90)
 LAYER_COLS = (4096, 11008, 14336, 28672)
@@ -58,6 +58,8 @@ def variants(cols: int):
 
     def add(name, fn, t, c):
         c = dict(c, CHUNK=chunk)
+        if fn is _swap_kernel:
+            c["CB"] = cs_tile(chunk, c["CS_K"])
         if fn is _refine_kernel or fn is _cov_kernel:
             c["N_CHUNKS"] = n_chunks(cols, chunk)
         out.append(Variant(name, fn, _sig(fn, t, c), c, nw))
@@ -92,14 +94,15 @@ def variants(cols: int):
 def _swap_types(wdtype, mdtype):
     w = "*i16" if wdtype == "bf16" else "*" + wdtype
     return dict(w_ptr=w, m_ptr="*" + mdtype, g_ptr="*fp64", src_ptr="*u8", out_ptr="*u8",
-                swaps_ptr="*i32", lb_ptr="*fp64", mmax_ptr="*fp64", pairs_ptr="*i64", cols="i32",
+                swaps_ptr="*i32", lb_ptr="*fp64", mmax_ptr="*fp64", z_ptr="*fp64", pairs_ptr="*i64", cols="i32",
                 max_cycles="i32")
 
 
 def _swap_c(cols, m, search=0):
     qb, rb = swap_tile_config(cols, m, interpreting=False)
+    bounded = search == 0 and m == 0
     return dict(NM=m > 0, PRUNE_M=max(m, 1), M_POW2=triton.next_power_of_2(max(m, 1)), QB=qb, RB=rb,
-                SEARCH=search if m == 0 else 1)
+                SEARCH=search if m == 0 else 1, CS_K=SWAP_CS_K if bounded else 0)
 
 
 def _cov_types(wdtype, mdtype):

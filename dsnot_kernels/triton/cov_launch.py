@@ -24,7 +24,7 @@ from dsnot_kernels.triton.cov import cov_refine
 from dsnot_kernels.triton.launch import MASK_POISON, SWAPS_POISON, _poison_on, launch_config
 from dsnot_kernels.triton.select_nm import select_nm
 from dsnot_kernels.triton.select_unstructured import select_unstructured
-from dsnot_kernels.triton.swap import swap_refine
+from dsnot_kernels.triton.swap import CS_BLOCK, cs_factors, swap_refine
 
 GIB = 2 ** 30
 # the largest window the kernel's int32 pair index (K * K) can address
@@ -44,17 +44,19 @@ def layer_bytes(rows: int, cols: int, m_dtype: torch.dtype, window: int = 0, swa
 
     ``peak`` is the most at one time: during the g0 matmul, D0 and g (float64 each) plus, for a
     float32 M, its float64 copy; then g, the mask, the slots and (``swap_bounds``: objective 4's
-    bounded search, unstructured) the float64 bounds scratch (allocated after the matmul) while
-    the kernel runs."""
+    bounded search, unstructured) the float64 bounds scratch and Cauchy-Schwarz factors (allocated
+    after the matmul, with the factors' temporaries) while the kernel runs."""
     K = min(window, cols)
     g = 8 * rows * cols
     d0 = 8 * rows * cols
     m64 = 8 * cols * cols if m_dtype != torch.float64 else 0
     mask = rows * cols + 4 * rows
     slots = 4 * rows * 4 * K
-    bounds = 8 * rows * cols + 8 * rows + 8 if swap_bounds else 0
+    bounds = 8 * rows * cols + 8 * rows + 8 + 8 * (cols + 1) if swap_bounds else 0
     matmul = g + d0 + m64 + mask
-    kernel = g + mask + slots + bounds
+    # cs_factors' (CS_BLOCK, cols) float64 temporaries, just before the kernel
+    cs_tmp = 4 * 8 * min(CS_BLOCK, cols) * cols if swap_bounds else 0
+    kernel = g + mask + slots + bounds + cs_tmp
     return dict(g=g, d0=d0, m64_copy=m64, mask=mask, slots=slots, bounds=bounds, matmul=matmul,
                 kernel=kernel, peak=max(matmul, kernel))
 
@@ -201,8 +203,11 @@ def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metr
         interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
         if objective == 4:
             qb, rb = swap_tile_config(cols, prune_m if nm else 0, interpreting)
+            # the Cauchy-Schwarz factors of the bounded search: one O(cols²) pass over M per call
+            z = cs_factors(second_moment) if swap_bounds else None
             pairs = swap_refine(weight, second_moment, g, src, out, swaps, int(max_cycle_time),
-                                prune_m if nm else 0, chunk, num_warps, qb, rb, search=int(swap_search))
+                                prune_m if nm else 0, chunk, num_warps, qb, rb, search=int(swap_search),
+                                z=z)
             if swap_pairs is not None:
                 swap_pairs.copy_(pairs)
             return out.view(torch.bool), swaps
