@@ -28,8 +28,9 @@ def launch_config(cols: int):
     are latency-bound (a chunk rescan, a few dependent loads, a barrier), so the GPU is filled by
     many rows per SM rather than many threads per row; real layers have >= 4096 rows (>= 30 per
     H200 SM). Every kernel sweeps its row in CHUNK-column chunks, so any width works with the same
-    registers. 512 columns over 4 warps keeps every kernel at <= 80 registers on sm_80/sm_90, at
-    most 16 spilled bytes (benchmarks/RESULTS.md, "Triton kernel resources"): 6 rows per SM.
+    registers. 512 columns over 4 warps keeps every kernel at <= 80 registers on sm_80/sm_90 (6
+    rows per SM) and at most 16 spilled bytes, except the bounded unstructured swap kernel on sm_80
+    (94 registers: 5 rows per SM; benchmarks/RESULTS.md, "Triton kernel resources").
     ``DSNOT_TRITON_LAUNCH=CHUNK:WARPS`` overrides it (for tuning on a GPU).
     """
     override = os.environ.get(LAUNCH_ENV)
