@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from correlated_inputs import correlated_layer
 import dsnot_kernels as dk
 from dsnot_kernels import _extension, ops
 from dsnot_kernels.reference_window import cov_g0
@@ -28,16 +29,8 @@ BIG = 10**6  # a cap no row reaches: rows run to their local optimum
 
 def correlated(rows, cols, dtype=torch.float32, seed=0, common=0.0, tokens=48):
     """Weight and statistics (with the second moment) of inputs with correlated channels; ``common``
-    adds a shared component to every channel (LLM-like: off-diagonal |M_qr| / sqrt(M_qq M_rr) near 1)."""
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.eye(cols) + 0.2 * torch.randn(cols, cols, generator=g)
-    x = (torch.randn(2, tokens, cols, generator=g) @ mix) * torch.exp(0.5 * torch.randn(cols, generator=g)) \
-        + 0.3 * torch.randn(cols, generator=g)
-    x = x + common * torch.randn(2, tokens, 1, generator=g)
-    st = dk.CalibrationStats(cols, hessian=True)
-    st.add_batch(x)
-    W = (0.05 * torch.randn(rows, cols, generator=g)).to(dtype)
-    return W, st
+    adds a shared component to every channel (``correlated_inputs.correlated_layer``)."""
+    return correlated_layer(rows, cols, dtype, seed, common, tokens=tokens)
 
 
 def op_inputs(W, st, M=None, **kw):

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from correlated_inputs import correlated_layer, on_device
 import dsnot_kernels as dk
 
 pytest.importorskip("triton")
@@ -29,17 +30,7 @@ pytestmark = [
 
 def correlated(rows, cols, dtype=torch.float32, seed=0):
     """Weight and statistics (with the second moment) of inputs with correlated channels."""
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.eye(cols) + 0.2 * torch.randn(cols, cols, generator=g)
-    x = (torch.randn(2, 32, cols, generator=g) @ mix) * torch.exp(0.5 * torch.randn(cols, generator=g)) \
-        + 0.3 * torch.randn(cols, generator=g)
-    st = dk.CalibrationStats(cols, hessian=True)
-    st.add_batch(x)
-    W = (0.05 * torch.randn(rows, cols, generator=g)).to(dtype)
-    ns = SimpleNamespace(**{k: getattr(st, k).to(DEV) for k in ("hessian", "sum_metric_row", "var", "scaler_row")})
-    ns.hessian = (ns.hessian + ns.hessian.t()) * 0.5  # exactly symmetric float32: kept as it is
-    return W.to(DEV), ns
-
+    return on_device(*correlated_layer(rows, cols, dtype, seed, tokens=32), DEV)
 
 def check(W, st, M=None, **kw):
     """Both backends on the same inputs; identical (mask, swaps); returns the swaps."""

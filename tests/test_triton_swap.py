@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from correlated_inputs import correlated_layer, on_device
 import dsnot_kernels as dk
 from dsnot_kernels import _extension
 
@@ -35,21 +36,8 @@ BIG = 10**6  # a cap no row reaches: rows run to their local optimum
 
 
 def correlated(rows, cols, dtype=torch.float32, seed=0, common=0.0, mixing=0.2, tokens=48):
-    """Weight and statistics of inputs with correlated channels; ``common`` adds a component shared
-    by every channel (LLM-like: off-diagonal |M_qr| / sqrt(M_qq M_rr) near 1), ``mixing`` the
-    strength of the random channel mixing."""
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.eye(cols) + mixing * torch.randn(cols, cols, generator=g)
-    x = (torch.randn(2, tokens, cols, generator=g) @ mix) * torch.exp(0.5 * torch.randn(cols, generator=g)) \
-        + 0.3 * torch.randn(cols, generator=g)
-    x = x + common * torch.randn(2, tokens, 1, generator=g)
-    st = dk.CalibrationStats(cols, hessian=True)
-    st.add_batch(x)
-    W = (0.05 * torch.randn(rows, cols, generator=g)).to(dtype)
-    ns = SimpleNamespace(**{k: getattr(st, k).to(DEV) for k in ("hessian", "sum_metric_row", "var", "scaler_row")})
-    ns.hessian = (ns.hessian + ns.hessian.t()) * 0.5  # exactly symmetric float32: kept as it is
-    return W.to(DEV), ns
-
+    """Weight and statistics of inputs with correlated channels (``correlated_inputs.correlated_layer``)."""
+    return on_device(*correlated_layer(rows, cols, dtype, seed, common, mixing, tokens), DEV)
 
 def triton_run(monkeypatch, args, M, search, **kw):
     """``refine_mask(backend="triton")`` with the swap kernel's search forced; (mask, swaps, pairs)."""
