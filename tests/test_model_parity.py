@@ -161,7 +161,7 @@ def _tiny_llama_masks(backend, pattern, objective):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-@pytest.mark.parametrize("objective", ["dsnot", "mse"])
+@pytest.mark.parametrize("objective", ["dsnot", "mse", "swap"])
 def test_triton_interpreter_tiny_llama(pattern, objective):
     """Triton (interpreter on CPU) vs the reference and the CPU kernel, every sub-layer refined."""
     if "triton" not in dk.available_backends("cpu"):
