@@ -69,6 +69,19 @@ def _m_at(m_ptr, q, r, cols, m):
 
 
 @triton.jit
+def _side(w_row, g_row, m_ptr, c, ok, cols, prune_side: tl.constexpr):
+    """``A_c = (2 w_c) g_c + (w_c w_c) M_cc`` (prune side) or ``B_c = (w_c w_c) M_cc - (2 w_c) g_c``."""
+    w = load_w(w_row + c, ok).to(tl.float64)
+    gc = tl.load(g_row + c, mask=ok, other=0.0)
+    mcc = _m_at(m_ptr, c, c, cols, ok)
+    if prune_side:
+        t = (2.0 * w) * gc + (w * w) * mcc
+    else:
+        t = (w * w) * mcc - (2.0 * w) * gc
+    return w, t
+
+
+@triton.jit
 def _g_update(g_row, m_ptr, q, r, wq, wr, cols, ok, idx, CHUNK: tl.constexpr):
     """``g[j] = g[j] + (w_q M[q, j] - w_r M[r, j])`` for every column (stores only if ``ok``)."""
     mq_row = m_ptr + q.to(tl.int64) * cols
@@ -168,15 +181,11 @@ def _cov_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, m_ptr, g_ptr, 
                     r = tl.load(g_slots + rs, mask=rs < K, other=-1)
                     r_ok = r >= 0
                     rc = tl.where(r_ok, r, 0)
-                    wr = load_w(w_row + rc, r_ok).to(tl.float64)
-                    gr = tl.load(g_row + rc, mask=r_ok, other=0.0)
-                    b = (wr * wr) * _m_at(m_ptr, rc, rc, cols, r_ok) - (2.0 * wr) * gr
+                    wr, b = _side(w_row, g_row, m_ptr, rc, r_ok, cols, False)
                     q = (rc - rc % PRUNE_M)[:, None] + t[None, :]
                     q_ok = r_ok[:, None] & (t < PRUNE_M)[None, :]
                     q_ok = q_ok & (tl.load(out_row + q, mask=q_ok, other=1) == 0)
-                    wq = load_w(w_row + q, q_ok).to(tl.float64)
-                    gq = tl.load(g_row + q, mask=q_ok, other=0.0)
-                    a = (2.0 * wq) * gq + (wq * wq) * _m_at(m_ptr, q, q, cols, q_ok)
+                    wq, a = _side(w_row, g_row, m_ptr, q, q_ok, cols, True)
                     cross = ((2.0 * wq) * wr[:, None]) * _m_at(m_ptr, q, rc[:, None], cols, q_ok)
                     d = tl.where(q_ok, (a - cross) + b[:, None], inf)
                     best, best_flat = _tile_min(d, rs[:, None] * PRUNE_M + t[None, :], best,
@@ -190,17 +199,13 @@ def _cov_kernel(w_ptr, smr_ptr, varp_ptr, sqrt_s_ptr, metric_ptr, m_ptr, g_ptr, 
                     q = tl.load(p_slots + qs, mask=qs < K, other=-1)
                     q_ok = q >= 0
                     qc = tl.where(q_ok, q, 0)
-                    wq = load_w(w_row + qc, q_ok).to(tl.float64)
-                    gq = tl.load(g_row + qc, mask=q_ok, other=0.0)
-                    a = (2.0 * wq) * gq + (wq * wq) * _m_at(m_ptr, qc, qc, cols, q_ok)
+                    wq, a = _side(w_row, g_row, m_ptr, qc, q_ok, cols, True)
                     for rb in range(0, K, RB):
                         rs = rb + tl.arange(0, RB)
                         r = tl.load(g_slots + rs, mask=rs < K, other=-1)
                         r_ok = r >= 0
                         rc = tl.where(r_ok, r, 0)
-                        wr = load_w(w_row + rc, r_ok).to(tl.float64)
-                        gr = tl.load(g_row + rc, mask=r_ok, other=0.0)
-                        b = (wr * wr) * _m_at(m_ptr, rc, rc, cols, r_ok) - (2.0 * wr) * gr
+                        wr, b = _side(w_row, g_row, m_ptr, rc, r_ok, cols, False)
                         pair = q_ok[:, None] & r_ok[None, :]
                         cross = ((2.0 * wq)[:, None] * wr[None, :]) * _m_at(
                             m_ptr, qc[:, None], rc[None, :], cols, pair)

@@ -52,7 +52,7 @@ import triton
 import triton.language as tl
 
 from dsnot_kernels.triton._common import load_w, weight_arg
-from dsnot_kernels.triton.cov import _g_update, _m_at, _tile_min
+from dsnot_kernels.triton.cov import _g_update, _m_at, _side, _tile_min
 
 # Slack of every bound, relative to the row's scale (the CPU kernel's kSlack).
 SLACK = tl.constexpr(1e-10)
@@ -63,19 +63,6 @@ CS_K = 8
 def cs_tile(chunk, cs_k):
     """Columns per (CB, CS_K) tile of the Cauchy-Schwarz passes."""
     return max(chunk // max(cs_k, 1), 16)
-
-
-@triton.jit
-def _side(w_row, g_row, m_ptr, c, ok, cols, prune_side: tl.constexpr):
-    """``A_c = (2 w_c) g_c + (w_c w_c) M_cc`` (prune side) or ``B_c = (w_c w_c) M_cc - (2 w_c) g_c``."""
-    w = load_w(w_row + c, ok).to(tl.float64)
-    gc = tl.load(g_row + c, mask=ok, other=0.0)
-    mcc = _m_at(m_ptr, c, c, cols, ok)
-    if prune_side:
-        t = (2.0 * w) * gc + (w * w) * mcc
-    else:
-        t = (w * w) * mcc - (2.0 * w) * gc
-    return w, t
 
 
 @triton.jit
