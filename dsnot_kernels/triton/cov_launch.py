@@ -18,12 +18,10 @@ import contextlib
 
 import torch
 
-from dsnot_kernels.reference import sqrt_rn, var_power
 from dsnot_kernels.reference_window import cov_g0
 from dsnot_kernels.triton.cov import cov_refine
-from dsnot_kernels.triton.launch import MASK_POISON, SWAPS_POISON, _poison_on, launch_config
-from dsnot_kernels.triton.select_nm import select_nm
-from dsnot_kernels.triton.select_unstructured import select_unstructured
+from dsnot_kernels.triton.launch import (MASK_POISON, SWAPS_POISON, _poison_on, initial_source, launch_config,
+                                         row_vectors)
 from dsnot_kernels.triton.swap import CS_BLOCK, cs_factors, swap_refine
 
 GIB = 2 ** 30
@@ -181,20 +179,10 @@ def refine_mask_cov_triton(weight, sum_metric_row, var, scaler_row, initial_metr
         swaps.fill_(SWAPS_POISON)
     chunk, num_warps = launch_config(cols)
     nm = prune_n > 0
-    sqrt_scaler = sqrt_rn(scaler_row)  # correctly rounded (CPU torch.sqrt is not: issue 21)
-    p = float(pow_of_var_regrowing)
-    varp = var if p == 0.0 else var_power(var, p)
-    thr = float(torch.tensor(update_threshold, dtype=torch.float32))
+    sqrt_scaler, varp, p, thr = row_vectors(scaler_row, var, pow_of_var_regrowing, update_threshold)
     with (torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()):
-        if initial_mask is not None:
-            src = initial_mask.view(torch.uint8)
-        else:
-            src = out
-            if nm:
-                select_nm(weight, sqrt_scaler, initial_metric, out, prune_n, prune_m, chunk, num_warps)
-            else:
-                select_unstructured(weight, sqrt_scaler, initial_metric, out, int(cols * sparsity),
-                                    chunk, num_warps)
+        src = initial_source(weight, sqrt_scaler, initial_metric, initial_mask, out, sparsity, prune_n,
+                             prune_m, chunk, num_warps)
         if max_cycle_time == 0:
             if initial_mask is not None:
                 out.copy_(src)

@@ -50,6 +50,33 @@ def _poison_on() -> bool:
     return os.environ.get(POISON_ENV, "0") == "1"
 
 
+def row_vectors(scaler_row, var, pow_of_var_regrowing, update_threshold):
+    """``(sqrt_scaler, varp, p, thr)`` shared by every Triton launcher: ``sqrt(scaler_row)``
+    correctly rounded (CPU torch.sqrt is not: issue 21); ``var**p`` by the contract's one
+    definition (ATen CPU pow in float64, one rounding; p == 1: var; p == 0: unused); ``thr`` the
+    threshold rounded to float32, as the contract says."""
+    sqrt_scaler = sqrt_rn(scaler_row)
+    p = float(pow_of_var_regrowing)
+    varp = var if p == 0.0 else var_power(var, p)
+    thr = float(torch.tensor(update_threshold, dtype=torch.float32))
+    return sqrt_scaler, varp, p, thr
+
+
+def initial_source(weight, sqrt_scaler, initial_metric, initial_mask, out, sparsity, prune_n, prune_m,
+                   chunk, num_warps):
+    """The launch's initial mask as uint8 0/1 (rows, cols): the caller's ``initial_mask`` viewed as
+    it is, or ``out`` filled by the selection kernels (N:M or unstructured). Call inside the
+    device context."""
+    if initial_mask is not None:
+        return initial_mask.view(torch.uint8)
+    if prune_n > 0:
+        select_nm(weight, sqrt_scaler, initial_metric, out, prune_n, prune_m, chunk, num_warps)
+    else:
+        select_unstructured(weight, sqrt_scaler, initial_metric, out, int(weight.shape[1] * sparsity),
+                            chunk, num_warps)
+    return out
+
+
 def refine_mask_triton(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
                        sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
                        pow_of_var_regrowing, same_sign, objective):
@@ -67,22 +94,10 @@ def refine_mask_triton(weight, sum_metric_row, var, scaler_row, initial_metric, 
         return out.zero_().view(torch.bool), swaps.zero_()
     chunk, num_warps = launch_config(cols)
     nm = prune_n > 0
-    sqrt_scaler = sqrt_rn(scaler_row)  # correctly rounded (CPU torch.sqrt is not: issue 21)
-    # var**p: the contract's one definition (ATen CPU pow in float64, one rounding; p == 1: var)
-    p = float(pow_of_var_regrowing)
-    varp = var if p == 0.0 else var_power(var, p)
-    thr = float(torch.tensor(update_threshold, dtype=torch.float32))  # contract: float32 thr
+    sqrt_scaler, varp, p, thr = row_vectors(scaler_row, var, pow_of_var_regrowing, update_threshold)
     with (torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()):
-        if initial_mask is not None:
-            src = initial_mask.view(torch.uint8)
-        else:
-            src = out
-            if nm:
-                select_nm(weight, sqrt_scaler, initial_metric, out, prune_n, prune_m, chunk,
-                          num_warps)
-            else:
-                select_unstructured(weight, sqrt_scaler, initial_metric, out,
-                                    int(cols * sparsity), chunk, num_warps)
+        src = initial_source(weight, sqrt_scaler, initial_metric, initial_mask, out, sparsity, prune_n,
+                             prune_m, chunk, num_warps)
         refine(weight, sum_metric_row, varp, sqrt_scaler, initial_metric, mean, var, src, out,
                swaps, int(max_cycle_time), thr, prune_m if nm else 0, same_sign, objective,
                p != 0.0, chunk, num_warps)
