@@ -28,6 +28,7 @@ SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 # CUDA headers of the pip packages (cublas, cusparse, ...) that torch's CUDA headers include.
 export CPATH=$SITE/nvidia/cu13/include${CPATH:+:$CPATH}
 COPY=$(mktemp -d /tmp/dsnot_cuda_build.XXXXXX)
+trap 'rm -rf "$COPY"' EXIT
 (cd "$ROOT" && git ls-files -co --exclude-standard | grep -v '^\.venv' | tar -cf - -T -) | tar -xf - -C "$COPY"
 cd "$COPY"
 "$VENV/bin/python" setup.py build_ext --inplace > build.log 2>&1 || { tail -n 40 build.log; exit 1; }
@@ -43,4 +44,3 @@ assert torch._C._dispatch_has_kernel_for_dispatch_key("dsnot_kernels::refine_mas
 print(f"loaded {so}: refine_mask has CPU and CUDA kernels (torch {torch.__version__})")
 EOF
 echo "venv ready in $((t1 - t0))s, build in $((t2 - t1))s (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
-rm -rf "$COPY"
