@@ -166,6 +166,40 @@ def test_real_inc_masks_equal_ours(case):
     assert torch.equal(ours, ref)
 
 
+def test_real_inc_float32_tie_is_inc_rounding():
+    """Where INC's float32 mask differs from ours (a near-tie its own summation order rounds the
+    other way), INC's own code run in float64 gives our mask. The layer and calibration seed are the
+    example's (python/examples/inc_dsnot.py) with seed 87, one of 6 in 400 that differ in float32."""
+    module = _inc()
+    from neural_compressor.compression.pruner.wanda.wrapper import WrappedGPT
+
+    rows, cols = 256, 1024
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(cols, rows, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(rows, cols, generator=g))
+    wrapped = WrappedGPT(lin)
+    wrapped.add_batch(torch.randn(4, 64, cols, generator=torch.Generator().manual_seed(87)), None)
+    weight = lin.weight.data
+    metric = weight.abs() * torch.sqrt(wrapped.scaler_row.unsqueeze(0))
+    theirs32 = module.DSnoT(metric.clone(), 0.5, wrapped)
+    lin64 = torch.nn.Linear(cols, rows, bias=False).double()
+    with torch.no_grad():
+        lin64.weight.copy_(weight.double())
+    wrapped64 = WrappedGPT(lin64)
+    for name in ("sum_metric_row", "var", "scaler_row"):
+        setattr(wrapped64, name, getattr(wrapped, name).double())
+    theirs64 = module.DSnoT(metric.double().clone(), 0.5, wrapped64)
+    with inc.patch(backend="cpu" if "cpu" in dk.available_backends() else "torch"):
+        ours = module.DSnoT(metric.clone(), 0.5, wrapped)
+    assert torch.equal(ours, theirs64)
+    assert torch.equal(ours, dk.refine_mask(weight, wrapped.sum_metric_row, wrapped.var.reshape(-1),
+                                            wrapped.scaler_row, initial_metric=metric, sparsity=0.5,
+                                            max_cycle_time=100, backend="torch"))
+    # Not asserted: whether INC's float32 run differs here; that depends on its summation order.
+    print("INC float32 rows differing from ours:", int((theirs32 != ours).any(1).sum()))
+
+
 def test_real_prune_wanda_end_to_end():
     """INC's own Wanda+DSnoT pipeline on a tiny LLaMA: identical pruned weights, patched or not."""
     _inc()
