@@ -222,6 +222,32 @@ def test_other_initial_methods_give_prune_model_weights(llmc, tiny, tokenizer, i
         _check_pattern(_masks(ours), "0:0", 0.6)
 
 
+@pytest.mark.parametrize("structure,pattern,objective", [("0:0", "unstructured", "dsnot"), ("2:4", "2:4", "cov")])
+def test_reconstruct_gives_prune_model_weights(llmc, tiny, tokenizer, structure, pattern, objective):
+    """reconstruct=True: prune_model's masks and re-solved kept weights; layer 0's masks are those of
+    reconstruct=False (later layers see the reconstructed outputs), and the kept weights change."""
+    _, _, DSnoT = llmc
+    folder, ids = tiny
+    options = dict(objective=objective, skip="none")
+    modifier = DSnoT(sparsity=0.6, mask_structure=structure, reconstruct=True, **options)
+    ours = _oneshot(_load(folder), tokenizer, ids, [modifier])
+    theirs = _load(folder, "eager")
+    dk.prune_model(theirs, ids, dk.PruneConfig(sparsity=0.6, pattern=pattern, reconstruct=True, batch_size=1,
+                                               progress=False, **options))
+    plain = _oneshot(_load(folder), tokenizer, ids, [DSnoT(sparsity=0.6, mask_structure=structure, **options)])
+    assert _diff(_masks(ours), _masks(theirs)) == {}
+    first = lambda masks: {n: m for n, m in masks.items() if n.startswith("model.layers.0.")}  # noqa: E731
+    assert first(_masks(ours)) and _diff(first(_masks(ours)), first(_masks(plain))) == {}
+    _check_pattern(_masks(ours), structure, 0.6)
+    changed = 0
+    for name, module in ours.named_modules():
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            assert torch.equal(module.weight, theirs.get_submodule(name).weight), name
+            changed += not torch.equal(module.weight, plain.get_submodule(name).weight)
+    assert changed == len(_masks(ours))
+    assert modifier.report and all(e["reconstruct"]["converged"] for e in modifier.report)
+
+
 def test_per_layer_sparsities_like_wanda(llmc, tiny, tokenizer):
     """targets = decoder layers with one sparsity each (what OWL produces), as llm-compressor's Wanda."""
     _, Wanda, DSnoT = llmc
@@ -337,8 +363,9 @@ def test_second_moment_only_when_needed(llmc, tiny, tokenizer):
     _, _, DSnoT = llmc
     folder, ids = tiny
     seen = {}
-    for objective in ("dsnot", "cov"):
-        modifier = DSnoT(sparsity=0.5, objective=objective)
+    for objective in ("dsnot", "cov", "reconstruct"):
+        modifier = (DSnoT(sparsity=0.5, reconstruct=True) if objective == "reconstruct"
+                    else DSnoT(sparsity=0.5, objective=objective))
         original = modifier.compress_modules
 
         def spy(modifier=modifier, original=original, objective=objective):
@@ -346,7 +373,7 @@ def test_second_moment_only_when_needed(llmc, tiny, tokenizer):
             original()
         object.__setattr__(modifier, "compress_modules", spy)
         _oneshot(_load(folder), tokenizer, ids, [modifier])
-    assert seen == {"dsnot": {False}, "cov": {True}}
+    assert seen == {"dsnot": {False}, "cov": {True}, "reconstruct": {True}}
 
 
 def test_non_linear_target_is_refused(llmc, tmp_path, tokenizer):

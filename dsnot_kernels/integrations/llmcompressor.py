@@ -118,9 +118,15 @@ class DSnoTModifier(SparsityModifierBase):
         window: candidates per list for objective "cov_window" (default 100).
         max_cycle_time, update_threshold, pow_of_var_regrowing: spec §3 (50, 0.1, 1.0).
         backend: ``refine_mask`` backend (None = best for the weights' device).
+        reconstruct: False (default) zeroes the pruned weights and keeps the others; True then
+            re-solves each row's kept weights for the least output error on the calibration inputs
+            (``dsnot_kernels.reconstruct``, as ``PruneConfig.reconstruct``; gathers the (C, C)
+            second moment). The mask is the same either way.
 
     After ``oneshot``, ``modifier.report`` lists one entry per pruned module (name, shape,
-    refined, sparsity, swaps, mask time, calibration samples).
+    refined, sparsity, swaps, mask time, calibration samples; with ``reconstruct``, the solver's
+    ``reconstruct`` info: iterations, residual, ``converged``). A module whose reconstruction did
+    not converge is logged as a warning (its rows' losses still did not rise).
     """
 
     sparsity: float | list[float] | dict[str, float] | None = 0.5
@@ -135,6 +141,7 @@ class DSnoTModifier(SparsityModifierBase):
     update_threshold: float = 0.1
     pow_of_var_regrowing: float = 1.0
     backend: Optional[str] = None
+    reconstruct: bool = False
 
     _stats: dict = PrivateAttr(default_factory=dict)          # module -> CalibrationStats
     _layer_names: list = PrivateAttr(default_factory=list)    # names of the sequential targets
@@ -208,7 +215,8 @@ class DSnoTModifier(SparsityModifierBase):
         return list(self._report)
 
     def _needs_second_moment(self) -> bool:
-        return self.initial.startswith("sparsegpt") or self.objective in ops.SECOND_MOMENT_OBJECTIVES
+        return (self.initial.startswith("sparsegpt") or self.objective in ops.SECOND_MOMENT_OBJECTIVES
+                or self.reconstruct)
 
     def _config(self, sparsity) -> PruneConfig:
         pattern = f"{self._prune_n}:{self._prune_m}" if self._prune_n else "unstructured"
@@ -216,7 +224,8 @@ class DSnoTModifier(SparsityModifierBase):
                            pattern=pattern, initial=self.initial, refine=self.refine, skip=self.skip,
                            max_cycle_time=self.max_cycle_time, update_threshold=self.update_threshold,
                            pow_of_var_regrowing=self.pow_of_var_regrowing, objective=self.objective,
-                           window=self.window, backend=self.backend, progress=False)
+                           window=self.window, backend=self.backend, reconstruct=self.reconstruct,
+                           progress=False)
 
     def _relative_name(self, name: str) -> str:
         """``name`` relative to the sequential target (decoder layer) that holds it."""
@@ -288,6 +297,11 @@ class DSnoTModifier(SparsityModifierBase):
             update_offload_parameter(module, "weight", pruned)
             entry.update(name=name, kind=sublayer_kind(relative), nsamples=stats.nsamples,
                          total_time_s=time.perf_counter() - t0)
+            solved = entry.get("reconstruct")
+            if solved is not None and not solved["converged"]:
+                logger.warning(f"DSnoT: {name}: the reconstruction did not converge on "
+                               f"{solved['rows_not_converged']} rows in {solved['iterations']} iterations "
+                               "(their losses did not rise)")
             self._report.append(entry)
             del self._stats[module]
 
