@@ -9,7 +9,7 @@ INC_PACKAGES := neural-compressor==3.7 schema==0.7.8 deprecated==1.3.1 wrapt==2.
   cloudpickle==3.1.3 narwhals==2.29.0
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') setup.py pyproject.toml requirements-dev.txt
 
-.PHONY: demo test test-all bench install clean cuda-build-check llmcompressor-venv test-llmcompressor
+.PHONY: demo test test-all bench install clean cuda-build-check llmcompressor-venv test-llmcompressor sanitize-cpu
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ test-llmcompressor: $(STAMP) $(LLMC_STAMP)
 # Build the whole extension (CPU + CUDA) against torch 2.14.1+cu130 in a separate venv, no GPU needed.
 cuda-build-check:
 	bash benchmarks/gpu/cuda_build_check.sh
+
+# ASan + UBSan build of the CPU kernels in a temporary copy of the tree, and the kernel / fuzz / validation
+# tests against it (docs/FUZZING.md "Sanitizers"); the repo's own build is untouched. In CI (~4.5 min).
+sanitize-cpu: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/sanitize_cpu.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels.py

@@ -7,6 +7,9 @@ Environment:
   DSNOT_KERNELS_NO_EXT=1    build no extension (the package then runs on the PyTorch reference)
   DSNOT_KERNELS_NO_CUDA=1   build the CPU kernel only, even where CUDA could be built
   TORCH_CUDA_ARCH_LIST      CUDA architectures (default "8.0;9.0")
+  DSNOT_KERNELS_EXTRA_CXXFLAGS / DSNOT_KERNELS_EXTRA_LDFLAGS
+                            extra C++ compile / link flags, appended after the defaults so that they
+                            win (e.g. the sanitizer build of benchmarks/sanitize_cpu.sh); unset: none
 
 Install for development with ``pip install --no-build-isolation -e .`` so that the build sees the
 torch already installed (an isolated build would download an unpinned torch).
@@ -36,6 +39,8 @@ def _extensions():
     torch_version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
     std = "-std=c++20" if torch_version >= (2, 14) else "-std=c++17"  # ATen >= 2.14 requires C++20
     cxx_flags = ["-O3", std, "-ffp-contract=off", "-fopenmp"]
+    cxx_flags += os.environ.get("DSNOT_KERNELS_EXTRA_CXXFLAGS", "").split()
+    link_flags = ["-fopenmp"] + os.environ.get("DSNOT_KERNELS_EXTRA_LDFLAGS", "").split()
     sources = [os.path.relpath(p, HERE) for p in
                sorted(glob.glob(os.path.join(HERE, "csrc", "*.cpp")))
                + sorted(glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))]
@@ -47,7 +52,7 @@ def _extensions():
                 and bool(cuda_sources))
     extra = {"cxx": cxx_flags}
     kwargs = dict(name="dsnot_kernels._C", sources=sources, include_dirs=[os.path.join(HERE, "csrc")],
-                  extra_compile_args=extra, extra_link_args=["-fopenmp"])
+                  extra_compile_args=extra, extra_link_args=link_flags)
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         extra["cxx"] = cxx_flags + ["-DDSNOT_WITH_CUDA"]

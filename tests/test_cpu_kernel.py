@@ -243,6 +243,37 @@ def test_poison_sentinel_is_visible_on_empty_work(monkeypatch):
     assert mask.shape == (0, 4) and swaps.shape == (0,)
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (0, 0), (3, 0)], ids=str)
+def test_poison_on_empty_shapes(monkeypatch, shape):
+    """Regression (UBSan, benchmarks/sanitize_cpu.sh): with poison on, an empty mask (data pointer
+    null) was memset: ``memset(nullptr, 0x5A, 0)`` is undefined behaviour (nonnull-attribute). Only a
+    sanitized build sees it; every build checks the outputs."""
+    monkeypatch.setenv("DSNOT_KERNELS_POISON", "1")
+    op = torch.ops.dsnot_kernels.refine_mask.default
+    rows, cols = shape
+    z = torch.zeros(cols)
+    for nm in ((0, 0), (2, 4)):
+        mask, swaps = op(torch.zeros(rows, cols), z, z, z, None, None, None, 0.5, *nm, 50, 0.1, 1.0, False, 0)
+        assert mask.shape == shape and mask.dtype == torch.bool
+        assert swaps.shape == (rows,) and swaps.tolist() == [0] * rows
+
+
+def test_thread_pool_path():
+    """Enough weights (>= 2**21) that run_rows splits the rows over 2 threads (below it the call runs
+    on the calling thread alone): same masks and swaps as the reference and as one thread."""
+    W, smr, var, scaler, mean = make_inputs(1040, 2048, seed=3)
+    n = torch.get_num_threads()
+    try:
+        for kw in ({"sparsity": 0.6}, {"prune_n": 2, "prune_m": 4}, {"objective": "mse", "mean": mean}):
+            torch.set_num_threads(2)
+            many = check(W, smr, var, scaler, **kw)
+            torch.set_num_threads(1)
+            one = dk.refine_mask(W, smr, var, scaler, backend="cpu", return_swaps=True, **kw)
+            assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1]), kw
+    finally:
+        torch.set_num_threads(n)
+
+
 def test_cpu_is_the_automatic_choice():
     assert dk.available_backends("cpu")[0] == "cpu"
 

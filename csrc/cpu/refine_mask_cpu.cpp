@@ -142,7 +142,9 @@ std::tuple<at::Tensor, at::Tensor> refine_mask_cpu(
   at::Tensor mask = at::empty({rows, cols}, weight.options().dtype(at::kBool));
   at::Tensor swaps = at::empty({rows}, weight.options().dtype(at::kInt));
   if (poison_requested()) {  // debug: prove below that every element gets written
-    std::memset(mask.data_ptr(), 0x5A, static_cast<size_t>(mask.numel()));
+    // An empty tensor's data pointer may be null, and memset(nullptr, _, 0) is undefined
+    // behaviour (UBSan nonnull-attribute, found by benchmarks/sanitize_cpu.sh): only when non-empty.
+    if (mask.numel() > 0) std::memset(mask.data_ptr(), 0x5A, static_cast<size_t>(mask.numel()));
     int32_t* sw = swaps.data_ptr<int32_t>();
     for (int64_t i = 0; i < rows; ++i) sw[i] = -777;
   }
