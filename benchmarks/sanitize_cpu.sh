@@ -21,7 +21,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
-case $PY in /*) ;; *) PY=$(command -v "$PY") ;; esac
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; *) PY=$(command -v "$PY") ;; esac  # the build runs elsewhere
 export MAX_JOBS=${MAX_JOBS:-1}
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -g -O1"
 [ "${SANITIZE_NO_CLONES:-0}" = 1 ] && SAN="$SAN -DDSNOT_CPU_NO_CLONES"
