@@ -24,10 +24,14 @@ relative residual of 1e-4, let rows with a small optimum stop up to 1.8 % above 
 
 Dampening (the same rule as SparseGPT): M' = M with dead channels (``M[j, j] == 0``) set to 1 on
 the diagonal, plus ``percdamp * mean(diag M)`` on the diagonal; the systems solved are M'_KK.
-Since M' = M + λI (λ >= 0) on the live channels, a drop of the damped loss implies a drop of the
-undamped loss, so the row loss never rises. Guard: any row whose undamped loss after is higher
-than before (only possible without convergence or by rounding) or non-finite gets its starting
-weights back and is counted in ``rows_reverted``. The mask never changes: ŵ is exactly 0 on it.
+Since M' = M + λI (λ >= 0) on the live channels, the damped loss is the undamped one plus
+``λ |w - ŵ|²``. From the default start (``w`` with the mask zeroed) every ŵ has ``|w - ŵ| >=`` the
+start's, so a drop of the damped loss implies a drop of the undamped loss. From another start
+(``init``, e.g. SparseGPT's weights) the damped optimum can have a higher undamped loss (seen on
+1 of 576 rows of one sub-layer of the embedded model at 70 %). Guard: any row whose undamped loss
+after is higher than before, or non-finite, gets its starting weights back and is counted in
+``rows_reverted``; only the non-finite ones also count as not converged. So the row loss never
+rises. The mask never changes: ŵ is exactly 0 on it.
 """
 from __future__ import annotations
 
@@ -213,12 +217,13 @@ def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.T
     G1 = D1 @ M
     after = (G1 * D1).sum(1)
     rel = ((G1 + D1 * shift) * keep).norm(dim=1) / denom  # the true residual b - M'_KK x_K
-    bad = ~torch.isfinite(after) | ~torch.isfinite(x).all(1) | (after > before + 1e-12 * before.abs() + 1e-300)
+    broken = ~torch.isfinite(after) | ~torch.isfinite(x).all(1)
+    bad = broken | (after > before + 1e-12 * before.abs() + 1e-300)  # rose: the damped optimum (see above)
     if bool(bad.any()):
         x[bad] = x0[bad]
         after = torch.where(bad, before, after)
     rel = torch.where(torch.isfinite(rel), rel, torch.full_like(rel, float("inf")))
-    conv = conv & ~bad
+    conv = conv & ~broken
     not_conv = int((~conv).sum())
     info.update(iterations=it, max_rel_residual=float(rel.max()), converged=not_conv == 0,
                 rows_not_converged=not_conv, rows_reverted=int(bad.sum()),

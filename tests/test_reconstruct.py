@@ -112,6 +112,24 @@ def test_warm_start_reaches_the_same_solution_and_guards_against_it():
     assert bool((row_losses(W, warm, M) <= row_losses(W, sg_w, M) * (1 + 1e-9)).all())
 
 
+def test_a_warm_start_better_than_the_damped_optimum_is_kept_and_not_called_unconverged():
+    """From init = each row's exact *undamped* optimum, the damped optimum (what the solver finds)
+    has a higher undamped loss on every row: the guard keeps init, counts the rows in
+    rows_reverted, and the solve is still reported converged (it was; nothing is wrong to warn of).
+    Seen on the embedded model: SparseGPT + reconstruct, 70 %, block 26 q_proj, 1 of 576 rows."""
+    W, M = _layer(10, 32, seed=9)
+    mask = _random_mask(10, 32, 0.6, seed=7)
+    exact = per_row_solve(W, mask, M, 0.0)  # the undamped optimum, 0 on the mask
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)   # no "did not converge" warning
+        out, info = dk.reconstruct(W, mask, M, percdamp=0.5, tol=1e-12, init=exact.float(), return_info=True)
+    damped_opt = per_row_solve(W, mask, M, 0.5)
+    rose = row_losses(W, damped_opt, M) > row_losses(W, exact, M) * (1 + 1e-9)
+    assert int(rose.sum()) == W.shape[0]  # the case really has the property on every row
+    assert info["rows_reverted"] == W.shape[0] and info["converged"] and info["rows_not_converged"] == 0
+    assert torch.equal(out, exact.float().masked_fill(mask, 0))
+
+
 def test_singular_second_moment_never_nan():
     # a dead channel, and fewer tokens (6) than columns (24): M has rank 6
     W, M = _layer(8, 24, tokens=6, seed=10, dead=(0, 5))
