@@ -1,4 +1,5 @@
-"""Capture sub-layers (W and stats with hessian) of given blocks of the embedded model, README setup
+"""Capture sub-layers (W and stats with hessian) of given blocks of the embedded model, the setup of
+docs/RESULTS.md
 (`python benchmarks/experiments/capture_layer.py 3 15` writes /tmp/i15b/layer3.pt, layer15.pt:
 what `benchmarks/bench_swap.py --captured` reads)
 (32 x 512 calibration tokens; earlier blocks pruned with wanda 60 %, no refinement)."""
