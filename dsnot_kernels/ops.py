@@ -24,7 +24,7 @@ from dsnot_kernels import _extension
 from dsnot_kernels.reference import cov_g0, refine_mask_reference
 
 # Candidates per list that "cov_window" compares by default: measured on the embedded model (README
-# setup), 100 beat 50 at 50/60/70 % and 2:4 (benchmarks/experiments/RESULTS_window_sweep.md); 200
+# setup), 100 beat 50 at 50/60/70 % and 2:4 (benchmarks/RESULTS.md, "Objective cov_window: window"); 200
 # was better again at 70 % but doubles the mask time (the search is K² per cycle).
 DEFAULT_WINDOW = 100
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

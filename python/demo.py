@@ -6,7 +6,7 @@ pydoc_data.topics; evaluation: 8 windows x 256 tokens of its second half; 50 % u
 Rows: dense, Wanda alone, Wanda + DSnoT with the authors' rule (attention sub-layers, their
 default), and Wanda + DSnoT with ``BEST_OBJECTIVE`` on every sub-layer.
 
-The pruned figures moved by up to 3 % between setups (README, "make demo"); the dense one did not.
+The pruned figures moved by up to 3 % between setups (docs/RESULTS.md, "make demo"); the dense one did not.
 The demo fixes 2 threads so that the thread count is not one of the causes.
 Extra arguments go to ``dsnot-prune`` (e.g. ``--sparsity 0.6``, ``--objective mse``, ``--skip none``).
 """
@@ -14,7 +14,7 @@ import sys
 
 from dsnot_kernels.cli import main
 
-# The best refinement measured on this model (README, "Measured on the embedded model"); its row is
+# The best refinement measured on this model (README, "Which method"; docs/RESULTS.md); its row is
 # the last of the table. One constant, so a better objective replaces it in one place.
 BEST_OBJECTIVE = "swap"
 THREADS = 2

@@ -1,17 +1,15 @@
-"""Shared set-up for the objective-variant experiments: the README's perplexity setup (embedded
-SmolLM2-135M, 32 x 512 calibration windows (seed 0) of the first half of pydoc_data.topics,
-first 4 x 512 tokens of the second half for evaluation) and a way to swap the refinement rule of
-``prune_model`` per sub-layer (the driver's ``_sublayer_mask`` is replaced; everything else,
-capture, statistics, block order, application, is the package's driver)."""
+"""Shared set-up of the experiment scripts here: the perplexity setup of docs/RESULTS.md (embedded
+SmolLM2-135M, 32 x 512 calibration windows (seed 0) of the first half of pydoc_data.topics, first
+4 x 512 tokens of the second half for evaluation), and a hook into ``prune_model`` that sees every
+sub-layer's statistics (the driver's ``_sublayer_mask`` is wrapped; everything else, capture,
+statistics, block order, application, is the package's driver)."""
 from __future__ import annotations
 
 import time
 
 import dsnot_kernels as dk
 from dsnot_kernels.pruning import driver
-from dsnot_kernels.pruning.adapters import is_refined, sublayer_kind, weight_view
-
-from objective_variants import VARIANTS, refine_variant, second_moment_of
+from dsnot_kernels.pruning.output_error import second_moment as second_moment_of  # noqa: F401  E[x xᵀ], float64
 
 NSAMPLES, SEQLEN, EVAL_WINDOWS, EVAL_SEQLEN, BATCH = 32, 512, 4, 512, 8
 
@@ -36,11 +34,12 @@ _orig_stats = driver.CalibrationStats
 
 
 def install(variant=None, hessian=False, per_sublayer=None):
-    """Replace the driver's refinement by ``variant`` (a VARIANTS key), or restore it (None).
-
-    ``per_sublayer(name, module, stats, config)``, if given, is called first for every sub-layer
-    (used by the layer-level check)."""
-    if variant is None and per_sublayer is None:
+    """Call ``per_sublayer(name, module, stats, config)`` first for every sub-layer (a non-None
+    return replaces the driver's ``(mask, new_weight, entry)``), with the second moment in every
+    statistics object when ``hessian``; ``install(None)`` restores the driver."""
+    if variant is not None:
+        raise ValueError("the prototype refinement variants were removed; only per_sublayer= remains")
+    if per_sublayer is None:
         driver._sublayer_mask = _orig_sublayer_mask
         driver.CalibrationStats = _orig_stats
         return
@@ -48,27 +47,9 @@ def install(variant=None, hessian=False, per_sublayer=None):
                                _orig_stats(n, device=device, hessian=True)) if hessian else _orig_stats
 
     def sublayer_mask(name, module, stats, config, want_error):
-        if per_sublayer is not None:
-            out = per_sublayer(name, module, stats, config)
-            if out is not None:
-                return out
-        if variant is None or not is_refined(name, config):
-            return _orig_sublayer_mask(name, module, stats, config, want_error)
-        W = weight_view(module)
-        model_kind, window = VARIANTS[variant]
-        t0 = time.perf_counter()
-        M = second_moment_of(stats) if model_kind == "cov" else None
-        mask, swaps, info = refine_variant(
-            W, stats.sum_metric_row, stats.var, stats.scaler_row, stats.mean, M,
-            sparsity=config.sparsity, prune_n=config.prune_n, prune_m=config.prune_m,
-            max_cycle_time=50 if config.max_cycle_time is None else config.max_cycle_time,
-            update_threshold=config.update_threshold,
-            pow_of_var_regrowing=config.pow_of_var_regrowing, model=model_kind, window=window)
-        mask_time = time.perf_counter() - t0
-        entry = {"name": name, "kind": sublayer_kind(name), "shape": list(W.shape), "refined": True,
-                 "sparsity": float(mask.float().mean()), "swaps": int(swaps.sum()),
-                 "rows_swapped": int((swaps > 0).sum()), "mask_time_s": mask_time, "variant": variant,
-                 "own_loss": info}
-        return mask, entry
+        out = per_sublayer(name, module, stats, config)
+        if out is not None:
+            return out
+        return _orig_sublayer_mask(name, module, stats, config, want_error)
 
     driver._sublayer_mask = sublayer_mask

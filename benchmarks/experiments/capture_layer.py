@@ -1,4 +1,5 @@
-"""Capture sub-layers (W and stats with hessian) of given blocks of the embedded model, README setup
+"""Capture sub-layers (W and stats with hessian) of given blocks of the embedded model, the setup of
+docs/RESULTS.md
 (`python benchmarks/experiments/capture_layer.py 3 15` writes /tmp/i15b/layer3.pt, layer15.pt:
 what `benchmarks/bench_swap.py --captured` reads)
 (32 x 512 calibration tokens; earlier blocks pruned with wanda 60 %, no refinement)."""
@@ -7,6 +8,7 @@ os.makedirs("/tmp/i15b", exist_ok=True)
 sys.path.insert(0, "benchmarks/experiments")
 import _harness as H
 import dsnot_kernels as dk
+from dsnot_kernels.pruning import PruningError
 from dsnot_kernels.pruning.adapters import weight_view
 torch.set_num_threads(1)
 BLOCKS = [int(b) for b in sys.argv[1:]] or [5]
@@ -31,5 +33,9 @@ H.install(variant=None, hessian=True, per_sublayer=per)
 cfg = dk.PruneConfig(sparsity=0.6, skip="none", refine=False)
 try:
     dk.prune_model(model, calib, cfg)
-except Done:
+except PruningError as exc:  # the driver wraps what the hook raised
+    if not isinstance(exc.__cause__, Done):
+        raise
     print("done")
+finally:
+    H.install(None)

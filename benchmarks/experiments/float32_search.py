@@ -1,4 +1,4 @@
-"""Would a float32 pair search (objective 3, "cov_window") pick the float64 winner? (issue 17)
+"""Would a float32 pair search (objective 3, "cov_window") pick the float64 winner?
 
 For the first cycle of every row of synthetic layers (correlated inputs, wanda initial mask), the
 K x K window pairs of the direction ``sign(err)`` picks are scored as the contract's float64

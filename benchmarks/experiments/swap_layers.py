@@ -1,7 +1,7 @@
 """Objective "swap" on real sub-layers of the embedded model: swaps per row to the local optimum,
 and the per-layer output error against Wanda and cov_window (defaults).
 
-The README's calibration (32 x 512 windows of pydoc text, seed 0) with dense inputs (no block is
+The calibration of docs/RESULTS.md (32 x 512 windows of pydoc text, seed 0) with dense inputs (no block is
 pruned on the way: every setting sees the same inputs). For each target sub-layer the second
 moment M = E[x xᵀ] per token; the error is ``sum over rows of D M Dᵀ`` (D = the pruned weights),
 reported relative to Wanda's. Swap runs with an unbounded cap (``--cap``, default 10 x cols), so
@@ -21,7 +21,7 @@ import dsnot_kernels as dk
 from dsnot_kernels.pruning import PruningError
 from dsnot_kernels.pruning.adapters import weight_view
 import _harness as H
-from objective_variants import second_moment_of
+from _harness import second_moment_of
 
 SUBS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj")
 SETTINGS = {"50%": (0.5, 0, 0), "60%": (0.6, 0, 0), "70%": (0.7, 0, 0), "2:4": (0.5, 2, 4)}

@@ -1,6 +1,6 @@
 """Held-out perplexity of objective "cov_window" for other windows, thresholds and cycle counts.
 
-Same setup as the README table (``_harness``: embedded SmolLM2-135M, 32 x 512 calibration tokens,
+Same setup as the tables of docs/RESULTS.md (``_harness``: embedded SmolLM2-135M, 32 x 512 calibration tokens,
 4 x 512 held-out tokens, batch 8, Wanda initial mask, every sub-layer refined). Each run is
 ``prune_model`` with ``PruneConfig(objective="cov_window", window=K, update_threshold=T,
 max_cycle_time=C, skip="none")`` on the package's CPU kernel: no prototype code. Resumes: runs

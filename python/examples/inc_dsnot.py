@@ -58,7 +58,7 @@ def main():
 
     real = WrappedGPT(w.layer)
     torch.manual_seed(0)  # INC's float32 sums round differently from ours: on ~1.5 % of random layers this
-    real.add_batch(torch.randn(4, 64, weight.shape[1]), None)  # size one row differs (README, INC)
+    real.add_batch(torch.randn(4, 64, weight.shape[1]), None)  # size one row differs (docs/INTEGRATIONS.md, INC)
     metric = weight.abs() * torch.sqrt(real.scaler_row.unsqueeze(0))
     theirs = inc_dsnot.DSnoT(metric.clone(), 0.5, real)
     with inc.patch():               # prune_wanda(..., dsnot=True) would now call our kernels
