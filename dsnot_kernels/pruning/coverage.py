@@ -50,7 +50,7 @@ def _under(name: str, prefixes) -> bool:
 def plan_block(block: nn.Module, where: str = "block") -> BlockPlan:
     """The ``BlockPlan`` of one block; ``UnsupportedModelError`` naming any >= 2-D parameter that is
     neither pruned nor in ``SKIPPED`` (``where`` prefixes the names in the message)."""
-    sets = find_expert_sets(block)
+    sets = find_expert_sets(block, where)
     routers = router_names(block, sets)
     dense = {n: m for n, m in find_sublayers(block).items()
              if not _under(n, routers) and not _under(n, [es.path for es in sets])}

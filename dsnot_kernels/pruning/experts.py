@@ -95,11 +95,12 @@ class ExpertSet:
 
 
 def fused_layout(module: nn.Module, name: str) -> FusedLayout:
-    """The ``FUSED_LAYOUTS`` entry of an experts module; ``UnsupportedModelError`` if none fits."""
+    """The ``FUSED_LAYOUTS`` entry of an experts module (``name``: its full name, for messages);
+    ``UnsupportedModelError`` if none fits."""
     flags = tuple(getattr(module, f, None) for f in ("is_transposed", "has_gate", "has_bias"))
     layout = FUSED_LAYOUTS.get(flags)
     if layout is None:
-        big = [f"{n} {tuple(p.shape)}" for n, p in module.named_parameters(recurse=False) if p.dim() >= 3]
+        big = [f"{name}.{n} {tuple(p.shape)}" for n, p in module.named_parameters(recurse=False) if p.dim() >= 3]
         raise UnsupportedModelError(
             f"{name} ({type(module).__name__}) holds {', '.join(big) or 'expert weights'} in an unknown experts "
             f"layout: (is_transposed, has_gate, has_bias) = {flags}, known: {sorted(FUSED_LAYOUTS, key=str)} "
@@ -122,15 +123,15 @@ def _is_fused_experts(module: nn.Module) -> bool:
     return any(p.dim() >= 3 for p in module.parameters(recurse=False))
 
 
-def find_expert_sets(block: nn.Module) -> list:
-    """Every ``ExpertSet`` of ``block`` (definition order)."""
+def find_expert_sets(block: nn.Module, where: str = "") -> list:
+    """Every ``ExpertSet`` of ``block`` (definition order); ``where``: the block's name, for messages."""
     sets, inside = [], set()
     for name, module in block.named_modules():
         if not name or any(name.startswith(p + ".") for p in inside):
             continue
         parent = block.get_submodule(name.rpartition(".")[0]) if "." in name else block
         if _is_fused_experts(module):
-            layout = fused_layout(module, name)
+            layout = fused_layout(module, f"{where}.{name}" if where else name)
             E = getattr(module, layout.first).shape[0]
             es = ExpertSet(name, "fused", module, parent, E, layout)
             for e in range(E):
