@@ -246,7 +246,43 @@ def test_supported_families_have_nothing_unknown(family):
     assert set(SKIPPED) == {"router", "expert_bias", "embedding", "norm"}
 
 
-def test_moe_under_torch_distributed_is_refused(monkeypatch):
-    monkeypatch.setattr(dist_prune, "world", lambda: (0, 2))
-    with pytest.raises(ValueError, match="torch.distributed does not support mixture-of-experts"):
-        dk.prune_model(tiny_moe("mixtral"), calib(), cfg())
+MOE_DIST_CASES = [("mixtral", dict(objective="dsnot")),
+                  ("mixtral", dict(objective="swap", pattern="2:4", expert_group_size=3)),
+                  ("qwen3_moe", dict(initial="sparsegpt", refine=False)),
+                  ("linear_experts", dict(objective="swap"))]
+
+
+def dist_case(family, kw):
+    """(masks, state) of one prune: 7 samples in batches of 2, every sub-layer refined."""
+    model = tiny_moe(family)
+    masks, _ = prune(model, cfg(skip="none", batch_size=2, **kw), data=calib(nsamples=7))
+    return masks, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process(tmp_path):
+    """Every expert's mask and weight under 2 gloo ranks (tests/moe_dist_worker.py) equal one process's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    here = Path(__file__).resolve().parent
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), str(here)]), OMP_NUM_THREADS="1",
+               MASTER_PORT=str(port), WORLD_SIZE="2")
+    procs = [subprocess.Popen([sys.executable, str(here / "moe_dist_worker.py"), str(tmp_path)],
+                              env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for r in range(2):
+        assert procs[r].returncode == 0, logs[r]
+    for n, (family, kw) in enumerate(MOE_DIST_CASES):
+        masks, state = dist_case(family, kw)
+        for r in range(2):
+            dmasks, dstate = torch.load(tmp_path / f"{n}-{r}.pt", weights_only=False)
+            assert dmasks.keys() == masks.keys()
+            assert all(torch.equal(dmasks[k], masks[k]) for k in masks), (family, kw, r)
+            assert all(torch.equal(dstate[k], state[k]) for k in state), (family, kw, r)

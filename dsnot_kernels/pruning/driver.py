@@ -212,10 +212,6 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     batches = list(calibration.split(config.batch_size))
     ranks = dist_prune.world()
     sample_offset, counts, split_rows = 0, None, False
-    if ranks is not None and any(p.experts for p in plans):
-        raise ValueError("prune_model under torch.distributed does not support mixture-of-experts layers "
-                         f"yet ({plans[[bool(p.experts) for p in plans].index(True)].experts[0].path}); run it "
-                         "in one process")
     if ranks is not None:  # each rank: a contiguous share of the batches (issue #20)
         dist_prune.check_arguments(config, calibration, len(batches))
         shares = [dist_prune.share(len(batches), r, ranks[1]) for r in range(ranks[1])]
@@ -263,9 +259,12 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 plan = plans[i]
                 subs = plan.dense
                 make = _stats_maker(device, ranks, sample_offset)
+                make_x = make if ranks is None else (  # expert samples are numbered after the pass
+                    lambda c, h: dist_prune.DeferredRecorder(c, device, h))  # noqa: E731
                 needs_m = lambda n: needs_second_moment(config, n)  # noqa: E731
                 passes = expert_pass.plan_passes(plan.experts, config, needs_m)
-                first = expert_pass.collectors_for(passes[0], make, needs_m, config) if passes else []
+                first = (expert_pass.collectors_for(passes[0], make_x, needs_m, config, share=ranks is None)
+                         if passes else [])
                 t0 = time.perf_counter()
                 collector = _statistics_pass(block, subs, inputs, calls, make, config, first)
                 t_pass1 = time.perf_counter() - t0
@@ -294,8 +293,9 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 del collector
                 summary = []
                 if plan.experts:
-                    found, summary = expert_pass.block_expert_masks(block, plan, inputs, calls, passes, first,
-                                                                    make, needs_m, config, _sublayer_mask, where)
+                    found, summary = expert_pass.block_expert_masks(
+                        block, plan, inputs, calls, passes, first, make_x, needs_m, config, _sublayer_mask, where,
+                        combine=None if ranks is None else dist_prune.combine_experts)
                     masks.update(found)
                     del first
                 for _, entry, _, _ in masks.values():

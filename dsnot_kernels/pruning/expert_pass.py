@@ -36,8 +36,8 @@ def plan_passes(sets: list, config, needs_m) -> list:
     return ([first] if first else []) + [[c] for c in later]
 
 
-def collectors_for(groups: list, make_stats, needs_m, config) -> list:
-    cols = [make_collector(es, ids, make_stats, needs_m, config.expert_tokens) for es, ids in groups]
+def collectors_for(groups: list, make_stats, needs_m, config, share=True) -> list:
+    cols = [make_collector(es, ids, make_stats, needs_m, config.expert_tokens, share) for es, ids in groups]
     for c in cols:
         c.attach()
     return cols
@@ -108,17 +108,23 @@ def expert_summary(sets: list, tokens: dict, config, passes: int, stats_s: float
 
 
 def block_expert_masks(block, plan, inputs, calls, passes, first, make_stats, needs_m, config, mask_fn,
-                       where) -> tuple:
+                       where, combine=None) -> tuple:
     """(masks, summary) of every expert of ``block``: the first pass's collectors ``first`` (already
-    run with the ordinary statistics pass), then one forward per further pass in ``passes``."""
+    run with the ordinary statistics pass), then one forward per further pass in ``passes``.
+    ``combine(collector)``: under torch.distributed, turns each rank's recorders into the
+    one-process statistics (collective); every rank then computes every expert's mask."""
     masks, tokens, stats_s = {}, {}, 0.0
     for k, groups in enumerate(passes):
         if k == 0:
             cols = first
         else:
             where.update(sublayer=None, stage=f"expert statistics (pass {k + 1} of {len(passes)})")
-            cols = collectors_for(groups, make_stats, needs_m, config)
+            cols = collectors_for(groups, make_stats, needs_m, config, share=combine is None)
             run_pass(block, inputs, calls, cols)
+        if combine is not None:
+            where["stage"] = "reduce expert statistics (collective)"
+            for c in cols:
+                combine(c)
         where["stage"] = "mask"
         for c in cols:
             stats_s += c.time_s

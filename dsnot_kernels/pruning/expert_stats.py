@@ -70,11 +70,14 @@ class _Collector:
     """Base: statistics of the projections of ``experts`` (ids) of one ``ExpertSet``.
 
     make_stats(cols, hessian) makes a statistics object; needs_m(name) says whether projection
-    ``name`` needs the (cols, cols) second moment.
+    ``name`` needs the (cols, cols) second moment. share: expert Linear layers that read the same
+    tensor share one statistics object (off under torch.distributed, where every rank must hold
+    the same objects whatever its tokens).
     """
 
-    def __init__(self, es, experts, make_stats, needs_m, mode="routed"):
+    def __init__(self, es, experts, make_stats, needs_m, mode="routed", share=True):
         self.es, self.experts, self.make, self.needs_m, self.mode = es, tuple(experts), make_stats, needs_m, mode
+        self.share = share
         self.tokens = [0] * es.num_experts
         self.stats: dict = {}
         self.batch, self.calls, self.time_s = 1, 0, 0.0
@@ -102,6 +105,9 @@ class FusedCollector(_Collector):
     def attach(self) -> None:
         m = self.es.module
         self._params = list(inspect.signature(type(m).forward).parameters)[1:]
+        for e in self.experts:
+            for name in self.es.names_of(e):
+                self.stats[name] = self.make(self.es.weight(name).shape[1], self.needs_m(name))
         self._handles = [m.register_forward_pre_hook(self._pre, with_kwargs=True),
                          m.register_forward_hook(self._post, with_kwargs=True)]
 
@@ -151,8 +157,6 @@ class FusedCollector(_Collector):
         self.time_s += time.perf_counter() - t0
 
     def _feed(self, name, samples):
-        if name not in self.stats:
-            self.stats[name] = self.make(samples[0].shape[-1], self.needs_m(name))
         for s in samples:
             self.stats[name].add_batch(s)
 
@@ -186,6 +190,11 @@ class ModulesCollector(_Collector):
                              f'called on its routed tokens ({self.es.path})')
         self._ref, self._T, self._order = None, 1, {}
         self.owner: dict = {}
+        if not self.share:
+            for e in self.experts:
+                for name in self.es.names_of(e):
+                    self.owner[name] = name
+                    self.stats[name] = self.make(self.es.weight(name).shape[1], self.needs_m(name))
         self._handles = [self.es.parent.register_forward_pre_hook(self._block_pre)]
         for e, expert in enumerate(self.es.module):
             self._handles.append(expert.register_forward_pre_hook(self._expert_pre(e)))
@@ -220,7 +229,7 @@ class ModulesCollector(_Collector):
             t0 = time.perf_counter()
             order, tok, seen = self._order[e]
             z = inp[0]
-            owner = next((n for n, y in seen.items() if y is z), name)
+            owner = next((n for n, y in seen.items() if y is z), name) if self.share else name
             if self.owner.setdefault(name, owner) != owner:
                 raise ValueError(f"{name} shared the input of {self.owner[name]} once but not in every call")
             seen[name] = z
@@ -239,6 +248,6 @@ class ModulesCollector(_Collector):
         return self.stats.get(self.owner.get(name, name))
 
 
-def make_collector(es, experts, make_stats, needs_m, mode):
+def make_collector(es, experts, make_stats, needs_m, mode, share=True):
     cls = FusedCollector if es.kind == "fused" else ModulesCollector
-    return cls(es, experts, make_stats, needs_m, mode)
+    return cls(es, experts, make_stats, needs_m, mode, share)
