@@ -80,13 +80,27 @@ def _stats_maker(device, ranks, sample_offset):
     return lambda c, h: dist_prune.SampleRecorder(c, device, h, sample_offset)  # noqa: E731
 
 
-def _statistics_pass(block, subs, inputs, calls, make, config, experts=()):
+def _expert_setup(plan, config, device, ranks):
+    """The expert statistics passes of a block (``expert_pass.plan_passes``) and the collectors of
+    the first, which rides on the ordinary statistics pass. Under torch.distributed an expert's
+    samples are numbered after the pass (``DeferredRecorder``)."""
+    if ranks is None:
+        make = lambda c, h: CalibrationStats(c, device=device, hessian=h)  # noqa: E731
+    else:
+        make = lambda c, h: dist_prune.DeferredRecorder(c, device, h)  # noqa: E731
+    needs_m = lambda n: needs_second_moment(config, n)  # noqa: E731
+    passes = expert_pass.plan_passes(plan.experts, config, needs_m)
+    first = expert_pass.collectors_for(passes[0], make, needs_m, config, share=ranks is None) if passes else []
+    return SimpleNamespace(make=make, needs_m=needs_m, passes=passes, first=first)
+
+
+def _statistics_pass(block, subs, inputs, calls, device, config, ranks, sample_offset, experts=()):
     """Run ``block`` on every batch with hooks; returns the ``BlockStats`` (one statistics object per
     distinct sub-layer input: ``CalibrationStats``, or per-sample recorders under torch.distributed).
     ``experts``: expert collectors (``expert_pass``) fed in the same pass."""
     cols = {name: weight_view(m).shape[1] for name, m in subs.items()}
     needs = {name: needs_second_moment(config, name) for name in subs}
-    collector = BlockStats(subs, cols, needs, make)
+    collector = BlockStats(subs, cols, needs, _stats_maker(device, ranks, sample_offset))
     hooks = [m.register_forward_hook(collector.hook(name)) for name, m in subs.items()]
     try:
         for x, call in zip(inputs, calls):
@@ -258,15 +272,11 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 calls = [c[i] for c in captured.calls]
                 plan = plans[i]
                 subs = plan.dense
-                make = _stats_maker(device, ranks, sample_offset)
-                make_x = make if ranks is None else (  # expert samples are numbered after the pass
-                    lambda c, h: dist_prune.DeferredRecorder(c, device, h))  # noqa: E731
-                needs_m = lambda n: needs_second_moment(config, n)  # noqa: E731
-                passes = expert_pass.plan_passes(plan.experts, config, needs_m)
-                first = (expert_pass.collectors_for(passes[0], make_x, needs_m, config, share=ranks is None)
-                         if passes else [])
+                xp = _expert_setup(plan, config, device, ranks)
+                first = xp.first
                 t0 = time.perf_counter()
-                collector = _statistics_pass(block, subs, inputs, calls, make, config, first)
+                collector = _statistics_pass(block, subs, inputs, calls, device, config, ranks, sample_offset,
+                                             first)
                 t_pass1 = time.perf_counter() - t0
                 timing = {"stats_s": collector.time_s, "reduce_s": 0.0}
                 if ranks is not None:
@@ -294,8 +304,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 summary = []
                 if plan.experts:
                     found, summary = expert_pass.block_expert_masks(
-                        block, plan, inputs, calls, passes, first, make_x, needs_m, config, _sublayer_mask, where,
-                        combine=None if ranks is None else dist_prune.combine_experts)
+                        block, plan, inputs, calls, xp.passes, first, xp.make, xp.needs_m, config, _sublayer_mask,
+                        where, combine=None if ranks is None else dist_prune.combine_experts)
                     masks.update(found)
                     del first
                 for _, entry, _, _ in masks.values():
