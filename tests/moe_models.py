@@ -110,6 +110,12 @@ def routed(mlp, x, mode="routed"):
     return torch.topk(F.softmax(logits, dim=-1, dtype=torch.float), mlp.gate.top_k, dim=-1)[1]
 
 
+def routed_counts(mlp, batches, experts):
+    """Routed calibration tokens per expert, from the router's weight."""
+    idx = torch.cat([routed(mlp, h.reshape(-1, h.shape[-1])) for h in batches])
+    return [int((idx == e).any(-1).sum()) for e in range(experts)]
+
+
 def expert_samples(mlp, batches, e, mode="routed"):
     """[(first-projection samples, down-projection samples)] of expert e, one pair per batch."""
     per_batch = []

@@ -14,7 +14,7 @@ from dsnot_kernels.pruning.coverage import SKIPPED, plan_block
 from dsnot_kernels.pruning.experts import find_expert_sets
 from dsnot_kernels.reference import initial_selection
 
-from moe_models import VOCAB, moe_inputs, reference_expert_masks, tiny_moe
+from moe_models import VOCAB, moe_inputs, reference_expert_masks, routed_counts, tiny_moe
 from pruning_models import FAMILIES, tiny_model
 
 
@@ -98,7 +98,10 @@ def _check_reference(family, config, mode="routed", blocks=(0, 1)):
         for j in range(i):
             mix.model.layers[j].load_state_dict(model.model.layers[j].state_dict())
         mlp = mix.model.layers[i].mlp
-        ref = reference_expert_masks(mlp, moe_inputs(mix, calib(), config.batch_size, i), config, mode)
+        batches = moe_inputs(mix, calib(), config.batch_size, i)
+        ref = reference_expert_masks(mlp, batches, config, mode)
+        if mode == "routed":  # the hooks saw exactly the routed tokens (nn.ModuleList experts included)
+            assert report["blocks"][i]["experts"][0]["tokens"] == routed_counts(mlp, batches, 4)
         assert len(ref) == len([k for k in masks if k[0] == i and ".experts." in k[1]])
         written = expert_weights(model)
         for name, (mask, new_w) in ref.items():

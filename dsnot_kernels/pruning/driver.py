@@ -239,7 +239,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
               "calibration": list(calibration.shape), "config": config.to_dict(),
               "device": str(device), "sublayers": [], "blocks": [], "completed": False,
               "prunable_weights": sum(p.prunable for p in plans),
-              "skipped": {f"{i}.{n}": why for i, p in enumerate(plans) for n, why in p.skipped.items()},
+              "skipped": {f"{path}.{i}.{n}": why for i, p in enumerate(plans) for n, why in p.skipped.items()},
               "world_size": 1 if ranks is None else ranks[1],
               "local_samples": sum(b.shape[0] for b in batches)}
     snapshot = snapshot_devices(model)

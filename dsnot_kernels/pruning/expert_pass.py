@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
+from dsnot_kernels.pruning.adapters import sublayer_kind
 from dsnot_kernels.pruning.expert_stats import make_collector
 from dsnot_kernels.reference import initial_selection
 
@@ -81,7 +82,7 @@ def group_masks(collector, config, mask_fn, where: dict) -> dict:
                                      f"expert_min_tokens={config.expert_min_tokens} (expert_fallback='error')")
                 t0 = time.perf_counter()
                 mask = _fallback_mask(W, config, name)
-                entry = {"name": name, "kind": "mlp", "shape": list(W.shape), "refined": False,
+                entry = {"name": name, "kind": sublayer_kind(name), "shape": list(W.shape), "refined": False,
                          "sparsity": float(mask.float().mean()), "swaps": 0, "rows_swapped": 0,
                          "mask_time_s": time.perf_counter() - t0}
                 new_w = None

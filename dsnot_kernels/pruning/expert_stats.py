@@ -119,7 +119,8 @@ class FusedCollector(_Collector):
             raise ValueError(f"experts module {self.es.path} was not called as (hidden_states, top_k_index, "
                              f"top_k_weights); got parameters {self._params}")
         hidden, idx, wts = vals
-        return hidden.reshape(-1, hidden.shape[-1]), idx.reshape(hidden.reshape(-1, hidden.shape[-1]).shape[0], -1), wts
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return flat, idx.reshape(flat.shape[0], -1), wts.reshape(flat.shape[0], -1)
 
     def hidden_of(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e's down-projection input on rows x (dense weights, the module's own gate)."""
