@@ -217,6 +217,14 @@ def test_zero_token_expert_error_policy_and_threshold():
     assert report["blocks"][0]["experts"][0]["fallback"] == [0, 1, 2, 3]
 
 
+def test_expert_tokens_all_refused_for_module_list_experts_before_any_work():
+    model = tiny_moe("linear_experts")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match='expert_tokens="all" needs fused experts; mlp.experts'):
+        dk.prune_model(model, calib(), cfg(expert_tokens="all"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_unknown_block_weight_is_an_error_before_any_work():
     model = tiny_model("llama")
     model.model.layers[1].self_attn.extra = nn.Parameter(torch.randn(8, 64))
@@ -237,6 +245,14 @@ def test_experts_layout_that_lies_is_an_error():
     mlp.experts._apply_gate = lambda y: torch.relu(y[..., :128]) * y[..., 128:]
     with pytest.raises(PruningError, match="differs from layout"):
         prune(model, cfg())
+    assert not mlp.experts._forward_pre_hooks and not mlp.experts._forward_hooks  # no hook left behind
+
+
+@pytest.mark.parametrize("kw", [dict(expert_tokens="some"), dict(expert_fallback="wanda"), dict(expert_min_tokens=0),
+                                dict(expert_group_size=0), dict(expert_report_tokens=-1), dict(expert_group_size=True)])
+def test_expert_options_are_checked(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        dk.PruneConfig(**kw)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

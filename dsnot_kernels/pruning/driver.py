@@ -221,6 +221,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     calibration = _check_calibration(calibration)
     path, blocks = find_blocks(model)
     plans = [plan_block(b, f"{path}.{i}") for i, b in enumerate(blocks)]  # before any work
+    expert_pass.check_config(plans, config)
     first = next(model.parameters())
     device = torch.device(config.device) if config.device else first.device
     batches = list(calibration.split(config.batch_size))

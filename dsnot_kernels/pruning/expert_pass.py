@@ -37,10 +37,25 @@ def plan_passes(sets: list, config, needs_m) -> list:
     return ([first] if first else []) + [[c] for c in later]
 
 
+def check_config(plans: list, config) -> None:
+    """ValueError before any work for expert options the model's experts cannot follow."""
+    if config.expert_tokens == "all":
+        lists = [es.path for p in plans for es in p.experts if es.kind == "modules"]
+        if lists:
+            raise ValueError(f'expert_tokens="all" needs fused experts; {lists[0]} is an nn.ModuleList of experts, '
+                             "which the model calls only on their routed tokens")
+
+
 def collectors_for(groups: list, make_stats, needs_m, config, share=True) -> list:
+    """Collectors of ``groups``, their hooks attached (none left attached if one fails)."""
     cols = [make_collector(es, ids, make_stats, needs_m, config.expert_tokens, share) for es, ids in groups]
-    for c in cols:
-        c.attach()
+    try:
+        for c in cols:
+            c.attach()
+    except Exception:
+        for c in cols:
+            c.detach()
+        raise
     return cols
 
 
