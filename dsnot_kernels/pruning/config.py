@@ -10,6 +10,8 @@ PATTERNS_HELP = '"unstructured" or "N:M" (e.g. "2:4", "4:8")'
 INITIAL_METHODS = ("wanda", "magnitude", "sparsegpt", "sparsegpt_metric")
 SKIP_CHOICES = ("mlp", "none", "self_attn")
 OBJECTIVE_CHOICES = tuple(OBJECTIVES)
+EXPERT_TOKENS = ("routed", "all")
+EXPERT_FALLBACKS = ("magnitude", "error")
 
 
 @dataclass
@@ -47,6 +49,20 @@ class PruneConfig:
     record_error: also record each sub-layer's output error before/after refinement (needs a
         (cols, cols) second-moment matrix per sub-layer).
     progress: show a tqdm bar over blocks.
+
+    Mixture-of-experts layers (``docs/MOE.md``): every expert is pruned as a standalone linear layer
+    per projection, on the calibration tokens the model's router sends to it; routers are never
+    pruned.
+    expert_tokens: "routed" (each expert's statistics from its routed tokens) or "all" (every
+        token sent to every expert for the statistics only; fused experts only).
+    expert_min_tokens: an expert with fewer routed calibration tokens than this (int >= 1;
+        default 1: only experts no token reaches) gets ``expert_fallback`` instead.
+    expert_fallback: "magnitude" (the |W| initial selection at the asked sparsity or pattern, no
+        refinement, weights unchanged) or "error" (``PruningError`` naming the expert).
+    expert_report_tokens: the report counts, per experts module of each block, the experts with
+        fewer routed tokens than this (``blocks[i]["experts"][j]["few_tokens"]``).
+    expert_group_size: experts whose (cols, cols) second moments are held at once, where a
+        projection needs one (int >= 1); each further group reruns the block's forward.
     """
 
     sparsity: float = 0.5
@@ -67,6 +83,11 @@ class PruneConfig:
     device: "str | None" = None
     record_error: bool = False
     progress: bool = True
+    expert_tokens: str = "routed"
+    expert_min_tokens: int = 1
+    expert_fallback: str = "magnitude"
+    expert_report_tokens: int = 128
+    expert_group_size: int = 8
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -96,6 +117,18 @@ class PruneConfig:
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self.skip_sublayers = tuple(self.skip_sublayers or ())
+        self._check_expert_fields()
+
+    def _check_expert_fields(self):
+        if self.expert_tokens not in EXPERT_TOKENS:
+            raise ValueError(f"expert_tokens must be one of {EXPERT_TOKENS}, got {self.expert_tokens!r}")
+        if self.expert_fallback not in EXPERT_FALLBACKS:
+            raise ValueError(f"expert_fallback must be one of {EXPERT_FALLBACKS}, got {self.expert_fallback!r}")
+        for name in ("expert_min_tokens", "expert_report_tokens", "expert_group_size"):
+            v = getattr(self, name)
+            low = 0 if name == "expert_report_tokens" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
 
     @property
     def target_sparsity(self) -> float:

@@ -212,3 +212,53 @@ def close_own_group() -> None:
     if _OWN_GROUP and dist.is_initialized():
         dist.destroy_process_group()
         _OWN_GROUP.clear()
+
+
+class DeferredRecorder(SampleRecorder):
+    """``SampleRecorder`` of an expert projection, whose samples (an expert's routed tokens of one
+    calibration sequence) are numbered only once every rank's count is known: the raw samples are
+    kept (only where the second moment is needed) until ``finalize``, which computes their products
+    with the one-process scaling. Each ``add_batch`` is one (T, cols) or (1, T, cols) sample."""
+
+    def __init__(self, in_features: int, device, hessian: bool):
+        super().__init__(in_features, device, hessian, 0)
+        self.raw: list = []
+        self.samples = 0
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = x.unsqueeze(0) if x.dim() == 2 else x
+        if x.dim() != 3 or x.shape[0] != 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"expected one (T, {self.in_features}) sample, got {tuple(x.shape)}")
+        x = x.detach().to(self.device)
+        self.moments.append(sample_moments(x))
+        self.samples += 1
+        if self.hessian:
+            self.raw.append(x[0].t().type(torch.float32))
+
+    def finalize(self, first_sample: int) -> None:
+        self.next_index = first_sample
+        for inp in self.raw:
+            self.next_index += 1
+            self.products.append(sample_product(inp, self.next_index))
+        self.raw = []
+
+
+def combine_experts(collector) -> None:
+    """Replace an expert collector's ``DeferredRecorder`` objects by the one-process
+    ``CalibrationStats`` and its token counts by their sums over ranks (collective; every rank
+    holds recorders for the same projections, in the same order)."""
+    import torch.distributed as dist
+    rank, size = world()
+    names = list(collector.stats)
+    dev = next(iter(collector.stats.values())).device if names else torch.device("cpu")
+    local = torch.tensor([collector.stats[n].samples for n in names] + collector.tokens, dtype=torch.int64,
+                         device=dev)
+    gathered = [torch.empty_like(local) for _ in range(size)]
+    dist.all_gather(gathered, local)
+    table = torch.stack(gathered).tolist()  # (ranks, projections + experts)
+    collector.tokens = [sum(row[len(names) + e] for row in table) for e in range(len(collector.tokens))]
+    for j, name in enumerate(names):
+        rec, counts = collector.stats[name], [row[j] for row in table]
+        rec.finalize(sum(counts[:rank]))
+        collector.stats[name] = (combine(rec, counts) if sum(counts) else
+                                 CalibrationStats(rec.in_features, device=rec.device, hessian=rec.hessian))

@@ -20,12 +20,13 @@ from torch import nn
 
 from dsnot_kernels.metrics import initial_metric
 from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
-from dsnot_kernels.pruning.adapters import (find_blocks, find_sublayers, is_refined, sublayer_kind,
-                                            weight_view)
+from dsnot_kernels.pruning.adapters import find_blocks, is_refined, sublayer_kind, weight_view
 from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, move_outside,
                                            restore_devices, snapshot_devices)
 from dsnot_kernels.pruning import distributed as dist_prune
+from dsnot_kernels.pruning import expert_pass
 from dsnot_kernels.pruning.config import PruneConfig
+from dsnot_kernels.pruning.coverage import plan_block
 from dsnot_kernels.pruning.output_error import output_error, second_moment
 from dsnot_kernels.pruning.stats_pass import BlockStats
 from dsnot_kernels.pruning.weight_update import reconstruct_kept, sparsegpt_initial, updated_output_error
@@ -73,25 +74,48 @@ def needs_second_moment(config, name=None) -> bool:
     return bool(config.refine) if name is None else is_refined(name, config)
 
 
-def _statistics_pass(block, subs, inputs, calls, device, config, ranks, sample_offset):
-    """Run ``block`` on every batch with hooks; returns the ``BlockStats`` (one statistics object per
-    distinct sub-layer input: ``CalibrationStats``, or per-sample recorders under torch.distributed)."""
-    cols = {name: weight_view(m).shape[1] for name, m in subs.items()}
-    needs = {name: needs_second_moment(config, name) for name in subs}
+def _stats_maker(device, ranks, sample_offset):
+    if ranks is None:
+        return lambda c, h: CalibrationStats(c, device=device, hessian=h)  # noqa: E731
+    return lambda c, h: dist_prune.SampleRecorder(c, device, h, sample_offset)  # noqa: E731
+
+
+def _expert_setup(plan, config, device, ranks):
+    """The expert statistics passes of a block (``expert_pass.plan_passes``) and the collectors of
+    the first, which rides on the ordinary statistics pass. Under torch.distributed an expert's
+    samples are numbered after the pass (``DeferredRecorder``)."""
     if ranks is None:
         make = lambda c, h: CalibrationStats(c, device=device, hessian=h)  # noqa: E731
     else:
-        make = lambda c, h: dist_prune.SampleRecorder(c, device, h, sample_offset)  # noqa: E731
-    collector = BlockStats(subs, cols, needs, make)
+        make = lambda c, h: dist_prune.DeferredRecorder(c, device, h)  # noqa: E731
+    needs_m = lambda n: needs_second_moment(config, n)  # noqa: E731
+    passes = expert_pass.plan_passes(plan.experts, config, needs_m)
+    first = expert_pass.collectors_for(passes[0], make, needs_m, config, share=ranks is None) if passes else []
+    return SimpleNamespace(make=make, needs_m=needs_m, passes=passes, first=first)
+
+
+def _statistics_pass(block, subs, inputs, calls, device, config, ranks, sample_offset, experts=()):
+    """Run ``block`` on every batch with hooks; returns the ``BlockStats`` (one statistics object per
+    distinct sub-layer input: ``CalibrationStats``, or per-sample recorders under torch.distributed).
+    ``experts``: expert collectors (``expert_pass``) fed in the same pass."""
+    cols = {name: weight_view(m).shape[1] for name, m in subs.items()}
+    needs = {name: needs_second_moment(config, name) for name in subs}
+    collector = BlockStats(subs, cols, needs, _stats_maker(device, ranks, sample_offset))
     hooks = [m.register_forward_hook(collector.hook(name)) for name, m in subs.items()]
     try:
         for x, call in zip(inputs, calls):
             collector.begin_call(x.shape[0])
+            for c in experts:
+                c.begin_call(x.shape[0])
             block(x, *call.args, **call.kwargs)
             collector.end_call()
+            for c in experts:
+                c.end_call()
     finally:
         for h in hooks:
             h.remove()
+        for c in experts:
+            c.detach()
     return collector
 
 
@@ -196,6 +220,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     config = config if config is not None else PruneConfig()
     calibration = _check_calibration(calibration)
     path, blocks = find_blocks(model)
+    plans = [plan_block(b, f"{path}.{i}") for i, b in enumerate(blocks)]  # before any work
+    expert_pass.check_config(plans, config)
     first = next(model.parameters())
     device = torch.device(config.device) if config.device else first.device
     batches = list(calibration.split(config.batch_size))
@@ -213,6 +239,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "config": config.to_dict(),
               "device": str(device), "sublayers": [], "blocks": [], "completed": False,
+              "prunable_weights": sum(p.prunable for p in plans),
+              "skipped": {f"{path}.{i}.{n}": why for i, p in enumerate(plans) for n, why in p.skipped.items()},
               "world_size": 1 if ranks is None else ranks[1],
               "local_samples": sum(b.shape[0] for b in batches)}
     snapshot = snapshot_devices(model)
@@ -243,10 +271,13 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 where.update(block=i, sublayer=None, stage="statistics")
                 block = blocks[i].to(device)
                 calls = [c[i] for c in captured.calls]
-                subs = find_sublayers(block)
+                plan = plans[i]
+                subs = plan.dense
+                xp = _expert_setup(plan, config, device, ranks)
+                first = xp.first
                 t0 = time.perf_counter()
-                collector = _statistics_pass(block, subs, inputs, calls, device, config, ranks,
-                                             sample_offset)
+                collector = _statistics_pass(block, subs, inputs, calls, device, config, ranks, sample_offset,
+                                             first)
                 t_pass1 = time.perf_counter() - t0
                 timing = {"stats_s": collector.time_s, "reduce_s": 0.0}
                 if ranks is not None:
@@ -269,20 +300,28 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                     else:
                         mask, new_w, entry = _sublayer_mask(name, module, stats_of(name), config,
                                                             config.record_error)
-                    entry["block"] = i
-                    masks[name] = (mask, entry, new_w)
+                    masks[name] = (mask, entry, new_w, weight_view(module))
                 del collector
+                summary = []
+                if plan.experts:
+                    found, summary = expert_pass.block_expert_masks(
+                        block, plan, inputs, calls, xp.passes, first, xp.make, xp.needs_m, config, _sublayer_mask,
+                        where, combine=None if ranks is None else dist_prune.combine_experts)
+                    masks.update(found)
+                    del first
+                for _, entry, _, _ in masks.values():
+                    entry["block"] = i
                 if on_mask is not None:
                     where["stage"] = "on_mask"
-                    for name, (mask, _, _) in masks.items():
+                    for name, (mask, _, _, _) in masks.items():
                         where["sublayer"] = name
                         on_mask(i, name, mask)
                 where.update(sublayer=None, stage="apply")
-                for name, (mask, entry, new_w) in masks.items():
-                    W = weight_view(subs[name])
+                for name, (mask, entry, new_w, W) in masks.items():
                     if new_w is not None:  # SparseGPT / reconstruct: updated kept weights, 0 on the mask
                         W.copy_(new_w)
                     W[mask] = 0
+                    entry["pruned"] = int(mask.sum())
                     entry["zeros"] = float((W == 0).float().mean())
                     report["sublayers"].append(entry)
                 del masks
@@ -295,7 +334,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 report["blocks"].append({
                     "block": i, "forward_s": t_pass1 + t_pass2 - timing["stats_s"],
                     "stats_s": timing["stats_s"], "reduce_s": timing["reduce_s"],
-                    "mask_time_s": sum(e["mask_time_s"] for e in report["sublayers"] if e["block"] == i)})
+                    "mask_time_s": sum(e["mask_time_s"] for e in report["sublayers"] if e["block"] == i),
+                    **({"experts": summary} if summary else {})})
             if ranks is not None:
                 where.update(block=None, sublayer=None, stage="finish (collective)")
                 dist_prune.all_finished(device)
@@ -324,8 +364,10 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
 
 def _summarise(report, total_time):
     subs = report["sublayers"]
-    numel = sum(e["shape"][0] * e["shape"][1] for e in subs)
-    report["sparsity"] = sum(e["sparsity"] * e["shape"][0] * e["shape"][1] for e in subs) / max(numel, 1)
+    # the zeros made (the masks' pruned counts) over every weight the driver considers prunable
+    pruned = sum(e["pruned"] for e in subs)
+    report["sparsity"] = pruned / max(report["prunable_weights"], 1)
+    report["pruned_weights"] = pruned
     report["swaps"] = sum(e["swaps"] for e in subs)
     report["mask_time_s"] = sum(e["mask_time_s"] for e in subs)
     report["reconstruct_time_s"] = sum(e.get("reconstruct_time_s", 0.0) for e in subs)
