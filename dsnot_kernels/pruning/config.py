@@ -47,6 +47,12 @@ class PruneConfig:
     record_error: also record each sub-layer's output error before/after refinement (needs a
         (cols, cols) second-moment matrix per sub-layer).
     progress: show a tqdm bar over blocks.
+    bos: "auto" | "always" | "never", the BOS rule of the calibration windows (docs/MODELS.md). The
+        driver gets token ids, so the tokenizer's rule is applied where the windows are made
+        (``calibration_windows(..., bos=..., tokenizer=...)``); here "auto" and "never" use the
+        windows as given and "always" makes each window start with BOS (``[BOS] + its first
+        seqlen - 1 tokens`` where it does not). The report's "bos" entry says what was used.
+    bos_token_id: the BOS id for ``bos="always"`` (None = the model config's / generation config's).
     """
 
     sparsity: float = 0.5
@@ -67,6 +73,8 @@ class PruneConfig:
     device: "str | None" = None
     record_error: bool = False
     progress: bool = True
+    bos: str = "auto"
+    bos_token_id: "int | None" = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -96,6 +104,11 @@ class PruneConfig:
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self.skip_sublayers = tuple(self.skip_sublayers or ())
+        from dsnot_kernels.bos import check_bos
+        check_bos(self.bos)
+        if self.bos_token_id is not None and (isinstance(self.bos_token_id, bool) or not
+                                              isinstance(self.bos_token_id, int) or self.bos_token_id < 0):
+            raise ValueError(f"bos_token_id must be None or an int >= 0, got {self.bos_token_id!r}")
 
     @property
     def target_sparsity(self) -> float:

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from dsnot_kernels.bos import calibration_bos
 from dsnot_kernels.metrics import initial_metric
 from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
 from dsnot_kernels.pruning.adapters import (find_blocks, find_sublayers, is_refined, sublayer_kind,
@@ -195,6 +196,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     """
     config = config if config is not None else PruneConfig()
     calibration = _check_calibration(calibration)
+    calibration, bos_entry = calibration_bos(calibration, config.bos, model, config.bos_token_id)
     path, blocks = find_blocks(model)
     first = next(model.parameters())
     device = torch.device(config.device) if config.device else first.device
@@ -211,7 +213,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         split_rows = dist_prune.splits_rows(config)
 
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
-              "calibration": list(calibration.shape), "config": config.to_dict(),
+              "calibration": list(calibration.shape), "bos": bos_entry, "config": config.to_dict(),
               "device": str(device), "sublayers": [], "blocks": [], "completed": False,
               "world_size": 1 if ranks is None else ranks[1],
               "local_samples": sum(b.shape[0] for b in batches)}
