@@ -130,3 +130,12 @@ def test_driver_statistics_are_the_whole_models(family):
     assert got.keys() == want.keys()
     for key in want:
         assert torch.equal(got[key], want[key]), key
+
+
+def test_models_doc_lists_every_family_of_the_table():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "MODELS.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    for name, spec in FAMILY_TABLE.items():
+        assert name in rows, f"docs/MODELS.md has no row for {name}"
+        assert f"`{spec.config_class}`" in rows[name], name
