@@ -56,7 +56,9 @@ def build_parser():
     p.add_argument("--skip_layer", type=str, default="mlp", choices=["no_skip", "mlp", "self_attn"])
     p.add_argument("--skip_sub_layer", type=str, default="no_skip",
                    choices=["no_skip", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj",
-                            "up_proj", "fc1", "fc2", "out_proj"])
+                            "up_proj", "fc1", "fc2", "out_proj", "qkv_proj", "gate_up_proj"],
+                   help="one more sub-layer (last name part) that gets the initial mask only; qkv_proj and "
+                        "gate_up_proj are Phi-3's fused layers")
     p.add_argument("--without_same_sign", type=lambda s: str(s).lower() not in ("0", "false", "no", ""),
                    default=True)
     p.add_argument("--get_time_overhead", action="store_true")

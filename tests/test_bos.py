@@ -204,3 +204,25 @@ def test_cli_bos_on_a_bos_trained_model(tmp_path, bos, capsys):
     stream = tokenize(word_tokenizer(), (tmp_path / "eval.txt").read_text())
     want = plain_bos_loop(model, stream[1:], SEQLEN, BOS) if bos == "auto" else perplexity_before(model, stream, SEQLEN)
     assert result["rows"][0]["method"] == "dense" and result["rows"][0]["ppl"] == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("bos,used", [("auto", True), ("never", False)])
+def test_authors_main_bos_flag(tmp_path, bos, used, capsys, monkeypatch):
+    """python/main.py --bos: the windows line and the result line say which rule ran; the figure is the
+    plain BOS loop's (auto) or the plain slices' (never) on the dense tiny Gemma 2."""
+    import runpy
+    import sys
+    from pathlib import Path
+    folder = _gemma_folder(tmp_path)
+    monkeypatch.setattr(sys, "argv", [
+        "main.py", "--model", str(folder), "--prune_method", "dense", "--seqlen", str(SEQLEN),
+        "--eval", str(tmp_path / "eval.txt"), "--bos", bos, "--output_results_file", str(tmp_path / "r.txt")])
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "python" / "main.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert f"windows: BOS {bos}:" in out and f"BOS {bos}: {'used' if used else 'not used'}" in out
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    stream = tokenize(word_tokenizer(), (tmp_path / "eval.txt").read_text())
+    want = plain_bos_loop(model, stream[1:], SEQLEN, BOS) if used else perplexity_before(model, stream, SEQLEN)
+    got = float((tmp_path / "r.txt").read_text().split("\t")[6])
+    assert got == pytest.approx(want, abs=1e-4)
