@@ -98,7 +98,8 @@ def test_never_is_the_protocol_of_before_bit_for_bit(family):
     for max_windows, batch_size in ((None, 1), (3, 2)):
         assert dk.perplexity(model, stream, SEQLEN, bos="never", max_windows=max_windows,
                              batch_size=batch_size) == perplexity_before(model, stream, SEQLEN, max_windows, batch_size)
-    assert torch.equal(calibration_windows(stream, 5, SEQLEN, seed=2, bos="never"), windows_before(stream, 5, SEQLEN, 2))
+    assert torch.equal(calibration_windows(stream, 5, SEQLEN, seed=2, bos="never"),
+                       windows_before(stream, 5, SEQLEN, 2))
 
 
 def test_auto_without_a_bos_tokenizer_is_the_protocol_of_before():
@@ -190,7 +191,8 @@ def test_cli_bos_on_a_bos_trained_model(tmp_path, bos, capsys):
     the plain BOS loop's (auto) or the plain slices' (never)."""
     folder = _gemma_folder(tmp_path)
     from dsnot_kernels import cli
-    assert cli.main(["--model", str(folder), "--calib", str(tmp_path / "calib.txt"), "--eval", str(tmp_path / "eval.txt"),
+    assert cli.main(["--model", str(folder), "--calib", str(tmp_path / "calib.txt"),
+                     "--eval", str(tmp_path / "eval.txt"),
                      "--nsamples", "4", "--seqlen", str(SEQLEN), "--eval-windows", "0", "--no-refine", "--bos", bos,
                      "--quiet", "--json", str(tmp_path / "r.json")]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
