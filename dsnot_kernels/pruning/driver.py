@@ -175,9 +175,10 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     """Prune ``model`` in place, block by block (spec §4). Returns a JSON-serialisable report.
 
     Args:
-        model: a causal LM (Llama, Mistral, Qwen2, OPT, GPT-2 or laid out like them) called as
+        model: a causal LM (the families of docs/MODELS.md or laid out like them) called as
             ``model(input_ids=...)``.
-        calibration: (nsamples, seqlen) token ids.
+        calibration: (nsamples, seqlen) token ids. ``config.bos="always"`` makes each window start
+            with BOS (``dsnot_kernels.bos.calibration_bos``); the report's "bos" says what was used.
         config: ``PruneConfig`` (default: 50 % unstructured, wanda + DSnoT, skip="mlp").
         on_mask: optional ``fn(block_index, sublayer_name, mask)`` called with each (rows, cols)
             bool mask (True = pruned) before it is applied.
