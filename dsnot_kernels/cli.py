@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dsnot_kernels import cli_checks
+from dsnot_kernels.bos import BOS_CHOICES
 from dsnot_kernels.ops import DEFAULT_WINDOW, OBJECTIVES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", dest="eval_file", default=None,
                    help="evaluation text file (default: pydoc_data.topics, second half)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
+    p.add_argument("--bos", default="auto", choices=list(BOS_CHOICES),
+                   help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one; "
+                        "default), always, never (plain slices of the token stream); docs/MODELS.md")
     p.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass")
     p.add_argument("--device", default=None, help="where blocks are computed (default: where the model is)")
     p.add_argument("--backend", default=None, help="refine_mask backend (default: best available)")
@@ -173,7 +177,7 @@ def check_args(args) -> list:
                 sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=skip,
                 objective=objective, window=args.window, max_cycle_time=args.max_cycle_time,
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
-                reconstruct=args.reconstruct,
+                reconstruct=args.reconstruct, bos=args.bos,
                 backend=args.backend, batch_size=args.batch_size, device=args.device,
                 record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
                 progress=not args.quiet))
@@ -214,6 +218,7 @@ def run(args, configs=None) -> dict:
     """Load, evaluate, prune (initial mask, then refined), evaluate; print the table. ``configs``:
     from ``check_args(args)`` (computed here when None)."""
     import dsnot_kernels as dk
+    from dsnot_kernels.bos import resolve_bos
     from dsnot_kernels.data import calibration_windows, load_texts, tokenize
     from dsnot_kernels.models import load_model, save_model
 
@@ -236,23 +241,32 @@ def run(args, configs=None) -> dict:
     say(f"loaded {model_desc} ({args.dtype}) in {load_s:.1f} s")
     cal_text, eval_text, text_desc = load_texts(args.calib, args.eval_file)
     try:
-        calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed)
+        bos_rule = resolve_bos(args.bos, tokenizer=tokenizer, model=model)
+    except ValueError as exc:
+        raise ArgumentError(f"--bos {args.bos}: {exc}") from None
+    bos_kw = dict(bos=args.bos, tokenizer=tokenizer, bos_token_id=bos_rule.bos_token_id)
+    for config in configs:  # the driver checks the windows against the tokenizer's BOS id
+        config.bos_token_id = bos_rule.bos_token_id
+    try:
+        calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed, **bos_kw)
     except ValueError as exc:
         raise ArgumentError(f"--calib: {exc} (--seqlen {args.seqlen})") from None
     eval_ids = tokenize(tokenizer, eval_text)
-    if eval_ids.numel() < args.seqlen:
-        raise ArgumentError(f"--eval: {eval_ids.numel()} evaluation tokens are fewer than one window of "
+    body = args.seqlen - 1 if bos_rule.use else args.seqlen
+    eval_tokens = eval_ids.numel() - int(bos_rule.use and int(eval_ids[0]) == bos_rule.bos_token_id)
+    if eval_tokens < body:
+        raise ArgumentError(f"--eval: {eval_tokens} evaluation tokens are fewer than one window of "
                             f"--seqlen {args.seqlen}")
     windows = args.eval_windows or None
-    n_windows = min(eval_ids.numel() // args.seqlen, windows or 10**9)
+    n_windows = min(eval_tokens // body, windows or 10**9)
 
     def ppl(what):
         t = time.perf_counter()
         value = dk.perplexity(model, eval_ids, args.seqlen, max_windows=windows, progress=not args.quiet,
-                              desc=f"perplexity ({what})")
+                              desc=f"perplexity ({what})", **bos_kw)
         return value, time.perf_counter() - t
 
-    result = {"model": model_desc, "calibration": f"{args.nsamples} x {args.seqlen} tokens: {text_desc['calibration']}",
+    result = {"model": model_desc, "bos": bos_rule.to_dict() | {"text": bos_rule.describe()}, "calibration": f"{args.nsamples} x {args.seqlen} tokens: {text_desc['calibration']}",
               "evaluation": f"{n_windows} x {args.seqlen} tokens: {text_desc['evaluation']}",
               "dtype": args.dtype, "load_time_s": load_s, "rows": [], "reports": []}
     if not args.no_dense:
@@ -299,10 +313,13 @@ def run(args, configs=None) -> dict:
 
 def format_table(result) -> str:
     lines = [f"model: {result['model']}", f"calibration: {result['calibration']}",
-             f"evaluation: {result['evaluation']}", "",
-             f"| {'method':<40} | {'perplexity':>10} | {'sparsity':>8} | {'swaps':>8} | "
-             f"{'prune s':>8} | {'masks s':>8} |",
-             f"|{'-' * 42}|{'-' * 12}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 10}|"]
+             f"evaluation: {result['evaluation']}"]
+    if "bos" in result:
+        lines.append(f"windows: {result['bos']['text']}")
+    lines += ["",
+              f"| {'method':<40} | {'perplexity':>10} | {'sparsity':>8} | {'swaps':>8} | "
+              f"{'prune s':>8} | {'masks s':>8} |",
+              f"|{'-' * 42}|{'-' * 12}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 10}|"]
     for r in result["rows"]:
         lines.append(f"| {r['method']:<40} | {r['ppl']:>10.3f} | {r['sparsity']:>8.4f} | {r['swaps']:>8d} | "
                      f"{r['prune_time_s']:>8.1f} | {r['mask_time_s']:>8.2f} |")

@@ -4,7 +4,9 @@ Default: the English prose of the standard library's ``pydoc_data.topics`` (the 
 Python language reference, ~65k words), topics joined in sorted order; its first half calibrates,
 its second half evaluates (split at the paragraph break nearest the middle). Or a user's files.
 Calibration samples are random windows of ``seqlen`` tokens, drawn as the authors draw theirs
-(``random.seed(seed)``; ``randint(0, len - seqlen - 1)`` per sample).
+(``random.seed(seed)``; ``randint(0, len - seqlen - 1)`` per sample). Where windows start with BOS
+(``bos``, ``dsnot_kernels.bos``) a window is BOS and the next ``seqlen - 1`` stream tokens, drawn the
+same way from the stream without its leading BOS (``randint(0, len - (seqlen - 1) - 1)``).
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import random
 from pathlib import Path
 
 import torch
+
+from dsnot_kernels.bos import resolve_bos, strip_leading_bos
 
 DEFAULT_TEXT_NAME = "pydoc_data.topics (Python standard library help topics)"
 
@@ -40,21 +44,39 @@ def read_text(path) -> str:
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
-    """(N,) token ids of ``text``."""
+    """(N,) token ids of ``text``, encoded once: a tokenizer that adds a BOS puts one at the start
+    of the stream only (never mid-stream); the window helpers drop it where windows get their own."""
     return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long).reshape(-1)
 
 
-def calibration_windows(token_ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """(nsamples, seqlen) random windows of ``token_ids`` (the authors' sampling)."""
+def calibration_windows(token_ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0, *,
+                        bos: str = "auto", tokenizer=None, bos_token_id=None,
+                        return_rule: bool = False):
+    """(nsamples, seqlen) long tensor of random windows of ``token_ids`` ((N,) ints; the authors' sampling).
+
+    bos: "auto" | "always" | "never" (``dsnot_kernels.bos``): with BOS, each window is the BOS id and
+    the next ``seqlen - 1`` tokens of the stream (a leading BOS of the stream dropped first).
+    "auto" follows ``tokenizer`` (or, without one, whether the stream begins with ``bos_token_id``;
+    neither given: no BOS). "never" is the plain slices of before. return_rule: also return the
+    resolved ``BosRule``.
+    """
     ids = token_ids.reshape(-1)
-    if ids.numel() <= seqlen + 1:
-        raise ValueError(f"{ids.numel()} calibration tokens cannot give windows of {seqlen}")
+    rule = resolve_bos(bos, tokenizer=tokenizer, bos_token_id=bos_token_id, stream=ids)
+    body = seqlen - 1 if rule.use else seqlen
+    if rule.use:
+        ids = strip_leading_bos(ids, rule.bos_token_id)
+    if seqlen < 1 or ids.numel() <= body + 1:
+        raise ValueError(f"{ids.numel()} calibration tokens cannot give windows of {seqlen}"
+                         + (" (BOS + stream tokens)" if rule.use else ""))
     rng = random.Random(seed)
     rows = []
     for _ in range(nsamples):
-        i = rng.randint(0, ids.numel() - seqlen - 1)
-        rows.append(ids[i:i + seqlen])
-    return torch.stack(rows)
+        i = rng.randint(0, ids.numel() - body - 1)
+        rows.append(ids[i:i + body])
+    out = torch.stack(rows)
+    if rule.use:
+        out = torch.cat([torch.full((nsamples, 1), rule.bos_token_id, dtype=out.dtype), out], dim=1)
+    return (out, rule) if return_rule else out
 
 
 def load_texts(calib=None, eval_file=None):

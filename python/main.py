@@ -56,7 +56,9 @@ def build_parser():
     p.add_argument("--skip_layer", type=str, default="mlp", choices=["no_skip", "mlp", "self_attn"])
     p.add_argument("--skip_sub_layer", type=str, default="no_skip",
                    choices=["no_skip", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj",
-                            "up_proj", "fc1", "fc2", "out_proj"])
+                            "up_proj", "fc1", "fc2", "out_proj", "qkv_proj", "gate_up_proj"],
+                   help="one more sub-layer (last name part) that gets the initial mask only; qkv_proj and "
+                        "gate_up_proj are Phi-3's fused layers")
     p.add_argument("--without_same_sign", type=lambda s: str(s).lower() not in ("0", "false", "no", ""),
                    default=True)
     p.add_argument("--get_time_overhead", action="store_true")
@@ -78,6 +80,9 @@ def build_parser():
     p.add_argument("--reconstruct", action="store_true", help="re-solve the kept weights after each final mask")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None)
+    p.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
+                   help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one), "
+                        "always, never (plain slices of the token stream, as the authors' script)")
     return p
 
 
@@ -127,7 +132,7 @@ def check(args):
                 skip=args.skip_layer, skip_sublayers=skip_sub, max_cycle_time=args.max_cycle_time,
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
                 without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
-                backend=args.backend, reconstruct=args.reconstruct, batch_size=args.batch_size)
+                backend=args.backend, reconstruct=args.reconstruct, batch_size=args.batch_size, bos=args.bos)
         except ValueError as exc:
             raise ValueError(str(exc).replace("sparsity must", "--sparsity_ratio must")) from None
     cli_checks.check_text_file("--calib", args.calib)
@@ -164,10 +169,18 @@ def main(argv=None):
         model.to(args.device)
     print(f"loaded {desc}")
     cal_text, eval_text, text_desc = load_texts(args.calib, args.eval_file)
+    from dsnot_kernels.bos import resolve_bos
+    try:
+        bos_rule = resolve_bos(args.bos, tokenizer=tokenizer, model=model)
+    except ValueError as exc:
+        parser.error(f"--bos {args.bos}: {exc}")
+    bos_kw = dict(bos=args.bos, tokenizer=tokenizer, bos_token_id=bos_rule.bos_token_id)
+    print(f"windows: {bos_rule.describe()}")
 
     prune_time = 0.0
     if config is not None:
-        calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed)
+        config.bos_token_id = bos_rule.bos_token_id
+        calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed, **bos_kw)
         print(f"pruning starts: {args.prune_method} ({text_desc['calibration']}, {args.nsamples} x {args.seqlen})")
         t0 = time.perf_counter()
         report = dk.prune_model(model, calib, config)
@@ -180,8 +193,9 @@ def main(argv=None):
     print("*" * 30)
     print(f"evaluating on {text_desc['evaluation']}")
     ppl = dk.perplexity(model, tokenize(tokenizer, eval_text), args.seqlen,
-                        max_windows=args.eval_windows or None, progress=True)
-    print(f"\nppl on {text_desc['evaluation']}: {ppl}  (lower is better)\n")
+                        max_windows=args.eval_windows or None, progress=True, **bos_kw)
+    print(f"\nppl on {text_desc['evaluation']}: {ppl}  (lower is better; BOS {bos_rule.rule}: "
+          f"{'used' if bos_rule.use else 'not used'})\n")
     results = Path(args.output_results_file).resolve()
     with open(results, "a") as f:
         f.write(f"{args.model}\t{args.prune_method}\t{args.initial_method}\t{args.sparsity_type}\t"

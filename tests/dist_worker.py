@@ -11,12 +11,29 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pruning_models import calibration, tiny_model  # noqa: E402
+from pruning_models import ALL_FAMILIES, calibration, tiny_model  # noqa: E402
 
 import dsnot_kernels as dk  # noqa: E402
 
 MASK_CASES = [("unstructured", "dsnot"), ("2:4", "dsnot"), ("unstructured", "cov_window"), ("2:4", "cov_window"),
               ("unstructured", "cov_window", "gpt2")]  # GPT-2: transposed (Conv1D) weights
+
+
+# every family of tests/pruning_models.py, with the two ends of tests/test_families.py's matrix
+FAMILY_CASES = [(family, name) for family in ALL_FAMILIES for name in ("swap-60%", "sparsegpt-2:4")]
+FAMILY_CONFIGS = {"swap-60%": dict(sparsity=0.6, objective="swap", refine=True, skip="none"),
+                  "sparsegpt-2:4": dict(pattern="2:4", initial="sparsegpt")}
+
+
+def family_collect(family, name):
+    """(masks, state_dict, report) of one tiny family model pruned with one of FAMILY_CONFIGS
+    (5 samples in batches of 2: 2 batches on rank 0, 1 on rank 1)."""
+    model = tiny_model(family, seed=0, layers=2)
+    masks = {}
+    report = dk.prune_model(model, calibration(nsamples=5, seqlen=24),
+                            dk.PruneConfig(batch_size=2, progress=False, **FAMILY_CONFIGS[name]),
+                            on_mask=lambda i, n, mask: masks.__setitem__((i, n), mask.clone()))
+    return masks, {k: v.clone() for k, v in model.state_dict().items()}, report
 
 
 def config(pattern, objective, **kw):
@@ -58,6 +75,10 @@ def run_case(case, rank, out):
             for case_ in MASK_CASES:
                 masks, state, report = prune_collect(*case_)
                 result[case_] = (masks, state, report["reduce_time_s"], report["local_samples"])
+        elif case == "families":
+            for case_ in FAMILY_CASES:
+                masks, state, report = family_collect(*case_)
+                result[case_] = (masks, state, report["world_size"], report["local_samples"])
         elif case == "too_many":
             prune_collect("unstructured", "dsnot", nsamples=2)      # one batch of 2 for 2 ranks
         elif case == "mismatch":

@@ -81,6 +81,32 @@ def test_masks_and_weights_identical_to_one_process(tmp_path):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
+def test_every_family_two_ranks_equal_one(tmp_path):
+    """Every family of tests/pruning_models.py (swap at 60 % and SparseGPT 2:4): the masks and the
+    weights of 2 ranks are those of one process (one launch for all families)."""
+    sys.path.insert(0, str(HERE))
+    import dist_worker
+    results = _launch(["families"], tmp_path, limit=600)["families"]
+    for r, res in enumerate(results):
+        assert res["error"] is None, f"rank {r}: {res['error']}\n{res.get('traceback')}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count
+    try:
+        for case in dist_worker.FAMILY_CASES:
+            masks, state, _ = dist_worker.family_collect(*case)
+            for r, res in enumerate(results):
+                dmasks, dstate, world, local = res[case]
+                assert world == 2 and local == (4, 1)[r]
+                assert dmasks.keys() == masks.keys() and len(masks) > 0
+                for key in masks:
+                    assert torch.equal(dmasks[key], masks[key]), (case, r, key)
+                for key in state:
+                    assert torch.equal(dstate[key], state[key]), (case, r, key)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_failures_end_every_rank_with_a_clear_message_within_the_timeout(tmp_path):
     """Too many ranks and mismatched arguments: ValueError on every rank (the group stays usable);
     then a rank that fails mid-prune: it reports its error, the other a PruningError that says so."""

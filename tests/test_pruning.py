@@ -172,7 +172,7 @@ def test_unknown_architecture_is_a_clear_error():
         def forward(self, input_ids, **kw):
             return self.emb(input_ids)
 
-    with pytest.raises(UnsupportedModelError, match="found no decoder blocks.*Supported: Llama"):
+    with pytest.raises(UnsupportedModelError, match="found no decoder blocks.*Tested: Llama"):
         dk.prune_model(Strange(), torch.zeros(2, 8, dtype=torch.long), PruneConfig(**FAST))
 
 

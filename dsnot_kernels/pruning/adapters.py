@@ -1,6 +1,6 @@
 """Model adapters: where a model keeps its decoder blocks and which sub-layers are prunable.
 
-Known families are looked up by attribute path (Llama, Mistral, Qwen2: ``model.layers``; OPT:
+Known families are looked up by attribute path (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3: ``model.layers``; OPT:
 ``model.decoder.layers``; GPT-2: ``transformer.h``); anything else falls back to the largest
 ``nn.ModuleList`` of identical blocks that hold linear layers. A model with neither raises
 ``UnsupportedModelError`` naming what was searched.
@@ -76,8 +76,8 @@ def find_blocks(model: nn.Module):
         raise UnsupportedModelError(
             f"dsnot_kernels cannot prune {type(model).__name__}: found no decoder blocks (looked for "
             f"{', '.join(KNOWN_BLOCK_PATHS)} and for any nn.ModuleList of identical blocks holding "
-            "nn.Linear or transformers Conv1D layers). Supported: Llama, Mistral, Qwen2, OPT, GPT-2 "
-            "and models laid out like them.")
+            "nn.Linear or transformers Conv1D layers). Tested: Llama (2 and 3), Mistral, Qwen2, Qwen3, Gemma 2, "
+            "Gemma 3, Phi-3, OPT, GPT-2 and models laid out like them (docs/MODELS.md).")
     return best[0], best[1]
 
 

@@ -63,6 +63,12 @@ class PruneConfig:
         fewer routed tokens than this (``blocks[i]["experts"][j]["few_tokens"]``).
     expert_group_size: experts whose (cols, cols) second moments are held at once, where a
         projection needs one (int >= 1); each further group reruns the block's forward.
+    bos: "auto" | "always" | "never", the BOS rule of the calibration windows (docs/MODELS.md). The
+        driver gets token ids, so the tokenizer's rule is applied where the windows are made
+        (``calibration_windows(..., bos=..., tokenizer=...)``); here "auto" and "never" use the
+        windows as given and "always" makes each window start with BOS (``[BOS] + its first
+        seqlen - 1 tokens`` where it does not). The report's "bos" entry says what was used.
+    bos_token_id: the BOS id for ``bos="always"`` (None = the model config's / generation config's).
     """
 
     sparsity: float = 0.5
@@ -88,6 +94,8 @@ class PruneConfig:
     expert_fallback: str = "magnitude"
     expert_report_tokens: int = 128
     expert_group_size: int = 8
+    bos: str = "auto"
+    bos_token_id: "int | None" = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -117,6 +125,11 @@ class PruneConfig:
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self.skip_sublayers = tuple(self.skip_sublayers or ())
+        from dsnot_kernels.bos import check_bos
+        check_bos(self.bos)
+        if self.bos_token_id is not None and (isinstance(self.bos_token_id, bool) or not
+                                              isinstance(self.bos_token_id, int) or self.bos_token_id < 0):
+            raise ValueError(f"bos_token_id must be None or an int >= 0, got {self.bos_token_id!r}")
         self._check_expert_fields()
 
     def _check_expert_fields(self):

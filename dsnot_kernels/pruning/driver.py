@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from dsnot_kernels.bos import calibration_bos
 from dsnot_kernels.metrics import initial_metric
 from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
 from dsnot_kernels.pruning.adapters import find_blocks, is_refined, sublayer_kind, weight_view
@@ -198,9 +199,10 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     """Prune ``model`` in place, block by block (spec §4). Returns a JSON-serialisable report.
 
     Args:
-        model: a causal LM (Llama, Mistral, Qwen2, OPT, GPT-2 or laid out like them) called as
+        model: a causal LM (the families of docs/MODELS.md or laid out like them) called as
             ``model(input_ids=...)``.
-        calibration: (nsamples, seqlen) token ids.
+        calibration: (nsamples, seqlen) token ids. ``config.bos="always"`` makes each window start
+            with BOS (``dsnot_kernels.bos.calibration_bos``); the report's "bos" says what was used.
         config: ``PruneConfig`` (default: 50 % unstructured, wanda + DSnoT, skip="mlp").
         on_mask: optional ``fn(block_index, sublayer_name, mask)`` called with each (rows, cols)
             bool mask (True = pruned) before it is applied.
@@ -219,6 +221,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
     """
     config = config if config is not None else PruneConfig()
     calibration = _check_calibration(calibration)
+    calibration, bos_entry = calibration_bos(calibration, config.bos, model, config.bos_token_id)
     path, blocks = find_blocks(model)
     plans = [plan_block(b, f"{path}.{i}") for i, b in enumerate(blocks)]  # before any work
     expert_pass.check_config(plans, config)
@@ -237,7 +240,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         split_rows = dist_prune.splits_rows(config)
 
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
-              "calibration": list(calibration.shape), "config": config.to_dict(),
+              "calibration": list(calibration.shape), "bos": bos_entry, "config": config.to_dict(),
               "device": str(device), "sublayers": [], "blocks": [], "completed": False,
               "prunable_weights": sum(p.prunable for p in plans),
               "skipped": {f"{path}.{i}.{n}": why for i, p in enumerate(plans) for n, why in p.skipped.items()},

@@ -10,7 +10,8 @@ Default: a tiny 2-layer Llama made from a config, saved with the embedded model'
 (``oneshot`` reads the config from ``model.config.name_or_path``), pruned 2:4 by ``oneshot`` with
 ``DSnoTModifier`` given both as an instance and as a YAML recipe; the masks are checked against
 ``dsnot_kernels.prune_model`` on the same samples. ``--embedded``: the embedded SmolLM2-135M at 50 %
-unstructured, perplexity dense / Wanda (``refine=False``) / DSnoT.
+unstructured, perplexity dense / Wanda (``refine=False``) / DSnoT, with calibration and evaluation
+windows under the BOS rule ``--bos auto|always|never`` (docs/MODELS.md; printed with the figures).
 
 What the result is: a dense checkpoint with zeros (compressed-tensors dropped its sparse formats
 after 0.14, and vLLM no longer serves 2:4 sparse checkpoints). For 2:4 speed-ups load it on an
@@ -100,7 +101,7 @@ def tiny(tokenizer, workdir):
         print("no sm80+ GPU here: dk.to_sparse_24(model) would turn the 2:4 layers into sparse tensor-core weights")
 
 
-def embedded(tokenizer, workdir):
+def embedded(tokenizer, workdir, bos="auto"):
     import dsnot_kernels as dk
     from dsnot_kernels.data import calibration_windows, default_texts, tokenize
     from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
@@ -110,8 +111,12 @@ def embedded(tokenizer, workdir):
     model, tok = load_embedded()
     folder = os.path.join(workdir, "smollm2")
     save_model(model, tok, folder)
+    from dsnot_kernels.bos import resolve_bos
     calib_text, eval_text = default_texts()
-    ids = calibration_windows(tokenize(tok, calib_text), 32, 128, seed=0)
+    rule = resolve_bos(bos, tokenizer=tok, model=model)
+    bos_kw = dict(bos=bos, tokenizer=tok, bos_token_id=rule.bos_token_id)
+    print(f"windows: {rule.describe()}")
+    ids = calibration_windows(tokenize(tok, calib_text), 32, 128, seed=0, **bos_kw)
     eval_ids = tokenize(tok, eval_text)
     dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     rows = [("dense", dense, 0.0)]
@@ -120,12 +125,14 @@ def embedded(tokenizer, workdir):
         t0 = time.perf_counter()
         rows.append((label, run_oneshot(folder, tok, ids, [modifier]), time.perf_counter() - t0))
     for label, m, seconds in rows:
-        print(f"{label:22s} perplexity {dk.perplexity(m, eval_ids, 256, max_windows=32):8.3f}   oneshot {seconds:6.1f} s")
+        print(f"{label:22s} perplexity {dk.perplexity(m, eval_ids, 256, max_windows=32, **bos_kw):8.3f}   oneshot {seconds:6.1f} s")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedded", action="store_true", help="prune the embedded SmolLM2-135M (minutes)")
+    parser.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
+                        help="with --embedded: windows start with BOS (auto: where the tokenizer adds one)")
     args = parser.parse_args()
     if importlib.util.find_spec("llmcompressor") is None:
         print("llm-compressor is not installed in this environment; this example needs its own venv "
@@ -138,7 +145,10 @@ def main():
     folder, name = embedded_model_file()
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
     with tempfile.TemporaryDirectory() as workdir:
-        (embedded if args.embedded else tiny)(tokenizer, workdir)
+        if args.embedded:
+            embedded(tokenizer, workdir, args.bos)
+        else:
+            tiny(tokenizer, workdir)
     print("done")
 
 

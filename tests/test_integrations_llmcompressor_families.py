@@ -1,0 +1,113 @@
+"""Every family of ``pruning_models.FAMILY_TABLE`` that llm-compressor 0.14.0.1 prunes, through
+``oneshot`` with ``DSnoTModifier`` (``make test-llmcompressor``: its own venv): the same masks and
+weights as ``dsnot_kernels.prune_model`` on the same samples (eager attention on the prune_model
+side, as llm-compressor calibrates; batch size 1 on both), and the zeros of tests/test_families.py.
+GPT-2 is left out: its ``Conv1D`` layers are not ``nn.Linear`` targets for llm-compressor.
+
+Mistral and Phi-3: llm-compressor 0.14.0.1 (with its transformers 5.17) calibrates them without
+the causal mask (its traced pipeline hands the decoder layers no mask, so every position attends to
+the whole sample; ``test_llmcompressor_calibrates_without_the_causal_mask`` shows it on block 0's
+``o_proj`` input). Its statistics, and so the masks, are then not those of the model's forward:
+those cases are strict xfails, which turn into failures once llm-compressor is fixed."""
+import importlib.util
+
+import pytest
+import torch
+
+import dsnot_kernels as dk
+from pruning_models import ALL_FAMILIES, calibration, tiny_model, word_tokenizer
+from test_families import check_zeros, linear_weights
+
+HAVE_LLMC = importlib.util.find_spec("llmcompressor") is not None
+pytestmark = pytest.mark.skipif(not HAVE_LLMC, reason="llmcompressor not installed (make test-llmcompressor)")
+LLMC_FAMILIES = [f for f in ALL_FAMILIES if f != "gpt2"]
+# PruneConfig options and the modifier's for the same run; max_cycle_time given to both (their defaults differ)
+RUNS = {
+    "swap-60%": (dict(sparsity=0.6, objective="swap", skip="none", max_cycle_time=64),
+                 dict(sparsity=0.6, mask_structure="0:0", objective="swap", skip="none", max_cycle_time=64)),
+    "sparsegpt-2:4": (dict(pattern="2:4", initial="sparsegpt", max_cycle_time=50),
+                      dict(mask_structure="2:4", initial="sparsegpt", max_cycle_time=50)),
+    "swap-2:4": (dict(pattern="2:4", objective="swap", skip="none", max_cycle_time=64),
+                 dict(mask_structure="2:4", objective="swap", skip="none", max_cycle_time=64)),
+    "sparsegpt-60%": (dict(sparsity=0.6, initial="sparsegpt", max_cycle_time=50),
+                      dict(sparsity=0.6, mask_structure="0:0", initial="sparsegpt", max_cycle_time=50)),
+}
+FAST = ("swap-60%", "sparsegpt-2:4")
+NO_CAUSAL_MASK = ("mistral", "phi3")   # llm-compressor 0.14.0.1 calibrates these without the causal mask
+_XFAIL = pytest.mark.xfail(strict=True, reason="llm-compressor 0.14.0.1 calibrates this family without the "
+                           "causal mask (test_llmcompressor_calibrates_without_the_causal_mask)")
+
+
+def _marks(family, run):
+    return ([] if run in FAST else [pytest.mark.slow]) + ([_XFAIL] if family in NO_CAUSAL_MASK else [])
+
+
+CASES = [pytest.param(f, r, marks=_marks(f, r)) for f in LLMC_FAMILIES for r in RUNS]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """{family: folder} of each tiny model saved with an offline word-level tokenizer (vocab 96)."""
+    tok = word_tokenizer()
+    out = {}
+    for family in LLMC_FAMILIES:
+        folder = tmp_path_factory.mktemp(family)
+        tiny_model(family).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        out[family] = str(folder)
+    return out
+
+
+def _load(folder, attn=None):
+    from transformers import AutoModelForCausalLM
+    kw = {} if attn is None else {"attn_implementation": attn}
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw).eval()
+
+
+def _oneshot(model, folder, ids, recipe):
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoTokenizer
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+    oneshot(model=model, processor=AutoTokenizer.from_pretrained(folder), dataset=data, recipe=recipe,
+            num_calibration_samples=ids.shape[0], max_seq_length=ids.shape[1], shuffle_calibration_samples=False)
+    return model
+
+
+@pytest.mark.parametrize("family,run", CASES)
+def test_family_through_oneshot_equals_prune_model(folders, family, run):
+    from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
+    config_kw, modifier_kw = RUNS[run]
+    ids = calibration(nsamples=4, seqlen=24)
+    modifier = DSnoTModifier(**modifier_kw)
+    ours = _oneshot(_load(folders[family]), folders[family], ids, [modifier])
+    theirs = _load(folders[family], "eager")
+    config = dk.PruneConfig(batch_size=1, progress=False, **config_kw)
+    dk.prune_model(theirs, ids, config)
+    got, want = linear_weights(ours), linear_weights(theirs)
+    assert got.keys() == want.keys() and len(modifier.report) == len(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+        check_zeros(got[key], config)
+    assert {e["refined"] for e in modifier.report} == ({True} if config.skip == "none" else {True, False})
+
+
+@pytest.mark.parametrize("family", ["llama", *NO_CAUSAL_MASK])
+def test_llmcompressor_calibrates_without_the_causal_mask(folders, family):
+    """Block 0's o_proj input during llm-compressor's calibration vs the model's own forward: equal for
+    Llama; for Mistral and Phi-3 equal only at the last position (which sees the whole sample anyway)."""
+    from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
+    ids = calibration(nsamples=1, seqlen=24)
+    model, seen = _load(folders[family]), []
+    hook = model.model.layers[0].self_attn.o_proj.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
+    _oneshot(model, folders[family], ids, [DSnoTModifier(sparsity=0.5, refine=False)])
+    hook.remove()
+    ref, want = _load(folders[family], "eager"), []
+    ref.model.layers[0].self_attn.o_proj.register_forward_hook(lambda m, i, o: want.append(i[0].clone()))
+    with torch.no_grad():
+        ref(input_ids=ids)
+    diff = (seen[0] - want[0]).abs().amax(-1)[0]      # (positions,), the first calibration pass
+    if family in NO_CAUSAL_MASK:
+        assert diff[-1] < 1e-5 and (diff[:-1] > 1e-3).all(), diff
+    else:
+        assert (diff < 1e-5).all(), diff
