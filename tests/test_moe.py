@@ -305,3 +305,38 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
             assert dmasks.keys() == masks.keys()
             assert all(torch.equal(dmasks[k], masks[k]) for k in masks), (family, kw, r)
             assert all(torch.equal(dstate[k], state[k]) for k in state), (family, kw, r)
+
+
+# The family table's four configurations (tests/test_families.py) on the two MoE families it names:
+# every prunable weight, expert tensors included, at the asked zeros; finite logits; a save round trip.
+from test_families import CONFIGS as FAMILY_CONFIGS, FAST as FAMILY_FAST, check_zeros  # noqa: E402
+
+MOE_FAMILY_CASES = [pytest.param(f, c, marks=() if c in FAMILY_FAST else pytest.mark.slow)
+                    for f in ("mixtral", "qwen3_moe") for c in FAMILY_CONFIGS]
+
+
+@pytest.mark.parametrize("family,name", MOE_FAMILY_CASES)
+def test_moe_family_table_configurations(family, name, tmp_path):
+    import transformers as tf
+    from dsnot_kernels.models import save_model
+    model = tiny_moe(family)
+    config = cfg(batch_size=2, **FAMILY_CONFIGS[name])
+    _, report = prune(model, config, data=calib(nsamples=4, seqlen=24))
+    weights = 0
+    for layer in model.model.layers:
+        plan = plan_block(layer)
+        for m in plan.dense.values():
+            check_zeros(m.weight, config)
+            weights += 1
+        for es in plan.experts:
+            for n in es.projections:
+                check_zeros(es.weight(n), config)
+                weights += 1
+    assert weights > 0 and weights == len(report["sublayers"])
+    zeros, total = prunable_zeros(model)
+    assert report["pruned_weights"] == zeros and report["prunable_weights"] == total
+    assert torch.isfinite(model(input_ids=calib()).logits).all()
+    path = save_model(model, None, tmp_path / family)
+    back = tf.AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    a, b = model.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
