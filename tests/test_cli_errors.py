@@ -140,3 +140,18 @@ def test_main_py_eval_dataset_file_is_used(tmp_path):
     args = authors_main.parse(["--eval_dataset", str(text), "--sparsity_ratio", "0.5"])
     authors_main.check(args)
     assert args.eval_file == str(text)
+
+
+@pytest.mark.parametrize("method, initial, expected", [("sparsegpt", "wanda", "sparsegpt"), ("wanda", "wanda", "wanda"),
+                                                       ("DSnoT", "sparsegpt", "sparsegpt"), ("dense", "wanda", "-")])
+def test_main_py_results_line_names_the_model_and_the_initial_method(method, initial, expected):
+    """results.txt: the loaded model's name (not None when --model is omitted) and the initial
+    method the run really used (--prune_method sparsegpt: sparsegpt, not --initial_method's wanda)."""
+    sys.path.insert(0, str(ROOT / "python"))
+    try:
+        import main as authors_main
+    finally:
+        sys.path.pop(0)
+    args = authors_main.parse(["--prune_method", method, "--initial_method", initial, "--sparsity_ratio", "0.5"])
+    fields = authors_main.results_line("SmolLM2-135M", args, 0.5, 12.3, 1.0).rstrip("\n").split("\t")
+    assert fields[0] == "SmolLM2-135M" and fields[1] == method and fields[2] == expected
