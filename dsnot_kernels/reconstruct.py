@@ -13,6 +13,14 @@ kept block of the dense inverse (one Cholesky per layer, shared by all rows; SPD
 project's model it cut the iterations 3-6x against Jacobi); ``"jacobi"``: ``1 / diag M`` (also the
 fallback when M cannot be factored).
 
+Direct solves (``method="auto"``, default; ``reconstruct_direct.py``): with few calibration
+tokens M has a low rank and the systems are badly conditioned (26-73 iterations per sub-layer of
+the embedded model at 4 x 64 tokens); then every row is solved directly at once (Woodbury form
+on a pivoted-Cholesky factor of M, or a Cholesky of its kept block, whichever costs less).
+Otherwise PCG runs as many iterations as a direct solve costs and finishes the rows still running
+directly. Each directly solved row is then run through PCG again from that solution, so the
+stopping rule below decides for every row.
+
 Stopping rule, on the loss rather than the residual: each conjugate-gradient step lowers the row's
 damped loss ``(w - ŵ) M' (w - ŵ)ᵀ`` by ``alpha (r·z)`` (exactly, in exact arithmetic), and what is
 left to gain is the sum of the later steps, which shrink geometrically. A row stops once its last
