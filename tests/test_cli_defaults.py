@@ -114,3 +114,16 @@ def test_ctrl_c_is_one_line_and_exit_130_and_quiet_silences_libraries(monkeypatc
         hf_logging.set_verbosity_warning()
     err = capsys.readouterr().err
     assert err.strip() == "dsnot-prune: interrupted"
+
+
+def test_pruned_count_is_rounded_down_per_row_as_documented():
+    """docs/ALGORITHM.md §2: int(cols * s) per row; 0.6 of 576 columns prunes 345 (0.5990)."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(4, 576, generator=g)
+    st = dk.CalibrationStats(576)
+    st.add_batch(torch.randn(2, 16, 576, generator=g))
+    mask = dk.refine_mask(W, st.sum_metric_row, st.var, st.scaler_row, sparsity=0.6, max_cycle_time=0)
+    assert mask.sum(1).tolist() == [345] * 4 and int(576 * 0.6) == 345
+    assert "0.6 of 576 columns prunes 345 per row (0.5990)" in " ".join(
+        (cli.Path(__file__).resolve().parents[1] / "docs" / "ALGORITHM.md").read_text().split())
