@@ -18,6 +18,8 @@ import torch
 from dsnot_kernels import cli_checks
 from dsnot_kernels.bos import BOS_CHOICES
 from dsnot_kernels.ops import DEFAULT_WINDOW, OBJECTIVES
+from dsnot_kernels.pruning.config import SWAP_MAX_COLS, preset_settings
+from dsnot_kernels.sparse24 import DEFAULT_MIN_SIZE as SPARSE24_MIN_SIZE
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LEGEND = ("perplexity: lower is better. swaps: accepted DSnoT swaps (one pruned weight regrown, one kept "
@@ -26,51 +28,63 @@ LEGEND = ("perplexity: lower is better. swaps: accepted DSnoT swaps (one pruned 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dsnot-prune", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="dsnot-prune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=None, help="Hugging Face folder or name, or a .gguf file "
-                   "(default: the embedded SmolLM2-135M-Instruct)")
+                   "(None: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--sparsity", type=float, default=0.5, help="unstructured sparsity ratio")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
     p.add_argument("--initial", default="wanda", choices=["wanda", "magnitude", "sparsegpt", "sparsegpt_metric"],
                    help="sparsegpt: SparseGPT as published (mask and weight updates); sparsegpt_metric: its "
                         "saliency for the mask only (the authors' DSnoT flag)")
     p.add_argument("--reconstruct", action="store_true",
-                   help="after each sub-layer's final mask, re-solve the kept weights for the calibration outputs")
+                   help="after each sub-layer's final mask, re-solve the kept weights for the calibration outputs "
+                        "(refined runs only; the baseline too with --no-refine)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the baseline: the run of the initial method alone (e.g. Wanda without DSnoT), "
+                        "pruned first for comparison; halves the time")
+    p.add_argument("--paper", action="store_true",
+                   help="the authors' settings: --objective dsnot --skip mlp (default: the best measured "
+                        f"choice: --objective swap --skip none; cov_window for sub-layers wider than "
+                        f"{SWAP_MAX_COLS} columns)")
     p.add_argument("--no-refine", action="store_true", help="the initial method alone (no DSnoT)")
-    p.add_argument("--skip", default="mlp", choices=["mlp", "none", "self_attn"],
-                   help="sub-layers that get the initial mask only (default mlp, the authors' default)")
-    p.add_argument("--objective", default="dsnot", choices=list(OBJECTIVES),
+    p.add_argument("--skip", default=None, choices=["mlp", "none", "self_attn"],
+                   help="sub-layers that get the initial mask only (None: mlp for --objective dsnot, as the "
+                        "authors, else none)")
+    p.add_argument("--objective", default=None, choices=list(OBJECTIVES),
                    help="dsnot: the authors' rule; mse: swap only if mean² + variance output error drops; "
                         "cov: only if the full output error drops (second moment per sub-layer; cpu or torch backend); "
                         "cov_window: the best such swap among the next --window candidates of each cursor; "
-                        "swap: the best swap among all pairs of the row, until none lowers the error")
+                        "swap: the best swap among all pairs of the row, until none lowers the error "
+                        "(None: swap, or cov_window beyond %d columns; --paper: dsnot)" % SWAP_MAX_COLS)
     p.add_argument("--also-objective", action="append", default=[], choices=list(OBJECTIVES), metavar="OBJECTIVE",
                    help="one more refined run (and table row) with this objective, on the sub-layers of "
                         "--also-skip; repeatable (the demo adds its best objective this way)")
     p.add_argument("--also-skip", default="none", choices=["mlp", "none", "self_attn"],
-                   help="--skip of the --also-objective runs (default none: every sub-layer)")
+                   help="--skip of the --also-objective runs (none: every sub-layer)")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="candidates per list for --objective cov_window")
     p.add_argument("--max-cycle-time", type=int, default=None,
-                   help="swaps per row at most (0 = the initial mask only; default: the objective's, "
+                   help="swaps per row at most (0 = the initial mask only; None: the objective's, "
                         "50; swap: max(64, cols // 4))")
     p.add_argument("--update-threshold", type=float, default=0.1,
-                   help="a row stops swapping once |its output error| <= this (default 0.1; not used by swap)")
+                   help="a row stops swapping once |its output error| <= this (not used by swap)")
     p.add_argument("--pow-of-var-regrowing", type=float, default=1.0,
-                   help="p in the regrowth key mean-shift / var**p (0 = no division by the variance; default 1)")
+                   help="p in the regrowth key mean-shift / var**p (0 = no division by the variance)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration samples")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sample and eval window")
     p.add_argument("--eval-windows", type=int, default=16,
                    help="evaluate on the first N windows of the evaluation text (0 = all)")
-    p.add_argument("--calib", default=None, help="calibration text file (default: pydoc_data.topics, first half)")
+    p.add_argument("--calib", default=None, help="calibration text file (None: pydoc_data.topics, first half)")
     p.add_argument("--eval", dest="eval_file", default=None,
-                   help="evaluation text file (default: pydoc_data.topics, second half)")
+                   help="evaluation text file (None: pydoc_data.topics, second half)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--bos", default="auto", choices=list(BOS_CHOICES),
                    help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one; "
                         "default), always, never (plain slices of the token stream); docs/MODELS.md")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass")
-    p.add_argument("--device", default=None, help="where blocks are computed (default: where the model is)")
-    p.add_argument("--backend", default=None, help="refine_mask backend (default: best available)")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass (under "
+                   "torchrun: made smaller when there are fewer batches than ranks)")
+    p.add_argument("--device", default=None, help="where blocks are computed (None: where the model is)")
+    p.add_argument("--backend", default=None, help="refine_mask backend (None: best available)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense evaluation")
     p.add_argument("--record-error", action="store_true",
                    help="record each sub-layer's output error before/after refinement")
@@ -80,18 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after 2:4 pruning, convert the linear layers to PyTorch semi-structured sparse weights "
                         "(CUDA sm80+, fp16) and evaluate again with the sparse kernels; refused with the reason "
                         "where it cannot run")
-    p.add_argument("--sparse24-min-size", type=int, default=128,
-                   help="layers with fewer rows or columns stay dense (default 128)")
+    p.add_argument("--sparse24-min-size", type=int, default=SPARSE24_MIN_SIZE,
+                   help="layers with fewer rows or columns stay dense")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="write the pruned model (safetensors) to DIR, which must not exist or be empty; atomic")
     p.add_argument("--overwrite", action="store_true",
                    help="with --save: replace the model files in a non-empty DIR (other files are kept)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                   help="dtype the model is loaded, pruned, evaluated and saved in (default float32; bfloat16 "
+                   help="dtype the model is loaded, pruned, evaluated and saved in (bfloat16 "
                         "halves the saved file, and evaluates slower and less precisely on CPU)")
-    p.add_argument("--json", default=None, metavar="REPORT.json")
+    p.add_argument("--json", default=None, metavar="REPORT.json", help="write the table and reports as JSON")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no messages (the table only)")
     return p
 
 
@@ -145,6 +159,42 @@ class ArgumentError(ValueError):
     for ``--seqlen``); reported like the checks before loading (exit status 2)."""
 
 
+def resolve_objective(args, widest_cols=None):
+    """(objective, skip) of the refined runs. ``--paper``: the authors' (dsnot, mlp). Else
+    ``--objective``, None = the "best" preset (``PruneConfig.preset``: swap, or cov_window when the
+    widest sub-layer has more than ``SWAP_MAX_COLS`` input columns); ``--skip`` None follows the
+    objective: mlp for dsnot (the authors' default), none for the others (as measured)."""
+    if args.paper:
+        if args.objective not in (None, "dsnot") or args.skip not in (None, "mlp"):
+            raise ValueError("--paper means --objective dsnot --skip mlp; give either --paper or those flags")
+        return "dsnot", "mlp"
+    objective = args.objective or preset_settings("best", widest_cols)["objective"]
+    return objective, args.skip or ("mlp" if objective == "dsnot" else "none")
+
+
+def widest_sublayer(model) -> int:
+    """The largest input width (columns) of the linear sub-layers of ``model``'s blocks."""
+    from dsnot_kernels.pruning import find_blocks, find_sublayers, weight_view
+    return max((weight_view(m).shape[1] for b in find_blocks(model)[1] for m in find_sublayers(b).values()),
+               default=0)
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info logs from transformers / huggingface_hub (GGUF conversion,
+    weight loading): what ``--quiet`` promises."""
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def check_args(args) -> list:
     """Check every argument that needs no model; return the ``PruneConfig`` of each run (initial
     mask only, then refined unless ``--no-refine``). Raises ``ValueError`` with a one-line reason."""
@@ -163,13 +213,18 @@ def check_args(args) -> list:
     cli_checks.check_finite("--update-threshold", args.update_threshold, 0.0)
     cli_checks.check_finite("--pow-of-var-regrowing", args.pow_of_var_regrowing)
     device = cli_checks.check_device(args.device)
-    cli_checks.check_backend(args.backend, device, args.objective)
-    for objective in args.also_objective:
-        cli_checks.check_backend(args.backend, device, objective)
+    objective, skip = resolve_objective(args)
+    for choice in ([objective] if args.objective or args.paper else ["swap", "cov_window"]) + args.also_objective:
+        cli_checks.check_backend(args.backend, device, choice)
     if args.also_objective and args.no_refine:
         raise ValueError("--also-objective adds refined runs; it cannot go with --no-refine")
-    runs = [(False, args.skip, args.objective)] + ([] if args.no_refine else [(True, args.skip, args.objective)])
-    runs += [(True, args.also_skip, objective) for objective in args.also_objective]
+    if args.no_baseline and args.no_refine:
+        raise ValueError("--no-baseline with --no-refine leaves nothing to run (the baseline is the --no-refine run)")
+    args.batch_size_asked = args.batch_size
+    args.batch_size = cli_checks.batch_size_for_ranks(args.nsamples, args.batch_size, cli_checks.world_size())
+    runs = [] if args.no_baseline else [(False, skip, objective)]
+    runs += [] if args.no_refine else [(True, skip, objective)]
+    runs += [(True, args.also_skip, also) for also in args.also_objective]
     configs = []
     for refine, skip, objective in runs:
         try:
@@ -177,7 +232,7 @@ def check_args(args) -> list:
                 sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=skip,
                 objective=objective, window=args.window, max_cycle_time=args.max_cycle_time,
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
-                reconstruct=args.reconstruct, bos=args.bos,
+                reconstruct=args.reconstruct and (refine or args.no_refine),  bos=args.bos,  # baseline: reconstructed only when asked
                 backend=args.backend, batch_size=args.batch_size, device=args.device,
                 record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
                 progress=not args.quiet))
@@ -206,8 +261,8 @@ def check_args(args) -> list:
     if args.save:
         try:
             check_save_target(args.save, args.overwrite)
-        except OSError as exc:
-            raise ValueError(f"--save {exc}") from None
+        except OSError as exc:  # the message names the keyword of save_model: a CLI user has a flag
+            raise ValueError(f"--save {exc}".replace("pass overwrite=True (--overwrite)", "pass --overwrite")) from None
     elif args.overwrite:
         raise ValueError("--overwrite needs --save DIR")
     cli_checks.check_model(args.model)
@@ -231,6 +286,11 @@ def run(args, configs=None) -> dict:
     if rank:
         args.quiet, args.save, args.json = True, None, None
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if args.quiet:
+        quiet_libraries()
+    if args.batch_size != getattr(args, "batch_size_asked", args.batch_size):
+        say(f"--batch-size {args.batch_size_asked} -> {args.batch_size}: {args.nsamples} samples give every one "
+            f"of the {cli_checks.world_size()} ranks a batch (the statistics do not depend on the batch size)")
     t0 = time.perf_counter()
     try:
         model, tokenizer, model_desc = load_model(args.model, dtype=DTYPES[args.dtype])
@@ -239,6 +299,14 @@ def run(args, configs=None) -> dict:
         raise ArgumentError(f"--model {args.model}: cannot be loaded: {first}") from exc
     load_s = time.perf_counter() - t0
     say(f"loaded {model_desc} ({args.dtype}) in {load_s:.1f} s")
+    if args.objective is None and not args.paper:  # the "best" preset: by the widest sub-layer
+        import dataclasses
+        widest = widest_sublayer(model)
+        objective, skip = resolve_objective(args, widest)
+        own = len(configs) - len(args.also_objective)  # the --also-objective runs keep theirs
+        configs = [dataclasses.replace(c, objective=objective, skip=skip) if k < own else c
+                   for k, c in enumerate(configs)]
+        say(f"objective {objective}, skip {skip} (widest sub-layer {widest} columns; --paper: the authors' dsnot, mlp)")
     cal_text, eval_text, text_desc = load_texts(args.calib, args.eval_file)
     try:
         bos_rule = resolve_bos(args.bos, tokenizer=tokenizer, model=model)
@@ -337,6 +405,9 @@ def main(argv=None) -> int:
         run(args, configs)
     except ArgumentError as exc:
         parser.error(str(exc))
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
     finally:
         from dsnot_kernels.pruning.distributed import close_own_group
         close_own_group()

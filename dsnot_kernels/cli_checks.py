@@ -19,6 +19,47 @@ def hub_offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub's host (HF_ENDPOINT, default huggingface.co) opens within
+    ``timeout`` seconds: without it, transformers retries for about half a minute before failing."""
+    import socket
+    from urllib.parse import urlparse
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def world_size() -> int:
+    """Ranks of a torchrun launch (WORLD_SIZE), 1 otherwise."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def batch_size_for_ranks(nsamples: int, batch_size: int, world: int) -> int:
+    """The batch size under ``world`` ranks: each rank needs at least one of the
+    ``ceil(nsamples / batch_size)`` batches, so when there are fewer, the largest smaller batch size
+    that gives every rank one, as evenly as it can (the statistics, and so the masks, do not depend on the batch size)."""
+    if world <= 1:
+        return batch_size
+    if nsamples < world:
+        raise ValueError(f"--nsamples {nsamples}: under torchrun with {world} ranks every rank needs at least "
+                         f"one sample; give --nsamples >= {world} or fewer ranks (--nproc_per_node)")
+    if -(-nsamples // batch_size) >= world:
+        return batch_size
+    b = -(-nsamples // world)                            # as even a split as the samples allow
+    while b > 1 and -(-nsamples // b) < world:
+        b -= 1
+    return b
+
+
 def _looks_like_path(name: str) -> bool:
     """A name that can only mean a local file or folder (a hub id is ``name`` or ``owner/name``)."""
     return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
@@ -54,9 +95,15 @@ def check_model(name) -> None:
         return
     if _looks_like_path(name):
         raise ValueError(f"--model {name}: no such file or folder")
-    if hub_offline() and not _in_hub_cache(name):
+    if _in_hub_cache(name):
+        return
+    if hub_offline():
         raise ValueError(f"--model {name}: not a local folder, and not in the Hugging Face cache while "
                          "HF_HUB_OFFLINE=1")
+    if not hub_reachable():
+        raise ValueError(f"--model {name}: not a local folder, not in the Hugging Face cache, and the hub "
+                         f"({os.environ.get('HF_ENDPOINT', 'huggingface.co')}) cannot be reached (no network?); "
+                         "give a local model folder or .gguf file")
 
 
 def check_text_file(flag: str, path) -> None:

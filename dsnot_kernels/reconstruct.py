@@ -13,6 +13,14 @@ kept block of the dense inverse (one Cholesky per layer, shared by all rows; SPD
 project's model it cut the iterations 3-6x against Jacobi); ``"jacobi"``: ``1 / diag M`` (also the
 fallback when M cannot be factored).
 
+Direct solves (``method="auto"``, default; ``reconstruct_direct.py``): with few calibration
+tokens M has a low rank and the systems are badly conditioned (26-73 iterations per sub-layer of
+the embedded model at 4 x 64 tokens); then every row is solved directly at once (Woodbury form
+on a pivoted-Cholesky factor of M, or a Cholesky of its kept block, whichever costs less).
+Otherwise PCG runs as many iterations as a direct solve costs and finishes the rows still running
+directly. Each directly solved row is then run through PCG again from that solution, so the
+stopping rule below decides for every row.
+
 Stopping rule, on the loss rather than the residual: each conjugate-gradient step lowers the row's
 damped loss ``(w - ŵ) M' (w - ŵ)ᵀ`` by ``alpha (r·z)`` (exactly, in exact arithmetic), and what is
 left to gain is the sum of the later steps, which shrink geometrically. A row stops once its last
@@ -40,6 +48,7 @@ import warnings
 
 import torch
 
+from dsnot_kernels.reconstruct_direct import kept_order, low_rank_factor, solve_kept_block, solve_low_rank
 from dsnot_kernels.sparsegpt import damped_hessian
 
 __all__ = ["reconstruct", "row_losses", "DEFAULT_TOL", "DEFAULT_MAX_ITER"]
@@ -87,112 +96,45 @@ def _check(weight, mask, second_moment, init, tol, max_iter, percdamp):
         raise ValueError(f"reconstruct: percdamp must be a finite number >= 0, got {percdamp!r}")
 
 
-def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.Tensor, *,
-                tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, percdamp: float = 0.01,
-                init: "torch.Tensor | None" = None, preconditioner: str = "inverse",
-                return_info: bool = False, warn: bool = True):
-    """Kept weights minimising each row's output error for a fixed mask.
-
-    Args:
-        weight: (rows, cols) the *dense* weights ``w`` (float32/float16/bfloat16/float64).
-        mask: (rows, cols) bool, True = pruned; never changed.
-        second_moment: (cols, cols) float, E[x xᵀ] of the inputs up to a positive scale
-            (``CalibrationStats(hessian=True).hessian`` as it is).
-        tol: a row has converged once its last two conjugate-gradient steps lowered its damped
-            loss by at most ``tol`` times that loss, in (0, 1): its loss is then within about
-            ``tol`` of the row's exact minimum.
-        max_iter: conjugate-gradient iterations at most.
-        percdamp: dampening ``percdamp * mean(diag M)`` on the diagonal (dead channels: 1 first).
-            0 solves the undamped systems (they may then be singular: a row that does not
-            converge is reported, never NaN).
-        init: (rows, cols) starting weights (e.g. SparseGPT's updated weights; their values on the
-            mask are ignored); None = ``weight`` with the mask zeroed. The guard compares with it.
-        preconditioner: "inverse" (``(M⁻¹)_KK``) or "jacobi" (``1 / diag M``).
-        return_info: also return a dict: ``iterations``, ``max_rel_residual``, ``converged``,
-            ``rows_not_converged``, ``rows_reverted``,
-            ``max_rel_decrease`` (the stopping quantity: the largest last-two-steps decrease over
-            the loss among the rows), ``loss_before``/``loss_after`` (mean row
-            loss, undamped), ``tol``, ``percdamp``, ``method``, ``time_s``.
-        warn: warn (``RuntimeWarning``) when some rows did not converge.
-
-    Returns:
-        new_weight (rows, cols) in weight's dtype, exactly 0 on the mask; with ``return_info``,
-        ``(new_weight, info)``.
-    """
-    import time
-    t0 = time.perf_counter()
-    _check(weight, mask, second_moment, init, tol, max_iter, percdamp)
-    if preconditioner not in ("inverse", "jacobi"):
-        raise ValueError(f'reconstruct: preconditioner must be "inverse" or "jacobi", got {preconditioner!r}')
-    rows, cols = weight.shape
-    f64 = torch.float64
-    w = weight.detach().to(f64)
-    keep = (~mask).to(f64)
-    M = second_moment.detach().to(f64)
-    M = (M + M.t()) * 0.5
-    Md, _ = damped_hessian(M, percdamp, dtype=f64)
-    x0 = (w if init is None else init.detach().to(f64)) * keep
-    info = {"iterations": 0, "max_rel_residual": 0.0, "max_rel_decrease": 0.0, "converged": True,
-            "rows_not_converged": 0,
-            "rows_reverted": 0, "loss_before": 0.0, "loss_after": 0.0, "tol": float(tol),
-            "max_iter": int(max_iter), "percdamp": float(percdamp), "method": f"pcg-{preconditioner}-float64"}
-    if rows == 0 or cols == 0:
-        out = x0.to(weight.dtype)
-        info["time_s"] = time.perf_counter() - t0
-        return (out, info) if return_info else out
-
-    b = (w @ Md) * keep                                  # M'_K: w   (rows, cols), 0 on the mask
-    bnorm = b.norm(dim=1)
-    x = x0.clone()
-    # M' = M + diag(shift) (dead channels and dampening): one product with M gives both the
-    # undamped loss and the damped residual  keep * (w - x) M'
-    shift = torch.diagonal(Md) - torch.diagonal(M)
-    D0 = w - x0
+def _pcg(w, keep, M, Md, shift, x, rows, precondition, tol, max_iter):
+    """Batched preconditioned conjugate gradient on the rows ``rows`` (int64 indices) of ``x``, from
+    ``x[rows]``, updated in place. Returns (iterations, conv (n,) bool, last_rel (n,) float64)."""
+    n = rows.numel()
+    f64 = w.dtype
+    conv = torch.zeros(n, dtype=torch.bool, device=w.device)
+    last_rel = torch.zeros(n, dtype=f64, device=w.device)
+    if n == 0 or max_iter < 1:
+        return 0, conv, last_rel
+    kp = keep[rows]
+    xr = x[rows]
+    D0 = w[rows] - xr
     G0 = D0 @ M
-    before = (G0 * D0).sum(1)
-    r = (G0 + D0 * shift) * keep
-    inv_diag = 1.0 / torch.diagonal(Md)                  # > 0 after dampening / dead-channel fix
-    Minv = None
-    if preconditioner == "inverse":
-        Lc, bad_factor = torch.linalg.cholesky_ex(Md)
-        if int(bad_factor) == 0:
-            Minv = torch.cholesky_inverse(Lc)
-            Minv = (Minv + Minv.t()) * 0.5
-        else:
-            info["method"] = "pcg-jacobi-float64 (M not positive definite: no inverse preconditioner)"
-
-    def precondition(res, rows_idx):
-        if Minv is None:
-            return res * inv_diag
-        return (res @ Minv) * keep[rows_idx]
-
-    denom = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
+    r = (G0 + D0 * shift) * kp                          # keep * (w - x) M'
     # damped loss per row, lowered by alpha (r·z) at each step; rows with no residual are at the optimum
-    loss = before + (D0 * D0 * shift).sum(1)
+    loss = (G0 * D0).sum(1) + (D0 * D0 * shift).sum(1)
     floor = 1e-14 * loss                                 # rounding level of the starting loss
-    conv = torch.zeros(rows, dtype=torch.bool, device=w.device)
-    last_rel = torch.zeros(rows, dtype=f64, device=w.device)
-    active = torch.nonzero(r.norm(dim=1) > 0).flatten()
-    conv[r.norm(dim=1) == 0] = True
-    z = precondition(r[active], active)
+    rnorm = r.norm(dim=1)
+    active = torch.nonzero(rnorm > 0).flatten()
+    conv[rnorm == 0] = True
+    z = precondition(r[active], rows[active])
     p = z.clone()
     rz = (r[active] * z).sum(1)
     prev = torch.full_like(rz, float("inf"))            # the previous step's decrease
     it = 0
     while active.numel() and it < max_iter:
         it += 1
-        q = (p @ Md) * keep[active]
+        q = (p @ Md) * kp[active]
         pq = (p * q).sum(1)
         ok = pq > 0                                      # pq == 0: a zero direction (singular M_KK)
         alpha = torch.where(ok, rz / torch.where(ok, pq, torch.ones_like(pq)), torch.zeros_like(pq))
-        x[active] += alpha.unsqueeze(1) * p
+        xr[active] += alpha.unsqueeze(1) * p
         r_a = r[active] - alpha.unsqueeze(1) * q
         r[active] = r_a
         dec = alpha * rz
         l_a = loss[active] - dec
         loss[active] = l_a
         two = prev + dec
-        z_a = precondition(r_a, active)
+        z_a = precondition(r_a, rows[active])
         rz_new = (r_a * z_a).sum(1)
         exact = rz_new <= 0                              # r = 0: the row is at its optimum
         last_rel[active] = torch.where(exact, torch.zeros_like(two),
@@ -211,11 +153,143 @@ def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.T
         p = z + beta.unsqueeze(1) * p[keep_idx]
         rz = rz_new
         prev = dec[keep_idx]
+    x[rows] = xr
+    return it, conv, last_rel
+
+
+def _direct_plan(M, shift, keep, cols, method):
+    """Which direct form (``reconstruct_direct``) and after how many PCG iterations.
+
+    Returns (form, factor, switch): form "kept_block" or "low_rank", F for low_rank, and the PCG
+    iterations after which the rows still running are solved directly (0: at once; None: never).
+    Cost per row in flop-equivalents: PCG 4 cols² per iteration (two products with a
+    (cols, cols) matrix), kept_block m³ (m the largest kept count), low_rank 2 m r² + r³. When M
+    has a low rank (r <= cols / 2: fewer calibration tokens than columns) the rows are solved
+    directly at once, by the cheaper form: the conjugate gradient is slow there (the kept and the
+    pruned columns are coupled through the few directions the calibration spans). Otherwise
+    ``auto`` runs PCG for as many iterations as the direct solve costs, so that it costs at most
+    about twice the cheaper of the two."""
+    if method == "pcg":
+        return None, None, None
+    m = int(keep.sum(1).max())
+    cost_k = float(m) ** 3
+    F = low_rank_factor(M, shift, cols // 2) if m else None
+    if F is not None and 2.0 * m * F.shape[1] ** 2 + F.shape[1] ** 3 < cost_k:
+        return "low_rank", F, 0
+    if method == "direct" or F is not None:
+        return "kept_block", None, 0
+    return "kept_block", None, max(1, math.ceil(cost_k / (4.0 * cols * cols)))
+
+
+def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.Tensor, *,
+                tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, percdamp: float = 0.01,
+                init: "torch.Tensor | None" = None, preconditioner: str = "inverse",
+                method: str = "auto", return_info: bool = False, warn: bool = True):
+    """Kept weights minimising each row's output error for a fixed mask.
+
+    Args:
+        weight: (rows, cols) the *dense* weights ``w`` (float32/float16/bfloat16/float64).
+        mask: (rows, cols) bool, True = pruned; never changed.
+        second_moment: (cols, cols) float, E[x xᵀ] of the inputs up to a positive scale
+            (``CalibrationStats(hessian=True).hessian`` as it is).
+        tol: a row has converged once its last two conjugate-gradient steps lowered its damped
+            loss by at most ``tol`` times that loss, in (0, 1): its loss is then within about
+            ``tol`` of the row's exact minimum.
+        max_iter: conjugate-gradient iterations at most (per phase: before and after a direct solve).
+        percdamp: dampening ``percdamp * mean(diag M)`` on the diagonal (dead channels: 1 first).
+            0 solves the undamped systems (they may then be singular: a row that does not
+            converge is reported, never NaN).
+        init: (rows, cols) starting weights (e.g. SparseGPT's updated weights; their values on the
+            mask are ignored); None = ``weight`` with the mask zeroed. The guard compares with it.
+        preconditioner: "inverse" (``(M⁻¹)_KK``) or "jacobi" (``1 / diag M``).
+        method: "auto" (default): conjugate gradient, and a direct per-row solve (Cholesky of the
+            row's kept block, or the low-rank form when M has a low rank) for the rows it would
+            take longer on; "pcg": conjugate gradient only; "direct": direct solve of every row.
+            Every direct solution is then checked (polished) by the conjugate gradient with the
+            same stopping rule.
+        return_info: also return a dict: ``iterations``, ``max_rel_residual``, ``converged``,
+            ``rows_not_converged``, ``rows_reverted``, ``rows_direct`` (rows solved directly),
+            ``max_rel_decrease`` (the stopping quantity: the largest last-two-steps decrease over
+            the loss among the rows), ``loss_before``/``loss_after`` (mean row
+            loss, undamped), ``tol``, ``percdamp``, ``method``, ``time_s``.
+        warn: warn (``RuntimeWarning``) when some rows did not converge.
+
+    Returns:
+        new_weight (rows, cols) in weight's dtype, exactly 0 on the mask; with ``return_info``,
+        ``(new_weight, info)``.
+    """
+    import time
+    t0 = time.perf_counter()
+    _check(weight, mask, second_moment, init, tol, max_iter, percdamp)
+    if preconditioner not in ("inverse", "jacobi"):
+        raise ValueError(f'reconstruct: preconditioner must be "inverse" or "jacobi", got {preconditioner!r}')
+    if method not in ("auto", "pcg", "direct"):
+        raise ValueError(f'reconstruct: method must be "auto", "pcg" or "direct", got {method!r}')
+    rows, cols = weight.shape
+    f64 = torch.float64
+    w = weight.detach().to(f64)
+    keep = (~mask).to(f64)
+    M = second_moment.detach().to(f64)
+    M = (M + M.t()) * 0.5
+    Md, _ = damped_hessian(M, percdamp, dtype=f64)
+    x0 = (w if init is None else init.detach().to(f64)) * keep
+    info = {"iterations": 0, "max_rel_residual": 0.0, "max_rel_decrease": 0.0, "converged": True,
+            "rows_not_converged": 0, "rows_direct": 0,
+            "rows_reverted": 0, "loss_before": 0.0, "loss_after": 0.0, "tol": float(tol),
+            "max_iter": int(max_iter), "percdamp": float(percdamp), "method": f"pcg-{preconditioner}-float64"}
+    if rows == 0 or cols == 0:
+        out = x0.to(weight.dtype)
+        info["time_s"] = time.perf_counter() - t0
+        return (out, info) if return_info else out
+
+    bnorm = ((w @ Md) * keep).norm(dim=1)                # |M'_K: w|
+    # M' = M + diag(shift) (dead channels and dampening): one product with M gives both the
+    # undamped loss and the damped residual  keep * (w - x) M'
+    shift = torch.diagonal(Md) - torch.diagonal(M)
+    D0 = w - x0
+    before = ((D0 @ M) * D0).sum(1)
+    inv_diag = 1.0 / torch.diagonal(Md)                  # > 0 after dampening / dead-channel fix
+    Minv = None
+    if preconditioner == "inverse":
+        Lc, bad_factor = torch.linalg.cholesky_ex(Md)
+        if int(bad_factor) == 0:
+            Minv = torch.cholesky_inverse(Lc)
+            Minv = (Minv + Minv.t()) * 0.5
+        else:
+            info["method"] = "pcg-jacobi-float64 (M not positive definite: no inverse preconditioner)"
+
+    def precondition(res, rows_idx):
+        if Minv is None:
+            return res * inv_diag
+        return (res @ Minv) * keep[rows_idx]
+
+    x = x0.clone()
+    all_rows = torch.arange(rows, device=w.device)
+    form, F, switch = _direct_plan(M, shift, ~mask, cols, method)
+    first = max_iter if switch is None else min(max_iter, switch)
+    it, conv, last_rel = _pcg(w, keep, M, Md, shift, x, all_rows, precondition, tol, first)
+    if switch is not None:
+        todo = torch.nonzero(~conv).flatten()
+        if todo.numel():
+            order, valid, _ = kept_order(~mask)
+            if form == "low_rank":
+                xd, ok = solve_low_rank(w, ~mask, F, shift, order, valid, todo)
+            else:
+                xd, ok = solve_kept_block(w, Md, order, valid, todo)
+            solved = todo[ok]
+            x[solved] = xd[ok]
+            it2, conv2, rel2 = _pcg(w, keep, M, Md, shift, x, todo, precondition, tol, max_iter)
+            conv[todo], last_rel[todo] = conv2, rel2
+            info["rows_direct"] = int(solved.numel())
+            info["method"] += (f" + direct ({form.replace('_', ' ')}) for {int(solved.numel())} rows"
+                               f" after {it} iterations")
+            it += it2
 
     x = x * keep                                         # exactly 0 on the mask
     D1 = w - x
     G1 = D1 @ M
     after = (G1 * D1).sum(1)
+    denom = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
     rel = ((G1 + D1 * shift) * keep).norm(dim=1) / denom  # the true residual b - M'_KK x_K
     broken = ~torch.isfinite(after) | ~torch.isfinite(x).all(1)
     bad = broken | (after > before + 1e-12 * before.abs() + 1e-300)  # rose: the damped optimum (see above)

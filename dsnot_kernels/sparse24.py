@@ -20,7 +20,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["nm_violations", "check_nm", "nm_report", "to_sparse_24", "sparse24_backend", "SPARSE24_DTYPES"]
+__all__ = ["nm_violations", "check_nm", "nm_report", "to_sparse_24", "sparse24_backend", "SPARSE24_DTYPES",
+           "DEFAULT_MIN_SIZE"]
+
+# Layers with fewer rows or columns stay dense in to_sparse_24 (and dsnot-prune --sparse24-min-size):
+# too small to gain from sparse tensor cores.
+DEFAULT_MIN_SIZE = 512
 
 SPARSE24_DTYPES = (torch.float16, torch.bfloat16)
 # (min_rows, min_cols) of the sparse weight, each dimension a multiple of it; read from torch when
@@ -157,7 +162,7 @@ def _skip(report, name, shape, reason):
     report["skipped"].append({"name": name, "shape": list(shape), "reason": reason})
 
 
-def to_sparse_24(model: nn.Module, dtype=None, min_size: int = 512, dry_run: bool = False, backend=None,
+def to_sparse_24(model: nn.Module, dtype=None, min_size: int = DEFAULT_MIN_SIZE, dry_run: bool = False, backend=None,
                  skip_dense: bool = True) -> dict:
     """Convert the ``nn.Linear`` layers of a 2:4-pruned model to semi-structured sparse weights.
 

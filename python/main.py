@@ -72,7 +72,8 @@ def build_parser():
     # extras of this project
     p.add_argument("--seqlen", type=int, default=2048, help="calibration sample and evaluation window length")
     p.add_argument("--calib", default=None, help="calibration text file")
-    p.add_argument("--eval", dest="eval_file", default=None, help="evaluation text file")
+    p.add_argument("--eval", dest="eval_file", default=None, metavar="FILE",
+                   help="the same as --eval_dataset FILE (this project's spelling); give one of the two")
     p.add_argument("--eval_windows", type=int, default=0, help="evaluate on the first N windows (0 = all)")
     p.add_argument("--objective", default="dsnot", choices=list(OBJECTIVES))
     p.add_argument("--window", type=int, default=100, help="candidates per list for objective cov_window")
@@ -84,6 +85,21 @@ def build_parser():
                    help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one), "
                         "always, never (plain slices of the token stream, as the authors' script)")
     return p
+
+
+def initial_of(args) -> str:
+    """The initial mask's method of the run: DSnoT's --initial_method, else the --prune_method
+    itself (sparsegpt, wanda, magnitude), "-" for dense or sparsity 0."""
+    if args.prune_method == "dense" or args.sparsity_ratio == 0:
+        return "-"
+    return args.initial_method if args.prune_method == "DSnoT" else args.prune_method
+
+
+def results_line(model_desc, args, sparsity, ppl, prune_time) -> str:
+    """One line of --output_results_file: model (as loaded: the embedded model's name when no
+    --model), method, initial method, type, asked and reached sparsity, perplexity, prune seconds."""
+    return (f"{model_desc}\t{args.prune_method}\t{initial_of(args)}\t{args.sparsity_type}\t"
+            f"{args.sparsity_ratio}\t{sparsity:.4f}\t{ppl:.4f}\t{prune_time:.1f}\n")
 
 
 def parse(argv=None):
@@ -198,8 +214,7 @@ def main(argv=None):
           f"{'used' if bos_rule.use else 'not used'})\n")
     results = Path(args.output_results_file).resolve()
     with open(results, "a") as f:
-        f.write(f"{args.model}\t{args.prune_method}\t{args.initial_method}\t{args.sparsity_type}\t"
-                f"{args.sparsity_ratio}\t{sparsity:.4f}\t{ppl:.4f}\t{prune_time:.1f}\n")
+        f.write(results_line(desc, args, sparsity, ppl, prune_time))
     print(f"result appended to {results} (--output_results_file)")
     if args.save_model:
         save_model(model, tokenizer, args.save_model, overwrite=args.overwrite)

@@ -44,7 +44,7 @@ def test_cli_table_json_plot_save(tiny_dir, tmp_path, capsys):
 
     out, png, saved = tmp_path / "r.json", tmp_path / "err.png", tmp_path / "pruned"
     assert main(["--model", str(tiny_dir), "--nsamples", "4", "--seqlen", "32", "--eval-windows", "3",
-                 "--skip", "none", "--json", str(out), "--plot", str(png), "--save", str(saved),
+                 "--objective", "dsnot", "--skip", "none", "--json", str(out), "--plot", str(png), "--save", str(saved),
                  "--quiet", "--backend", "torch"]) == 0
     table = capsys.readouterr().out
     assert "dense" in table and "Wanda + DSnoT" in table
@@ -68,19 +68,19 @@ def test_cli_mse_no_refine(tiny_dir, tmp_path):
     assert [r["method"] for r in json.loads(out.read_text())["rows"]] == ["Wanda"]
     main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
           "--objective", "mse", "--json", str(out), "--quiet"])
-    assert json.loads(out.read_text())["rows"][-1]["method"] == "Wanda + DSnoT (mse) [skip=mlp]"
+    assert json.loads(out.read_text())["rows"][-1]["method"] == "Wanda + DSnoT (mse) [skip=none]"  # --skip follows the objective
     main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
           "--objective", "cov", "--json", str(out), "--quiet"])
     row = json.loads(out.read_text())["rows"][-1]
-    assert row["method"] == "Wanda + DSnoT (cov) [skip=mlp]"
+    assert row["method"] == "Wanda + DSnoT (cov) [skip=none]"  # --skip follows the objective
     main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
           "--objective", "cov_window", "--window", "4", "--json", str(out), "--quiet"])
     res = json.loads(out.read_text())
-    assert res["rows"][-1]["method"] == "Wanda + DSnoT (cov_window) [skip=mlp]"
+    assert res["rows"][-1]["method"] == "Wanda + DSnoT (cov_window) [skip=none]"  # --skip follows the objective
     main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
           "--objective", "swap", "--json", str(out), "--quiet"])
     res = json.loads(out.read_text())
-    assert res["rows"][-1]["method"] == "Wanda + DSnoT (swap) [skip=mlp]" and res["rows"][-1]["swaps"] > 0
+    assert res["rows"][-1]["method"] == "Wanda + DSnoT (swap) [skip=none]" and res["rows"][-1]["swaps"] > 0
 
 
 def test_python_m_help():
@@ -195,7 +195,7 @@ def test_table_legend_and_also_objective_row(tiny_dir, tmp_path, capsys):
 
     out = tmp_path / "r.json"
     main(["--model", str(tiny_dir), "--nsamples", "3", "--seqlen", "32", "--eval-windows", "2", "--no-dense",
-          "--also-objective", "cov_window", "--window", "4", "--json", str(out), "--quiet"])
+          "--paper", "--also-objective", "cov_window", "--window", "4", "--json", str(out), "--quiet"])
     table = capsys.readouterr().out
     assert "lower is better" in table and "swaps:" in table and "prune s:" in table and "masks s:" in table
     rows = json.loads(out.read_text())["rows"]

@@ -49,7 +49,8 @@ CLI_CASES = [
     (["--max-cycle-time", "-1"], "--max-cycle-time"),
     (["--update-threshold", "-1"], "--update-threshold"),
     (["--backend", "nope"], "--backend nope: unknown"),
-    (["--backend", "cuda"], "--backend cuda cannot serve cpu"),
+    (["--backend", "cuda", "--paper"], "--backend cuda cannot serve cpu"),
+    (["--backend", "cuda"], "--backend cuda: objective swap runs on the cpu or torch or triton backend only"),
     (["--objective", "cov", "--backend", "cuda"], "objective cov runs on the cpu or torch or triton backend"),
     (["--calib", "/missing/calib.txt"], "--calib /missing/calib.txt: no such file"),
     (["--calib", "{empty}"], "the file is empty"),
@@ -139,3 +140,18 @@ def test_main_py_eval_dataset_file_is_used(tmp_path):
     args = authors_main.parse(["--eval_dataset", str(text), "--sparsity_ratio", "0.5"])
     authors_main.check(args)
     assert args.eval_file == str(text)
+
+
+@pytest.mark.parametrize("method, initial, expected", [("sparsegpt", "wanda", "sparsegpt"), ("wanda", "wanda", "wanda"),
+                                                       ("DSnoT", "sparsegpt", "sparsegpt"), ("dense", "wanda", "-")])
+def test_main_py_results_line_names_the_model_and_the_initial_method(method, initial, expected):
+    """results.txt: the loaded model's name (not None when --model is omitted) and the initial
+    method the run really used (--prune_method sparsegpt: sparsegpt, not --initial_method's wanda)."""
+    sys.path.insert(0, str(ROOT / "python"))
+    try:
+        import main as authors_main
+    finally:
+        sys.path.pop(0)
+    args = authors_main.parse(["--prune_method", method, "--initial_method", initial, "--sparsity_ratio", "0.5"])
+    fields = authors_main.results_line("SmolLM2-135M", args, 0.5, 12.3, 1.0).rstrip("\n").split("\t")
+    assert fields[0] == "SmolLM2-135M" and fields[1] == method and fields[2] == expected

@@ -149,7 +149,7 @@ def test_non_convergence_is_reported():
     W, M = _layer(16, 64, seed=12)
     mask = _random_mask(16, 64, 0.6, seed=5)
     with pytest.warns(RuntimeWarning, match="did not converge"):
-        out, info = dk.reconstruct(W, mask, M, tol=1e-12, max_iter=2, return_info=True)
+        out, info = dk.reconstruct(W, mask, M, tol=1e-12, max_iter=2, method="pcg", return_info=True)
     assert not info["converged"] and info["rows_not_converged"] > 0 and info["iterations"] == 2
     assert info["max_rel_decrease"] > 1e-12
 
@@ -254,3 +254,59 @@ def test_a_row_solved_in_one_step_reports_a_finite_stopping_quantity():
     exp = per_row_solve(W, mask, M, 0.01)
     torch.testing.assert_close(out.double(), exp, rtol=1e-9, atol=1e-12)
     assert info["converged"] and info["max_rel_decrease"] <= info["tol"] and info["iterations"] <= 3
+
+
+@pytest.mark.parametrize("kind", ["random", "nm", "sparsegpt"])
+@pytest.mark.parametrize("tokens", [30, 300])
+def test_direct_solve_equals_per_row_solve(kind, tokens):
+    """method="direct": low-rank form when M has fewer tokens than columns / 2, else the kept
+    block's Cholesky; both equal the per-row solve, and the polish adds at most 2 iterations."""
+    W, M = _layer(24, 96, tokens=tokens, seed=21)  # tokens=30: M has rank ~30 (the low-rank form)
+    mask = {"random": lambda: _random_mask(24, 96, 0.6, seed=3), "nm": lambda: _nm_mask(W),
+            "sparsegpt": lambda: dk.sparsegpt(W, M, sparsity=0.6, blocksize=16)[0]}[kind]()
+    exp = per_row_solve(W, mask, M, 0.01)
+    Md = damped(M, 0.01)
+    out, info = dk.reconstruct(W, mask, M, method="direct", return_info=True)   # float32 M as gathered
+    assert bool((row_losses(W, out, Md) <= row_losses(W, exp, Md) * (1 + 1e-6)).all())
+    assert info["rows_direct"] == 24 and info["converged"]
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(tokens, 96, dtype=torch.float64, generator=g)
+    M64 = X.t() @ X                                                      # exactly PSD, rank min(tokens, 96)
+    out, info = dk.reconstruct(W.double(), mask, M64, method="direct", return_info=True)
+    torch.testing.assert_close(out, per_row_solve(W, mask, M64, 0.01), rtol=1e-7, atol=1e-9)
+    assert info["rows_direct"] == 24 and info["converged"] and info["iterations"] <= 2
+    assert "direct" in info["method"]
+    assert bool((out[mask] == 0).all())
+
+
+def test_auto_solves_a_low_rank_second_moment_directly():
+    """Fewer calibration tokens than columns (M of rank 30 for 128 columns): the conjugate gradient
+    needs many iterations; ``auto`` solves every row directly and reaches the exact optimum, where
+    ``pcg`` with the same iteration budget stops short."""
+    W, M = _layer(32, 128, tokens=30, seed=22)
+    mask = _random_mask(32, 128, 0.5, seed=8)
+    Md = damped(M, 0.01)
+    exp_loss = row_losses(W, per_row_solve(W, mask, M, 0.01), Md)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pcg, ip = dk.reconstruct(W, mask, M, method="pcg", max_iter=8, return_info=True)
+    auto, ia = dk.reconstruct(W, mask, M, max_iter=8, return_info=True)
+    assert not ip["converged"] and ia["converged"] and ia["rows_direct"] == 32
+    assert bool((row_losses(W, auto, Md) <= exp_loss * (1 + 1e-6) + 1e-9).all())
+    assert float(row_losses(W, pcg, Md).sum()) > float(exp_loss.sum()) * (1 + 1e-4)
+
+
+def test_auto_on_a_full_rank_second_moment_finishes_slow_rows_directly():
+    """Full rank: PCG first; rows still running after the direct solve's cost in iterations are
+    solved directly: the result equals the per-row solve either way."""
+    W, M = _layer(20, 64, tokens=600, seed=23)
+    mask = _random_mask(20, 64, 0.5, seed=9)
+    out, info = dk.reconstruct(W, mask, M, tol=1e-12, return_info=True)
+    torch.testing.assert_close(out.double(), per_row_solve(W, mask, M, 0.01), rtol=1e-6, atol=1e-7)
+    assert info["converged"] and info["rows_direct"] > 0
+
+
+def test_bad_method():
+    W, M = _layer(4, 16)
+    with pytest.raises(ValueError, match="method must be"):
+        dk.reconstruct(W, _random_mask(4, 16, 0.5), M, method="lu")

@@ -13,6 +13,26 @@ OBJECTIVE_CHOICES = tuple(OBJECTIVES)
 EXPERT_TOKENS = ("routed", "all")
 EXPERT_FALLBACKS = ("magnitude", "error")
 
+# Widest sub-layer input (columns) up to which the "best" preset uses objective "swap"; beyond it
+# "cov_window" (benchmarks/RESULTS.md, "Objective swap": swap gives the lowest perplexity of every
+# objective measured on the embedded model, 1536 columns at most, at 1.2-1.6x cov_window's prune
+# time; its exact best-pair search costs about cols² per accepted swap, and the cap max(64, cols/4)
+# makes it grow about as cols³ per row, so at 4096+ columns it costs many times cov_window).
+SWAP_MAX_COLS = 4096
+PRESETS = ("best", "paper")
+
+
+def preset_settings(name: str, widest_cols: "int | None" = None) -> dict:
+    """The objective and skip of a named preset: "paper" = the authors' settings (objective dsnot,
+    skip mlp); "best" = the best measured choice: skip none, objective swap when the widest
+    sub-layer has at most ``SWAP_MAX_COLS`` input columns (or is unknown), else cov_window."""
+    if name == "paper":
+        return {"objective": "dsnot", "skip": "mlp"}
+    if name == "best":
+        wide = widest_cols is not None and widest_cols > SWAP_MAX_COLS
+        return {"objective": "cov_window" if wide else "swap", "skip": "none"}
+    raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+
 
 @dataclass
 class PruneConfig:
@@ -146,6 +166,13 @@ class PruneConfig:
     @property
     def target_sparsity(self) -> float:
         return self.prune_n / self.prune_m if self.prune_n else float(self.sparsity)
+
+    @classmethod
+    def preset(cls, name: str, widest_cols: "int | None" = None, **overrides) -> "PruneConfig":
+        """A ``PruneConfig`` with a named preset's objective and skip (``preset_settings``), every
+        other field at its default unless given in ``overrides``. ``PruneConfig()`` itself keeps
+        the authors' defaults (= ``preset("paper")``)."""
+        return cls(**{**preset_settings(name, widest_cols), **overrides})
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

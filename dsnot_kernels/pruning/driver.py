@@ -297,6 +297,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 masks = {}
                 for name, module in subs.items():
                     where["sublayer"] = name
+                    if hasattr(bar, "set_postfix_str"):  # which sub-layer: a reconstruction takes seconds each
+                        bar.set_postfix_str(name, refresh=True)
                     if ranks is not None and split_rows:
                         mask, entry = _sublayer_mask_rows(name, module, stats_of(name), config, ranks)
                         new_w = None  # only row-independent, mask-only configurations split rows
