@@ -232,7 +232,7 @@ def check_args(args) -> list:
                 sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=skip,
                 objective=objective, window=args.window, max_cycle_time=args.max_cycle_time,
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
-                reconstruct=args.reconstruct and (refine or args.no_refine),  bos=args.bos,  # baseline: reconstructed only when asked
+                reconstruct=args.reconstruct and (refine or args.no_refine), bos=args.bos,  # baseline: only when asked
                 backend=args.backend, batch_size=args.batch_size, device=args.device,
                 record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
                 progress=not args.quiet))
