@@ -158,13 +158,16 @@ def check_reference(W, stats, M, args, mask, swaps):
 
 def bench_shape(name, args):
     rows, cols = SHAPES[name]
-    rows_run = min(rows, args.rows)
-    W, stats, M = wide_layer(rows_run, cols, seed=args.seed + cols, common=args.common, rank=args.rank,
+    cheap_rows = min(rows, args.rows * args.cheap_factor)
+    W_all, stats, M = wide_layer(max(min(rows, args.rows), cheap_rows), cols, seed=args.seed + cols, common=args.common, rank=args.rank,
                              outliers=args.outliers, outlier_scale=args.outlier_scale)
-    dk.refine_mask(W[:2].contiguous(), *stats[:3], sparsity=args.sparsity, max_cycle_time=1)  # warm-up
+    dk.refine_mask(W_all[:2].contiguous(), *stats[:3], sparsity=args.sparsity, max_cycle_time=1)  # warm-up
     out = []
-    r1 = max(1, rows_run // 4)
     for obj in args.objectives:
+        # the objectives other than swap run more rows: their per-row time is small next to the per-call part
+        rows_run = min(rows, args.rows) if obj == "swap" else cheap_rows
+        W = W_all[:rows_run].contiguous()
+        r1 = max(1, rows_run // 4)
         mask, swaps, wall, peak = run_objective(obj, W, stats, M, args)
         # the per-layer part (M's validation, g0's setup...) from a second run on a quarter of the rows
         wall1 = run_objective(obj, W[:r1].contiguous(), stats, M, args)[2] if r1 < rows_run else 0.0
@@ -201,7 +204,8 @@ def write(entries, args, argv, load):
              "other jobs: compare ratios within this run)\n\n"
              f"Inputs: `wide_layer` (common {args.common}, rank {args.rank}, {args.outliers} outlier channels "
              f"{args.outlier_scale:g}x, Student-t(3) weights), {args.sparsity:.0%} unstructured, cpu backend, "
-             "each objective's default cap, the first `--rows` rows of each layer. ns/weight = mask time "
+             "each objective's default cap, the first `--rows` rows of each layer (`--cheap-factor` times more "
+             "for the objectives other than swap). ns/weight = mask time "
              "per row / cols, the per-row time being (t(rows) - t(rows / 4)) / (3 rows / 4) of two runs; layer part = "
              "t(rows) - rows x per-row time (M's validation and other per-call work). Peak: process VmHWM during the objective "
              "(includes the layer's M and the benchmark's own tensors).\n\n"
@@ -221,9 +225,9 @@ def write(entries, args, argv, load):
         if ex is not None:
             body += f"\n{obj}: ns/weight grows like cols^{ex:.2f} between the narrowest and widest shape of this run."
     body += "\n\n" + project_table(entries, args.objectives, torch.get_num_threads())
-    write_section("wide", "Every objective at Llama-7B/70B widths, and a projected whole-model time (bench_wide.py)",
+    write_section(args.section, "Every objective at Llama-7B/70B widths, and a projected whole-model time (bench_wide.py)",
                   body)
-    write_csv("wide.csv", entries)
+    write_csv(f"{args.section}.csv", entries)
 
 
 def main(argv=None):
@@ -232,6 +236,8 @@ def main(argv=None):
                     help=f"shape names or groups: {', '.join(GROUPS)}; {', '.join(SHAPES)}")
     ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
     ap.add_argument("--rows", type=int, default=32, help="rows of each layer that run (rows are independent)")
+    ap.add_argument("--cheap-factor", type=int, default=4,
+                    help="the objectives other than swap run this many times --rows rows")
     ap.add_argument("--ref-rows", type=int, default=2, help="rows of swap checked against the reference (0 = none)")
     ap.add_argument("--sparsity", type=float, default=0.6)
     ap.add_argument("--common", type=float, default=4.0)
@@ -240,6 +246,7 @@ def main(argv=None):
     ap.add_argument("--outlier-scale", type=float, default=20.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--section", default="wide", help="the RESULTS.md section this run refreshes")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -258,7 +265,7 @@ def main(argv=None):
     print(project_table(entries, args.objectives, torch.get_num_threads()))
     if not args.no_write:
         write(entries, args, argv, load)
-        print("wrote benchmarks/RESULTS.md (section 'wide') and benchmarks/results/wide.csv")
+        print(f"wrote benchmarks/RESULTS.md (section {args.section!r}) and benchmarks/results/{args.section}.csv")
 
 
 if __name__ == "__main__":

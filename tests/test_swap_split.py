@@ -113,3 +113,18 @@ def test_search_out_of_range():
     W, stats, M = outlier_layer(2, 16, seed=0)
     with pytest.raises(RuntimeError, match="search must be"):
         op(W, initial(W, stats, 0.5), M, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_validate_second_moment_by_blocks(dtype):
+    """The float64 M of the CPU path is the reference's (M + Mᵀ) * 0.5 bit for bit, built by row
+    blocks (1100 columns: a partial second block); a caller's M is never modified; an exactly
+    symmetric float64 M is used as it is (no copy)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1100, 1100, generator=g, dtype=dtype)
+    keep = x.clone()
+    got = ops.validate_second_moment(x, "swap", 1100, x.device)
+    assert got.dtype == torch.float64 and torch.equal(got, (x.double() + x.double().t()) * 0.5)
+    assert torch.equal(x, keep)
+    sym = (x.double() + x.double().t()) * 0.5
+    assert ops.validate_second_moment(sym, "cov", 1100, x.device).data_ptr() == sym.data_ptr()
