@@ -28,6 +28,8 @@ def per_weight(entries, obj, cols):
     if len(pts) < 2:
         return None, "not measured"
     (c0, t0), (c1, t1) = sorted(pts.items())[-2:]
+    if not (t0 > 0 and t1 > 0):  # a per-row time lost in the per-call part's noise
+        return None, f"not measured (no per-row time at {c0 if not t0 > 0 else c1})"
     ex = math.log(t1 / t0) / math.log(c1 / c0)
     return t1 * (cols / c1) ** ex, f"extrapolated cols^{ex:.2f} from {c0}, {c1}"
 
