@@ -423,10 +423,42 @@ def validate_second_moment(second_moment, objective, cols, device, keep_dtype=Fa
         from dsnot_kernels.triton.cov_launch import second_moment_for_triton
 
         return second_moment_for_triton(second_moment)
-    m = second_moment.to(torch.float64)
+    m = second_moment.to(torch.float64).contiguous()
     if not _all_finite(m):
         raise ValueError("second_moment has non-finite values (NaN or inf)")
-    return ((m + m.t()) * 0.5).contiguous()
+    return _symmetric_float64(m, own=m.data_ptr() != second_moment.data_ptr())
+
+
+def _is_symmetric(m: torch.Tensor, block: int = 1024) -> bool:
+    """``m == mᵀ`` exactly, by row blocks (no cols² temporary)."""
+    n = m.shape[0]
+    for i in range(0, n, block):
+        if not torch.equal(m[i:i + block], m[:, i:i + block].t()):
+            return False
+    return True
+
+
+def _symmetric_float64(m, block=1024, own=False):
+    """``(m + mᵀ) * 0.5`` of a finite float64 (cols, cols) ``m``, holding at most one more matrix:
+    an exactly symmetric ``m`` is returned as it is (the same values: x + x and the halving are
+    exact, short of overflow, where the sum would have been inf); ``own`` (m is a copy made here,
+    e.g. the float64 widening of a float32 M): symmetrised in place, by pairs of row blocks;
+    otherwise the result is built by row blocks into one new matrix. At 28672 columns M is 6.6 GB
+    in float64: this keeps the peak at one float64 M (two for a caller's non-symmetric float64 M)."""
+    if _is_symmetric(m, block):
+        return m
+    n = m.shape[0]
+    if own:
+        for i in range(0, n, block):
+            for j in range(i, n, block):
+                avg = (m[i:i + block, j:j + block] + m[j:j + block, i:i + block].t()) * 0.5
+                m[i:i + block, j:j + block] = avg
+                m[j:j + block, i:i + block] = avg.t()
+        return m
+    out = torch.empty_like(m)
+    for i in range(0, n, block):
+        out[i:i + block] = (m[i:i + block] + m[:, i:i + block].t()) * 0.5
+    return out
 
 
 def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None,

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "dsnot_common.h"
+#include "cpu/swap_split.h"
 
 namespace dsnot {
 namespace cpu {
@@ -64,10 +65,11 @@ struct SwapProblem {
   double rho = kInf;                   // max_j rho_j (see z); inf = no Cauchy-Schwarz bound
   int prune_m = 0;                     // 0 = unstructured
   int64_t max_cycles = 0;
-  int search = 0;                      // 0 = bounded (fast), 1 = full scan of every pair
+  int search = 0;                      // 0, 2, 3 = bounded (fast; 2: no split bound, 3: split at any width), 1 = full scan
   uint8_t* mask_out = nullptr;
   int32_t* swaps_out = nullptr;
   int64_t* pairs_out = nullptr;        // pairs whose delta was computed, per row
+  const split::Consts* split = nullptr;  // the low-rank-plus-residual bound (csrc/cpu/swap_split.h)
 };
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(DSNOT_CPU_NO_CLONES)
@@ -128,7 +130,10 @@ struct SwapScratch {
   std::vector<uint8_t> pruned;
   std::vector<int32_t> ps, ks, stair;           // pruned / kept columns by (a_j, j) ascending; the undominated pruned
   std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle (the first nc)
+  split::Row sp;                                // the split bound's per-row state
+  std::vector<double> sp_tmp;
   explicit SwapScratch(const SwapProblem& P) {
+    sp_tmp.resize(static_cast<size_t>(P.cols));
     const size_t c = static_cast<size_t>(P.cols);
     w.resize(c); g.resize(c); A.resize(c); B.resize(c); L.resize(c);
     key.resize(c); lb.resize(c); cs.resize(c); hm.resize(c); hb.resize(c); pruned.resize(c); stair.resize(c); cand.resize(c);
@@ -388,6 +393,13 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
   double scale = side_terms(P, S, -1, nullptr, nullptr) + c_max;
   // Far from overflow only (the bounds multiply two such magnitudes).
   const bool use_cs = !brute && std::isfinite(P.rho) && scale < 1e100;
+  // The split bound: only with the plain one (both need a finite M), and far from overflow.
+  const bool use_split = use_cs && P.split != nullptr && P.split->ok &&
+                         ((2.0 * w_max) * w_max) * P.split->vmax2 < 1e100;
+  // The cross-term part of the slack's scale; with the split, every |2 x_q x_r| too.
+  const double c_all = c_max + (use_split ? ((2.0 * w_max) * w_max) * P.split->vmax2 : 0.0);
+  scale += c_all - c_max;
+  if (use_split) S.sp.init(*P.split, w, pr, cols);
   const KeyLess less{S.key.data()};
   if (use_cs) {
     S.ps.clear();
@@ -426,10 +438,11 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
       if (use_cs) {
         const size_t nh = build_envelope(S);
         const double* cs = nullptr;
-        if (nh > kEnvelopeLanes) {  // walk the envelope in the a order of the kept q
+        if (nh > kEnvelopeLanes || use_split) {  // walk the envelope in the a order of the kept q
           double* csw = S.cs.data();
           Envelope env{S.hm.data(), S.hb.data(), nh};
           for (const int32_t q : S.ks) csw[q] = env.at(S.key[q]);
+          if (use_split) S.sp.bound(B, csw, S.sp_tmp.data());  // the larger of the two bounds
           cs = csw;
         }
         bound_pass(cols, L, A, w, S.key.data(), pr, pending ? prow : nullptr, pb, pw, dmin, peps, scale,
@@ -476,10 +489,11 @@ int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, 
       move_between(S.ps, S.ks, static_cast<int32_t>(br), less);
       move_between(S.ks, S.ps, static_cast<int32_t>(bq), less);
     }
+    if (use_split) S.sp.swap(static_cast<int32_t>(bq), static_cast<int32_t>(br));
     // New A and B, and how far B moved on the columns pruned before and after (every L_q moves by
     // at least the minimum); applied to the bounds at the next cycle's pass.
     double dmax_abs = 0.0;
-    scale = std::max(scale, side_terms(P, S, bq, &dmin, &dmax_abs) + c_max);
+    scale = std::max(scale, side_terms(P, S, bq, &dmin, &dmax_abs) + c_all);
     if (!(dmin < kInf)) dmin = 0.0;  // q* is the only pruned column now
     peps = kSlack * (scale + dmax_abs);
     prow = M + bq * cols;  // M[:, q*] = M[q*, :] (symmetric)
@@ -567,8 +581,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
               "refine_mask_swap (cpu): cols must be divisible by prune_m, got ", cols, " and ", prune_m);
   TORCH_CHECK(max_cycle_time >= 0 && max_cycle_time < (int64_t{1} << 31),
               "refine_mask_swap (cpu): max_cycle_time must be in [0, 2**31), got ", max_cycle_time);
-  TORCH_CHECK(search == 0 || search == 1,
-              "refine_mask_swap (cpu): search must be 0 (bounded) or 1 (full scan), got ", search);
+  TORCH_CHECK(search >= 0 && search <= 3,
+              "refine_mask_swap (cpu): search must be 0 (bounded), 1 (full scan), 2 (bounded without the "
+              "low-rank split bound) or 3 (bounded, the split bound at every width), got ", search);
 
   at::Tensor mask = at::empty({rows, cols}, weight.options().dtype(at::kBool));
   at::Tensor swaps = at::zeros({rows}, weight.options().dtype(at::kInt));
@@ -628,6 +643,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
   P.mask_out = reinterpret_cast<uint8_t*>(mask.data_ptr<bool>());
   P.swaps_out = swaps.data_ptr<int32_t>();
   P.pairs_out = pairs.data_ptr<int64_t>();
+  split::Consts sc;
+  // The split bound from split::kMinCols columns (below, its per-cycle work costs more than the pairs
+  // it saves: benchmarks/RESULTS.md "wide"); search 3 at every width (tests), search 2 never.
+  const bool want_split = search == 3 || (search == 0 && cols >= split::kMinCols);
+  if (prune_m == 0 && want_split && P.rho < kInf && max_cycle_time > 0) {
+    sc = split::constants(M, cols);
+    P.split = &sc;
+  }
   at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
     SwapScratch S(P);
     for (int64_t i = b; i < e; ++i) {

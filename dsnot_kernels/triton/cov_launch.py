@@ -18,6 +18,7 @@ import contextlib
 
 import torch
 
+from dsnot_kernels.ops import _is_symmetric  # noqa: F401 (also used by callers of this module)
 from dsnot_kernels.reference_window import cov_g0
 from dsnot_kernels.triton.cov import cov_refine
 from dsnot_kernels.triton.launch import (MASK_POISON, SWAPS_POISON, _poison_on, initial_source, launch_config,
@@ -68,15 +69,6 @@ def check_memory(device: torch.device, need: int, what: str) -> None:
             f"memory, {free / GIB:.2f} GiB are free; refine fewer rows at a time (the rows are "
             "independent), give the second moment as an exactly symmetric float32 tensor, or use "
             "backend='torch'/'cpu' (docs/KERNEL_CONTRACT.md, memory of objectives 2 and 3)")
-
-
-def _is_symmetric(m: torch.Tensor, block: int = 1024) -> bool:
-    """``m == mᵀ`` exactly, by row blocks (no cols² temporary)."""
-    n = m.shape[0]
-    for i in range(0, n, block):
-        if not torch.equal(m[i:i + block], m[:, i:i + block].t()):
-            return False
-    return True
 
 
 def second_moment_for_triton(second_moment: torch.Tensor) -> torch.Tensor:
