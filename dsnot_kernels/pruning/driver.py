@@ -25,6 +25,7 @@ from dsnot_kernels.pruning.adapters import (find_blocks, find_sublayers, is_refi
 from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, move_outside,
                                            restore_devices, snapshot_devices)
 from dsnot_kernels.pruning import distributed as dist_prune
+from dsnot_kernels.pruning import profile as sparsity_profile
 from dsnot_kernels.pruning.config import PruneConfig
 from dsnot_kernels.pruning.output_error import output_error, second_moment
 from dsnot_kernels.pruning.stats_pass import BlockStats
@@ -210,6 +211,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         batches = batches[a:z]
         split_rows = dist_prune.splits_rows(config)
 
+    sparsity_of = sparsity_profile.resolve(config, len(blocks))  # a bad list/dict fails before any work
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "config": config.to_dict(),
               "device": str(device), "sublayers": [], "blocks": [], "completed": False,
@@ -232,6 +234,15 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
             captured = capture_block_calls(model, blocks, batches, device)
             report["capture_time_s"] = time.perf_counter() - t0
             restore_devices(model, snapshot)
+            if config.sparsity_profile == "owl":  # one dense pass: the blocks' outlier ratios
+                from dsnot_kernels.pruning.owl import owl_pass
+                report["sparsity_profile"] = owl_pass(model, blocks, captured, device, config, ranks,
+                                                      sample_offset, counts, snapshot, where)
+                sparsity_of = sparsity_profile.resolve(config, len(blocks),
+                                                       report["sparsity_profile"]["block_sparsity"])
+            else:
+                report["sparsity_profile"] = {"kind": config.sparsity_profile if isinstance(
+                    config.sparsity_profile, str) else "per-layer"}
             inputs = captured.inputs
             try:
                 from tqdm.auto import tqdm
@@ -244,6 +255,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 block = blocks[i].to(device)
                 calls = [c[i] for c in captured.calls]
                 subs = find_sublayers(block)
+                sparsity_profile.check_names(config, i, subs)
                 t0 = time.perf_counter()
                 collector = _statistics_pass(block, subs, inputs, calls, device, config, ranks,
                                              sample_offset)
@@ -263,13 +275,15 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 masks = {}
                 for name, module in subs.items():
                     where["sublayer"] = name
+                    target = sparsity_of(i, name)
+                    cfg = sparsity_profile.with_sparsity(config, target)
                     if ranks is not None and split_rows:
-                        mask, entry = _sublayer_mask_rows(name, module, stats_of(name), config, ranks)
+                        mask, entry = _sublayer_mask_rows(name, module, stats_of(name), cfg, ranks)
                         new_w = None  # only row-independent, mask-only configurations split rows
                     else:
-                        mask, new_w, entry = _sublayer_mask(name, module, stats_of(name), config,
+                        mask, new_w, entry = _sublayer_mask(name, module, stats_of(name), cfg,
                                                             config.record_error)
-                    entry["block"] = i
+                    entry["block"], entry["target_sparsity"] = i, target
                     masks[name] = (mask, entry, new_w)
                 del collector
                 if on_mask is not None:
@@ -327,6 +341,7 @@ def _summarise(report, total_time):
     numel = sum(e["shape"][0] * e["shape"][1] for e in subs)
     report["sparsity"] = sum(e["sparsity"] * e["shape"][0] * e["shape"][1] for e in subs) / max(numel, 1)
     report["swaps"] = sum(e["swaps"] for e in subs)
+    report["block_sparsity"] = sparsity_profile.block_summary(report)
     report["mask_time_s"] = sum(e["mask_time_s"] for e in subs)
     report["reconstruct_time_s"] = sum(e.get("reconstruct_time_s", 0.0) for e in subs)
     report["reconstruct_not_converged"] = [e["name"] if "block" not in e else f"{e['block']}.{e['name']}"
