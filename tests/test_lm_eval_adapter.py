@@ -44,6 +44,7 @@ def test_local_task_accuracy_on_the_pruned_model_in_memory(tmp_path):
     assert "dsnot_local_mc" in table and f"{rows['dsnot_local_mc']['acc']:.4f}" in table
 
 
+@pytest.mark.slow  # builds lm-eval's index of its built-in tasks (~30 s)
 def test_unknown_task_is_named(tmp_path):
     folder, _ = write_mc_task(tmp_path / "tasks", n=2)
     with pytest.raises(lea.LmEvalUnavailable, match="no task no_such_task_xyz"):
@@ -54,3 +55,58 @@ def test_parse_tasks():
     assert lea.parse_tasks(" arc_easy,hellaswag ,") == ["arc_easy", "hellaswag"]
     with pytest.raises(ValueError, match="no task"):
         lea.parse_tasks(" , ")
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    model, tok = tiny_lm()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_cli_eval_tasks_and_owl_print_tables(tmp_path, model_dir, capsys):
+    """dsnot-prune --eval-tasks: a zero-shot table for the dense and the pruned model next to the
+    perplexity table; --sparsity-profile owl: each block's sparsity and the total."""
+    import json
+
+    from dsnot_kernels.cli import main
+
+    folder, docs = write_mc_task(tmp_path / "tasks", n=6)
+    report = tmp_path / "r.json"
+    main(["--model", str(model_dir), "--nsamples", "2", "--seqlen", "32", "--eval-windows", "1", "--no-refine",
+          "--sparsity", "0.6", "--sparsity-profile", "owl", "--owl-m", "2", "--eval-tasks", "dsnot_local_mc",
+          "--eval-tasks-include", str(folder), "--quiet", "--json", str(report)])
+    out = capsys.readouterr().out
+    result = json.loads(report.read_text())
+    labels = [z["label"] for z in result["zero_shot"]]
+    assert labels == ["dense", "Wanda"]
+    assert all(z["tasks"]["dsnot_local_mc"]["samples"] == len(docs) for z in result["zero_shot"])
+    assert "zero-shot (lm-eval): dense" in out and "zero-shot (lm-eval): Wanda" in out
+    blocks = result["reports"][-1]["block_sparsity"]
+    assert "sparsity profile: owl (M 2.0, lambda 0.08)" in out and "block   1: sparsity" in out
+    assert len(blocks) == 2 and f"total: sparsity {result['reports'][-1]['sparsity']:.4f}" in out
+
+
+@pytest.mark.slow  # a whole main.py run with lm-eval (~40 s on the loaded 2-core machine)
+def test_main_py_zero_shot_wikitext2_and_wanda_owl(tmp_path, model_dir, capsys, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from eval_fixtures import wikitext_rows, write_raw
+
+    folder, _ = write_mc_task(tmp_path / "tasks", n=4)
+    raw = write_raw(tmp_path / "wiki.test.raw", wikitext_rows(n_articles=3))
+    main_py = Path(__file__).resolve().parents[1] / "python" / "main.py"
+    monkeypatch.setattr(sys, "argv", [
+        "main.py", "--model", str(model_dir), "--prune_method", "wanda_owl", "--sparsity_ratio", "0.6",
+        "--Hyper_m", "2", "--Lamda", "0.05", "--nsamples", "2", "--seqlen", "32", "--eval_dataset", "wikitext2",
+        "--eval_dataset_path", str(raw), "--eval_zero_shot", "--eval_tasks", "dsnot_local_mc",
+        "--eval_tasks_include", str(folder), "--output_results_file", str(tmp_path / "results.txt")])
+    runpy.run_path(str(main_py), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "sparsity profile: owl (M 2.0, lambda 0.05)" in out
+    assert "ppl on WikiText-2 raw test split from" in out and "len // seqlen" in out
+    assert "zero-shot (lm-eval): wanda_owl" in out and "dsnot_local_mc" in out
