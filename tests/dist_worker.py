@@ -19,6 +19,9 @@ MASK_CASES = [("unstructured", "dsnot"), ("2:4", "dsnot"), ("unstructured", "cov
               ("unstructured", "cov_window", "gpt2")]  # GPT-2: transposed (Conv1D) weights
 
 
+OWL = dict(sparsity_profile="owl", owl_m=2.0, owl_lambda=0.1)
+
+
 def config(pattern, objective, **kw):
     return dk.PruneConfig(pattern=pattern, sparsity=0.5, objective=objective, skip="none", window=7,
                           batch_size=2, progress=False, **kw)
@@ -58,6 +61,9 @@ def run_case(case, rank, out):
             for case_ in MASK_CASES:
                 masks, state, report = prune_collect(*case_)
                 result[case_] = (masks, state, report["reduce_time_s"], report["local_samples"])
+        elif case == "owl":  # OWL's dense outlier pass under torch.distributed, then row-split masks
+            masks, state, report = prune_collect("unstructured", "dsnot", **OWL)
+            result["owl"] = (masks, state, report["sparsity_profile"])
         elif case == "too_many":
             prune_collect("unstructured", "dsnot", nsamples=2)      # one batch of 2 for 2 ranks
         elif case == "mismatch":
