@@ -38,7 +38,7 @@ def test_nothing_cites_a_spec_outside_the_repository():
 
 
 @pytest.mark.parametrize("md", ["README.md", "docs/ALGORITHM.md", "docs/API.md", "docs/KERNEL_CONTRACT.md",
-                                "benchmarks/RESULTS.md"])
+                                "benchmarks/RESULTS.md", "docs/EVALUATION.md"])
 def test_relative_links_resolve(md):
     path = ROOT / md
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):

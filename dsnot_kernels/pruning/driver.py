@@ -212,6 +212,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         split_rows = dist_prune.splits_rows(config)
 
     sparsity_of = sparsity_profile.resolve(config, len(blocks))  # a bad list/dict fails before any work
+    for i, blk in enumerate(blocks if isinstance(config.sparsity_profile, dict) else ()):
+        sparsity_profile.check_names(config, i, find_sublayers(blk))
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "config": config.to_dict(),
               "device": str(device), "sublayers": [], "blocks": [], "completed": False,
@@ -255,7 +257,6 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 block = blocks[i].to(device)
                 calls = [c[i] for c in captured.calls]
                 subs = find_sublayers(block)
-                sparsity_profile.check_names(config, i, subs)
                 t0 = time.perf_counter()
                 collector = _statistics_pass(block, subs, inputs, calls, device, config, ranks,
                                              sample_offset)
