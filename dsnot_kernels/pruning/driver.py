@@ -277,12 +277,12 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                 for name, module in subs.items():
                     where["sublayer"] = name
                     target = sparsity_of(i, name)
-                    cfg = sparsity_profile.with_sparsity(config, target)
+                    sub_config = sparsity_profile.with_sparsity(config, target)
                     if ranks is not None and split_rows:
-                        mask, entry = _sublayer_mask_rows(name, module, stats_of(name), cfg, ranks)
+                        mask, entry = _sublayer_mask_rows(name, module, stats_of(name), sub_config, ranks)
                         new_w = None  # only row-independent, mask-only configurations split rows
                     else:
-                        mask, new_w, entry = _sublayer_mask(name, module, stats_of(name), cfg,
+                        mask, new_w, entry = _sublayer_mask(name, module, stats_of(name), sub_config,
                                                             config.record_error)
                     entry["block"], entry["target_sparsity"] = i, target
                     masks[name] = (mask, entry, new_w)
