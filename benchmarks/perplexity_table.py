@@ -1,7 +1,8 @@
 """Perplexity of the embedded model (SmolLM2-135M-Instruct) pruned with Wanda, Wanda + DSnoT and
 Wanda + DSnoT with the "mse", "cov", "cov_window" and "swap" objectives, SparseGPT as published, and the
-same with the exact reconstruction of the kept weights (``reconstruct=True``), at 50/60/70 %
-unstructured and 2:4.
+same with the exact reconstruction of the kept weights (``reconstruct=True``), and Wanda and
+Wanda + swap with OWL's per-block sparsities (``sparsity_profile="owl"``, M 5, lambda 0.08), at
+50/60/70/80 % unstructured and 2:4.
 
 Setup (stated in the JSON): calibration = --nsamples random windows x --seqlen tokens of the first
 half of pydoc_data.topics (default 16 x 256: the recorded run was made on 2 CPU cores shared with
