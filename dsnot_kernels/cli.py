@@ -262,7 +262,7 @@ def run(args, configs=None) -> dict:
         raise ArgumentError(f"--eval: {eval_ids.numel()} evaluation tokens are fewer than one window of "
                             f"--seqlen {args.seqlen}")
     n_windows = min(eval_ids.numel() // args.seqlen, windows or 10**9)
-    tasks = getattr(args, "tasks", None)
+    tasks = None if rank else getattr(args, "tasks", None)  # zero-shot tasks: rank 0 only
 
     def ppl(what):
         t = time.perf_counter()
@@ -289,6 +289,8 @@ def run(args, configs=None) -> dict:
         if k == len(configs) - 1:
             dense = None
         label = _label(args.initial, refine, config.objective, config.skip) + (" + reconstruct" if config.reconstruct else "")
+        if config.sparsity_profile != "uniform":
+            label += " + OWL" if config.sparsity_profile == "owl" else " (per-layer sparsity)"
         say(f"pruning: {label}")
         report = dk.prune_model(model, calib, config)
         value, dt = ppl(label)

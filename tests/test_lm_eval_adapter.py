@@ -81,9 +81,9 @@ def test_cli_eval_tasks_and_owl_print_tables(tmp_path, model_dir, capsys):
     out = capsys.readouterr().out
     result = json.loads(report.read_text())
     labels = [z["label"] for z in result["zero_shot"]]
-    assert labels == ["dense", "Wanda"]
+    assert labels == ["dense", "Wanda + OWL"]
     assert all(z["tasks"]["dsnot_local_mc"]["samples"] == len(docs) for z in result["zero_shot"])
-    assert "zero-shot (lm-eval): dense" in out and "zero-shot (lm-eval): Wanda" in out
+    assert "zero-shot (lm-eval): dense" in out and "zero-shot (lm-eval): Wanda + OWL" in out
     blocks = result["reports"][-1]["block_sparsity"]
     assert "sparsity profile: owl (M 2.0, lambda 0.08)" in out and "block   1: sparsity" in out
     assert len(blocks) == 2 and f"total: sparsity {result['reports'][-1]['sparsity']:.4f}" in out
