@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation text file (default: pydoc_data.topics, second half)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass")
+    p.add_argument("--authors-sqrt", action="store_true",
+                   help="take the wanda metric's square root with torch.sqrt, as the authors' code (on CPU "
+                        "ATen's float32 sqrt is not correctly rounded; masks then match theirs bit for bit)")
     p.add_argument("--device", default=None, help="where blocks are computed (default: where the model is)")
     p.add_argument("--backend", default=None, help="refine_mask backend (default: best available)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense evaluation")
@@ -173,7 +176,7 @@ def check_args(args) -> list:
                 sparsity=args.sparsity, pattern=args.pattern, initial=args.initial, refine=refine, skip=skip,
                 objective=objective, window=args.window, max_cycle_time=args.max_cycle_time,
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
-                reconstruct=args.reconstruct,
+                reconstruct=args.reconstruct, sqrt="torch" if args.authors_sqrt else "exact",
                 backend=args.backend, batch_size=args.batch_size, device=args.device,
                 record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
                 progress=not args.quiet))
