@@ -144,6 +144,24 @@ def swap_pairs(W, stats, M, args):
     return per_swap, per_swap / max(1, (W.shape[1] - n_p) * n_p)
 
 
+def compare_plain(W, stats, M, args):
+    """The op with search 0 (the default: the split bound from 2048 columns) and 2 (the plain bound
+    only), alternated twice on the same rows: (fastest wall 0, fastest wall 2, pairs 0, pairs 2)."""
+    smr, var, scaler, _ = stats
+    mask0 = dk.refine_mask(W, smr, var, scaler, sparsity=args.sparsity, max_cycle_time=0)
+    g0 = cov_g0(W, mask0, M)
+    cap = ops.default_max_cycle_time("swap", W.shape[1])
+    walls, pairs, outs = {0: [], 2: []}, {}, {}
+    for search in (2, 0, 2, 0):
+        t0 = time.perf_counter()
+        outs[search] = torch.ops.dsnot_kernels.refine_mask_swap.default(W, mask0, M, g0, 0, cap, search)
+        walls[search].append(time.perf_counter() - t0)
+        pairs[search] = int(outs[search][2].sum())
+    if not (torch.equal(outs[0][0], outs[2][0]) and torch.equal(outs[0][1], outs[2][1])):
+        sys.exit("MISMATCH: swap search 0 and 2 differ")
+    return min(walls[0]), min(walls[2]), pairs[0], pairs[2]
+
+
 def check_reference(W, stats, M, args, mask, swaps):
     if args.ref_rows <= 0 or "swap" not in args.objectives:
         return "-"
@@ -182,6 +200,10 @@ def bench_shape(name, args):
         if obj == "swap":
             e["pairs_per_swap"], e["read"] = swap_pairs(W, stats, M, args)
             e["reference"] = check_reference(W, stats, M, args, mask, swaps)
+            if args.compare_plain:
+                e["split_s"], e["plain_s"], e["split_pairs"], e["plain_pairs"] = compare_plain(W, stats, M, args)
+                print(f"{name:>12} swap op: split bound {e['split_s']:.2f} s, plain bound {e['plain_s']:.2f} s, "
+                      f"pairs {e['split_pairs']} vs {e['plain_pairs']}", flush=True)
         out.append(e)
         print(f"{name:>12} {obj:>10}: {wall:8.2f} s for {rows_run} rows (layer part {fixed:.2f} s), "
               f"{e['ns_per_weight']:10.0f} ns/weight, "
@@ -228,10 +250,21 @@ def write(entries, args, argv, load):
         ex = growth(entries, obj)
         if ex is not None:
             body += f"\n{obj}: ns/weight grows like cols^{ex:.2f} between the narrowest and widest shape of this run."
+    cmp = [e for e in entries if "split_s" in e]
+    if cmp:
+        body += ("\n\nThe split bound against the plain one: op `refine_mask_swap` alone (plus nothing: g0 given) "
+                 "with search 0 (the default, the split bound from 2048 columns) and 2 (the plain Cauchy-Schwarz "
+                 "bound only: the kernel before the split), the same rows, alternated, the fastest of two each; "
+                 "masks and swaps checked equal.\n\n| layer | rows | plain (s) | split (s) | plain / split | "
+                 "pairs plain / split |\n|---|---|---|---|---|---|\n")
+        for e in cmp:
+            body += (f"| {e['shape']} | {e['rows_run']} | {e['plain_s']:.2f} | {e['split_s']:.2f} | "
+                     f"{e['plain_s'] / e['split_s']:.2f} | {e['plain_pairs'] / max(1, e['split_pairs']):.2f} |\n")
     body += "\n\n" + project_table(entries, args.objectives, torch.get_num_threads())
     write_section(args.section, "Every objective at Llama-7B/70B widths, and a projected whole-model time (bench_wide.py)",
                   body)
-    write_csv(f"{args.section}.csv", entries)
+    keys = list(dict.fromkeys(k for e in entries for k in e))
+    write_csv(f"{args.section}.csv", [{k: e.get(k, "") for k in keys} for e in entries])
 
 
 def main(argv=None):
@@ -250,6 +283,8 @@ def main(argv=None):
     ap.add_argument("--outlier-scale", type=float, default=20.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compare-plain", action="store_true",
+                    help="also time swap's op with the split bound (search 0) against without it (search 2)")
     ap.add_argument("--section", default="wide", help="the RESULTS.md section this run refreshes")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
