@@ -8,9 +8,38 @@ from __future__ import annotations
 
 import torch
 
-from dsnot_kernels.reference import wanda_metric
+from dsnot_kernels.reference import sqrt_rn, wanda_metric
 
-__all__ = ["wanda_metric", "magnitude_metric", "sparsegpt_metric", "initial_metric"]
+__all__ = ["wanda_metric", "magnitude_metric", "sparsegpt_metric", "initial_metric", "authors_sqrt_scaler",
+           "SQRT_MODES"]
+
+SQRT_MODES = ("exact", "torch")
+
+
+def authors_sqrt_scaler(scaler_row: torch.Tensor) -> torch.Tensor:
+    """A (cols,) float32 ``s`` whose correctly rounded square root is, bit for bit, ATen's float32
+    ``torch.sqrt(scaler_row)`` on ``scaler_row``'s device (what the authors' code multiplies into
+    the wanda metric).
+
+    Every backend takes the wanda metric's square root correctly rounded (docs/KERNEL_CONTRACT.md);
+    ATen's float32 ``torch.sqrt`` is not on CPU (one ulp off on about a fifth of inputs with torch
+    2.13, AVX-512), and a one-ulp change of ``sqrt(scaler_row[j])`` can reorder a near-tie of the
+    wanda metric and so flip a mask row. Passing this ``s`` as ``scaler_row`` to ``refine_mask`` gives
+    the masks of ``|W| * torch.sqrt(scaler_row)``: ``s = t * t`` with ``t = torch.sqrt(scaler_row)``,
+    and in binary floating point the correctly rounded square root of ``fl(t * t)`` is ``t``
+    (checked here; ValueError where it does not hold). On CUDA ATen's square root is correctly
+    rounded and ``sqrt_rn(s) == sqrt_rn(scaler_row)``.
+    """
+    if not isinstance(scaler_row, torch.Tensor) or scaler_row.dim() != 1 or not scaler_row.is_floating_point():
+        raise TypeError("scaler_row must be a (cols,) floating tensor")
+    t = torch.sqrt(scaler_row.float())
+    s = t * t
+    if not torch.equal(sqrt_rn(s), t):
+        bad = (sqrt_rn(s) != t).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"authors_sqrt_scaler: torch.sqrt(scaler_row) cannot be reproduced through a correctly "
+                         f"rounded square root at columns {bad} (non-finite or out-of-range values); use the "
+                         "exact square root")
+    return s
 
 
 def magnitude_metric(weight: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ the text it was measured on. The dataset names wikitext2/c4/ptb are refused (the
 ``--output_results_file`` (default results.txt in the current folder); the path is printed.
 ``--save_model DIR`` refuses a non-empty DIR unless ``--overwrite``. Every argument that can be
 checked without the model is checked before it loads (exit status 2). Flags that only steered
-their GPU placement are accepted and ignored.
+their GPU placement are accepted and ignored. The wanda metric's square root is ATen's
+``torch.sqrt`` as in their code (``PruneConfig(sqrt="torch")``; ``--exact_sqrt`` for the correctly
+rounded one), so that on CPU the masks are theirs bit for bit.
 """
 from __future__ import annotations
 
@@ -80,6 +82,9 @@ def build_parser():
     p.add_argument("--backend", default=None)
     p.add_argument("--reconstruct", action="store_true", help="re-solve the kept weights after each final mask")
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--exact_sqrt", action="store_true",
+                   help="correctly rounded square root in the wanda metric (default here: torch.sqrt, as the "
+                        "authors' code; they differ on CPU only)")
     p.add_argument("--device", default=None)
     p.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
                    help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one), "
@@ -148,7 +153,8 @@ def check(args):
                 skip=args.skip_layer, skip_sublayers=skip_sub, max_cycle_time=args.max_cycle_time,
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
                 without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
-                backend=args.backend, reconstruct=args.reconstruct, batch_size=args.batch_size, bos=args.bos)
+                backend=args.backend, reconstruct=args.reconstruct, batch_size=args.batch_size, bos=args.bos,
+                sqrt="exact" if args.exact_sqrt else "torch")
         except ValueError as exc:
             raise ValueError(str(exc).replace("sparsity must", "--sparsity_ratio must")) from None
     cli_checks.check_text_file("--calib", args.calib)

@@ -38,8 +38,9 @@ def _sign(x) -> int:
 
 def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsity=0.5, prune_n=0,
                prune_m=0, max_cycle_time=50, update_threshold=0.1, p=1.0, same_sign=False,
-               objective="dsnot", g0=None, M=None, window=100):
-    """Refine one row. ``w, s, var, scaler, metric, mean``: lists of floats; ``pruned``: list of bools.
+               objective="dsnot", g0=None, M=None, window=100, sqrt_scaler=None):
+    """Refine one row. ``sqrt_scaler``: the square roots of ``scaler`` to use in the wanda metric
+    (default: correctly rounded, ``np.sqrt`` of the float32). ``w, s, var, scaler, metric, mean``: lists of floats; ``pruned``: list of bools.
     Objectives "cov" and "cov_window": ``M`` the (cols, cols) float64 numpy second moment and ``g0``
     this row's ``D M`` for the initial pruned set (from one torch matmul over all rows, as the
     reference); "cov_window" compares ``window`` candidates per list (``_window_cycles``); "swap"
@@ -50,7 +51,8 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
     cols = len(w)
     w = [F32(x) for x in w]
     dm = [F32(w[j] * F32(s[j])) for j in range(cols)]
-    wanda = [F32(abs(w[j]) * np.sqrt(F32(scaler[j]))) for j in range(cols)]
+    roots = [np.sqrt(F32(scaler[j])) for j in range(cols)] if sqrt_scaler is None else [F32(x) for x in sqrt_scaler]
+    wanda = [F32(abs(w[j]) * roots[j]) for j in range(cols)]
     metric = wanda if metric is None else [F32(x) for x in metric]
     by_metric = lambda j: (float(metric[j]), j)  # noqa: E731  (-0.0 == 0.0 in tuples: a tie)
 
@@ -238,7 +240,8 @@ def _swap_cycles(w, pruned, g, M, m, max_cycle_time):
 
 def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None, mean=None,
            sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
-           pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot", second_moment=None, window=100):
+           pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot", second_moment=None, window=100,
+           sqrt_scaler=None):
     """``refine_mask``'s keyword interface over ``oracle_row``; returns (mask, swaps) tensors."""
     W = weight.float().tolist()
     cols = weight.shape[1]
@@ -265,7 +268,8 @@ def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, init
                             sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,
                             max_cycle_time=max_cycle_time, update_threshold=update_threshold,
                             p=pow_of_var_regrowing, same_sign=same_sign, objective=objective,
-                            g0=None if g0 is None else g0[i], M=M, window=window)
+                            g0=None if g0 is None else g0[i], M=M, window=window,
+                            sqrt_scaler=None if sqrt_scaler is None else sqrt_scaler.tolist())
         masks.append(pr)
         swaps.append(sw)
     mask = torch.tensor(masks, dtype=torch.bool).reshape(len(W), cols)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from dsnot_kernels.metrics import SQRT_MODES
 from dsnot_kernels.ops import OBJECTIVES
 
 PATTERNS_HELP = '"unstructured" or "N:M" (e.g. "2:4", "4:8")'
@@ -63,6 +64,10 @@ class PruneConfig:
         method and objective). The mask does not change; residual and iterations go in the report.
     window: candidates per list that objective "cov_window" compares each cycle (int >= 1).
     backend: refine_mask backend (None = best for the device).
+    sqrt: the square root of ``scaler_row`` in the wanda metric (initial mask and prune candidates):
+        "exact" (correctly rounded, every backend's contract) or "torch" (ATen's float32
+        ``torch.sqrt`` on the statistics' device, as the authors' code takes it: on CPU it is one ulp
+        off on about a fifth of inputs, which flips near-ties; on CUDA the two agree).
     batch_size: calibration samples per forward pass (statistics do not depend on it).
     device: where each block is computed (None = where the model is). Only the current block and
         the calibration activations live there; the rest of the model stays where it was.
@@ -105,6 +110,7 @@ class PruneConfig:
     window: int = 100
     reconstruct: bool = False
     backend: "str | None" = None
+    sqrt: str = "exact"
     batch_size: int = 8
     device: "str | None" = None
     record_error: bool = False
@@ -127,6 +133,8 @@ class PruneConfig:
             raise ValueError(f"initial must be one of {INITIAL_METHODS}, got {self.initial!r}")
         if self.objective not in OBJECTIVE_CHOICES:
             raise ValueError(f"objective must be one of {OBJECTIVE_CHOICES}, got {self.objective!r}")
+        if self.sqrt not in SQRT_MODES:
+            raise ValueError(f"sqrt must be one of {SQRT_MODES}, got {self.sqrt!r}")
         if not isinstance(self.reconstruct, bool):
             raise TypeError(f"reconstruct must be a bool, got {type(self.reconstruct).__name__}")
         if self.backend is not None:

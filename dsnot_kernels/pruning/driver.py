@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dsnot_kernels.bos import calibration_bos
-from dsnot_kernels.metrics import initial_metric
+from dsnot_kernels.metrics import authors_sqrt_scaler, initial_metric
 from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
 from dsnot_kernels.pruning.adapters import find_blocks, is_refined, sublayer_kind, weight_view
 from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, move_outside,
@@ -129,6 +129,8 @@ def _sublayer_mask(name, module, stats, config, want_error):
     W = weight_view(module)
     refined = is_refined(name, config)
     sgpt = config.initial == "sparsegpt"
+    # sqrt="torch": the scaler whose exact square root is ATen's torch.sqrt(scaler_row) (metrics.py)
+    scaler = stats.scaler_row if config.sqrt == "exact" else authors_sqrt_scaler(stats.scaler_row)
     metric = None if config.initial in ("wanda", "sparsegpt") else initial_metric(config.initial, W, stats)
     common = dict(initial_metric=metric, sparsity=config.sparsity, prune_n=config.prune_n,
                   prune_m=config.prune_m, update_threshold=config.update_threshold,
@@ -141,7 +143,7 @@ def _sublayer_mask(name, module, stats, config, want_error):
         common["initial_mask"] = initial_mask
     if refined:
         mse, cov = config.objective == "mse", config.objective in SECOND_MOMENT_OBJECTIVES
-        mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
+        mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, scaler,
                                   max_cycle_time=config.max_cycle_time, objective=config.objective,
                                   mean=stats.mean if mse else None,
                                   second_moment=stats.hessian if cov else None, window=config.window,
@@ -149,7 +151,7 @@ def _sublayer_mask(name, module, stats, config, want_error):
     elif sgpt:
         mask, swaps = initial_mask, torch.zeros(W.shape[0], dtype=torch.int32, device=W.device)
     else:
-        mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
+        mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, scaler,
                                   max_cycle_time=0, **common)
     mask_time = time.perf_counter() - t0
     entry = {"name": name, "kind": sublayer_kind(name), "shape": list(W.shape), "refined": refined,
@@ -169,7 +171,7 @@ def _sublayer_mask(name, module, stats, config, want_error):
             if sgpt:
                 initial = common["initial_mask"]
             else:
-                initial, _ = refine_mask(W, stats.sum_metric_row, stats.var, stats.scaler_row,
+                initial, _ = refine_mask(W, stats.sum_metric_row, stats.var, scaler,
                                          max_cycle_time=0, **common)
             before = output_error(W, initial, stats, moment)
         else:
