@@ -111,3 +111,81 @@ def test_llmcompressor_calibrates_without_the_causal_mask(folders, family):
         assert diff[-1] < 1e-5 and (diff[:-1] > 1e-3).all(), diff
     else:
         assert (diff < 1e-5).all(), diff
+
+
+# --- mixture-of-experts (tests/moe_models.py): llm-compressor 0.14 linearizes the fused 3-D experts into
+# per-expert nn.Linear layers; DSnoTModifier prunes every expert as prune_model prunes the fused model.
+MOE_FAMILIES = ("mixtral", "qwen3_moe")
+MOE_CASES = [pytest.param(f, r, all_experts, marks=[] if r in FAST and not all_experts else [pytest.mark.slow])
+             for f in MOE_FAMILIES for r in RUNS for all_experts in (False, True)]
+
+
+@pytest.fixture(scope="module")
+def moe_folders(tmp_path_factory):
+    from moe_models import tiny_moe
+    tok, out = word_tokenizer(), {}
+    for family in MOE_FAMILIES:
+        folder = tmp_path_factory.mktemp(family)
+        tiny_moe(family).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        out[family] = str(folder)
+    return out
+
+
+def _moe_oneshot(folder, ids, modifier, all_experts):
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modeling.moe.linearize import repack_moe
+    from transformers import AutoTokenizer
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+    model = _load(folder)
+    oneshot(model=model, processor=AutoTokenizer.from_pretrained(folder), dataset=data, recipe=[modifier],
+            num_calibration_samples=ids.shape[0], max_seq_length=ids.shape[1], shuffle_calibration_samples=False,
+            moe_calibrate_all_experts=all_experts)
+    return repack_moe(model)  # back to the model's fused 3-D experts, to compare with prune_model's
+
+
+def _expert_slices(model):
+    """{(block, name): (rows, cols)} of every expert projection of the fused model."""
+    from dsnot_kernels.pruning.experts import find_expert_sets
+    return {(i, n): es.weight(n) for i, layer in enumerate(model.model.layers) for es in find_expert_sets(layer)
+            for n in es.projections}
+
+
+def _prune_model_without_causal_mask(model, ids, config, monkeypatch):
+    """prune_model with the attention llm-compressor 0.14.0.1 calibrates these families with (eager, no
+    causal mask: test_llmcompressor_calibrates_without_the_causal_mask): the family's mask helpers give None."""
+    import sys
+    module = sys.modules[type(model).__module__]
+    with monkeypatch.context() as m:
+        for helper in ("create_causal_mask", "create_sliding_window_causal_mask"):
+            m.setattr(module, helper, lambda *a, **k: None)
+        return dk.prune_model(model, ids, config)
+
+
+@pytest.mark.parametrize("family,run,all_experts", MOE_CASES)
+def test_moe_through_oneshot_equals_prune_model(moe_folders, family, run, all_experts, monkeypatch):
+    """Every weight (attention, every expert's gate_up_proj and down_proj; routers untouched) equals
+    prune_model's on the same samples and the same attention: oneshot(moe_calibrate_all_experts=False)
+    <-> expert_tokens="routed", True (llm-compressor's default) <-> "all"."""
+    from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
+    config_kw, modifier_kw = RUNS[run]
+    mode = "all" if all_experts else "routed"
+    ids = calibration(nsamples=4, seqlen=24)
+    modifier = DSnoTModifier(expert_tokens=mode, **modifier_kw)
+    ours = _moe_oneshot(moe_folders[family], ids, modifier, all_experts)
+    theirs = _load(moe_folders[family], "eager")
+    config = dk.PruneConfig(batch_size=1, progress=False, expert_tokens=mode, **config_kw)
+    report = _prune_model_without_causal_mask(theirs, ids, config, monkeypatch)
+    got, want = ours.state_dict(), theirs.state_dict()
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    experts = _expert_slices(ours)
+    assert len(experts) == 2 * 2 * 4                       # 2 blocks x 4 experts x 2 projections
+    for W in experts.values():
+        check_zeros(W, config)
+    summaries = modifier.experts_report
+    assert [s["tokens"] for s in summaries] == [b["experts"][0]["tokens"] for b in report["blocks"]]
+    assert all(s["expert_tokens"] == mode for s in summaries)
+    assert {e["name"] for e in modifier.report if "expert" in e} == {f"model.layers.{i}.{n}" for i, n in experts}

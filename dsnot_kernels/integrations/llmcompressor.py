@@ -142,8 +142,16 @@ class DSnoTModifier(SparsityModifierBase):
     pow_of_var_regrowing: float = 1.0
     backend: Optional[str] = None
     reconstruct: bool = False
+    expert_tokens: Optional[str] = None
+    expert_min_tokens: int = 1
+    expert_fallback: str = "magnitude"
+    expert_report_tokens: int = 128
 
     _stats: dict = PrivateAttr(default_factory=dict)          # module -> CalibrationStats
+    _layers: dict = PrivateAttr(default_factory=dict)         # sequential target name -> module
+    _collectors: list = PrivateAttr(default_factory=list)     # (layer name, HookedCollector) per experts module
+    _expert_linears: set = PrivateAttr(default_factory=set)   # ids of the Linear layers the collectors calibrate
+    _experts_report: list = PrivateAttr(default_factory=list)
     _layer_names: list = PrivateAttr(default_factory=list)    # names of the sequential targets
     _report: list = PrivateAttr(default_factory=list)
 
@@ -154,6 +162,22 @@ class DSnoTModifier(SparsityModifierBase):
         message = _prune_config_error(**{info.field_name: value})
         if message:
             raise ValueError(message)
+        return value
+
+    @field_validator("expert_fallback", "expert_min_tokens", "expert_report_tokens")
+    @classmethod
+    def _check_expert_option(cls, value, info):
+        message = _prune_config_error(**{info.field_name: value})
+        if message:
+            raise ValueError(message)
+        return value
+
+    @field_validator("expert_tokens")
+    @classmethod
+    def _check_expert_tokens(cls, value):
+        message = None if value is None else _prune_config_error(expert_tokens=value)
+        if message:
+            raise ValueError(message + " (or None: follow oneshot's moe_calibrate_all_experts)")
         return value
 
     @field_validator("window")
@@ -225,7 +249,8 @@ class DSnoTModifier(SparsityModifierBase):
                            max_cycle_time=self.max_cycle_time, update_threshold=self.update_threshold,
                            pow_of_var_regrowing=self.pow_of_var_regrowing, objective=self.objective,
                            window=self.window, backend=self.backend, reconstruct=self.reconstruct,
-                           progress=False)
+                           expert_min_tokens=self.expert_min_tokens, expert_fallback=self.expert_fallback,
+                           expert_report_tokens=self.expert_report_tokens, progress=False)
 
     def _relative_name(self, name: str) -> str:
         """``name`` relative to the sequential target (decoder layer) that holds it."""
@@ -247,8 +272,9 @@ class DSnoTModifier(SparsityModifierBase):
     # -- lifecycle -------------------------------------------------------------------------------
     def on_initialize(self, state, **kwargs) -> bool:
         done = super().on_initialize(state, **kwargs)
-        self._layer_names = [name for name, _ in match_named_modules(state.model, self._sequential_targets)]
-        self._report = []
+        self._layers = dict(match_named_modules(state.model, self._sequential_targets))
+        self._layer_names = list(self._layers)
+        self._report, self._experts_report = [], []
         return done
 
     def on_calibration_start(self, state, event, **kwargs):
@@ -259,12 +285,48 @@ class DSnoTModifier(SparsityModifierBase):
                 raise ValueError(f"DSnoTModifier prunes linear layers (nn.Linear, transformers Conv1D); "
                                  f"{name.rstrip('.')} is a {type(module).__name__}: add it to `ignore` "
                                  "or narrow `targets`")
+        try:
+            self._attach_experts()
+        except Exception:
+            self.remove_hooks()
+            raise
+
+    def _expert_mode(self) -> str:
+        """"all" while oneshot calibrates every expert on every token (its moe_calibrate_all_experts,
+        default True), else "routed"; must agree with ``expert_tokens`` where that is given."""
+        from llmcompressor.modeling.moe.context import get_calibrate_all_experts_flag
+        mode = "all" if get_calibrate_all_experts_flag() else "routed"
+        if self.expert_tokens not in (None, mode):
+            raise ValueError(f"DSnoTModifier(expert_tokens={self.expert_tokens!r}) needs oneshot(..., "
+                             f"moe_calibrate_all_experts={self.expert_tokens == 'all'}); llm-compressor decides "
+                             f"which tokens reach each expert, and this run sends them {mode!r}")
+        return mode
+
+    def _attach_experts(self) -> None:
+        """Check every decoder layer (no weight left dense unknowingly), then attach the expert collectors
+        (llmcompressor_experts.py) of the experts whose Linear layers are targets."""
+        from dsnot_kernels.integrations.llmcompressor_experts import HookedCollector, check_layer
+        targets = {id(m) for m in self._module_names}
+        self._collectors, self._expert_linears = [], set()
+        for layer_name, layer in self._layers.items():
+            for es in check_layer(layer, layer_name):
+                ids = {id(es.module[e].get_submodule(k)) for e, k in es.projections.values()}
+                if not ids & targets:
+                    continue
+                self._expert_mode()
+                collector = HookedCollector(self, es, lambda cols, m, es=es: CalibrationStats(
+                    cols, device=get_execution_device(es.module), hessian=m), lambda name: self._needs_second_moment())
+                collector.attach()
+                self._collectors.append((layer_name, collector))
+                self._expert_linears |= ids
 
     def calibrate_module(self, module: nn.Module, args: tuple, _output) -> None:
         """Forward hook: add the module's input, (B, T, C) = B samples, to its CalibrationStats."""
         if not args or not isinstance(args[0], torch.Tensor):
             raise ValueError(f"{self._module_names.get(module, module).rstrip('.')}: DSnoTModifier expects "
                              "the layer's input as its first positional argument")
+        if id(module) in self._expert_linears:  # an expert's Linear: its collector has the rows
+            return
         x = args[0]
         stats = self._stats.get(module)
         if stats is None:
@@ -304,12 +366,35 @@ class DSnoTModifier(SparsityModifierBase):
                                "(their losses did not rise)")
             self._report.append(entry)
             del self._stats[module]
+        self._compress_experts()
+
+    def _compress_experts(self) -> None:
+        """Every expert of the layers calibrated since the last call, as ``prune_model`` prunes them."""
+        from dsnot_kernels.integrations.llmcompressor_experts import prune_experts
+        names = {m: n.rstrip(".") for m, n in self._module_names.items()}
+        for layer_name, collector in self._collectors:
+            if not collector.active:
+                continue
+            logger.info(f"DSnoT: pruning the {collector.es.num_experts} experts of {layer_name}.{collector.es.path}")
+            entries, summary = prune_experts(
+                collector, layer_name, names,
+                lambda m, name: self._config(self._module_sparsity(m, name)), self._config(0.5), self._expert_mode())
+            self._report.extend(entries)
+            self._experts_report.append(summary)
+            collector.reset()
+
+    @property
+    def experts_report(self) -> list:
+        """One dict per experts module pruned: path, num_experts, expert_tokens ("routed" / "all"),
+        tokens (per expert), fallback (the experts under expert_min_tokens), few_tokens (how many had
+        fewer than expert_report_tokens)."""
+        return list(self._experts_report)
 
     def on_finalize(self, state, **kwargs) -> bool:
         if not self.ended_:
             self.on_end(state, None)  # removes the hooks
-        left = len(self._stats)
-        self._stats = {}
+        left = len(self._stats) + sum(1 for _, c in self._collectors if c.active)
+        self._stats, self._collectors, self._expert_linears = {}, [], set()
         self._module_names = {}
         self._module_sparsities = {}
         if left:

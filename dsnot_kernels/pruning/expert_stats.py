@@ -89,6 +89,11 @@ class _Collector:
     def end_call(self) -> None:
         self.calls += 1
 
+    def hook(self, module, fn, kind: str, **kwargs) -> None:
+        """Register ``fn`` as ``module``'s ``kind`` ("forward_pre" / "forward") hook, kept for
+        ``detach``; overridden where hooks must go through another registry (llm-compressor's)."""
+        self._handles.append(getattr(module, f"register_{kind}_hook")(fn, **kwargs))
+
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
@@ -108,8 +113,8 @@ class FusedCollector(_Collector):
         for e in self.experts:
             for name in self.es.names_of(e):
                 self.stats[name] = self.make(self.es.weight(name).shape[1], self.needs_m(name))
-        self._handles = [m.register_forward_pre_hook(self._pre, with_kwargs=True),
-                         m.register_forward_hook(self._post, with_kwargs=True)]
+        self.hook(m, self._pre, "forward_pre", with_kwargs=True)
+        self.hook(m, self._post, "forward", with_kwargs=True)
 
     def _call_args(self, args, kwargs):
         bound = dict(zip(self._params, args))
@@ -196,13 +201,13 @@ class ModulesCollector(_Collector):
                 for name in self.es.names_of(e):
                     self.owner[name] = name
                     self.stats[name] = self.make(self.es.weight(name).shape[1], self.needs_m(name))
-        self._handles = [self.es.parent.register_forward_pre_hook(self._block_pre)]
-        for e, expert in enumerate(self.es.module):
-            self._handles.append(expert.register_forward_pre_hook(self._expert_pre(e)))
+        self.hook(self.es.parent, self._block_pre, "forward_pre")
+        for e in range(self.es.num_experts):
+            expert = self.es.module[e]
+            self.hook(expert, self._expert_pre(e), "forward_pre")
             if e in self.experts:
                 for name in self.es.names_of(e):
-                    lin = expert.get_submodule(self.es.projections[name][1])
-                    self._handles.append(lin.register_forward_hook(self._linear(e, name)))
+                    self.hook(expert.get_submodule(self.es.projections[name][1]), self._linear(e, name), "forward")
 
     def _block_pre(self, module, args):
         x = args[0]

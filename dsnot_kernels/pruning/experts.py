@@ -9,8 +9,9 @@ Every expert is pruned as a standalone linear layer per projection (``docs/MOE.m
   ``has_gate``, ``has_bias``) and must be one of ``FUSED_LAYOUTS``; any other module holding a
   parameter of 3 or more dimensions is refused (``UnsupportedModelError``).
 * **modules**: an ``nn.ModuleList`` named ``experts`` whose entries hold ``nn.Linear`` layers
-  (``experts.0.w1``, ...; older transformers and remote code); the model calls expert e only on
-  the tokens routed to it.
+  (``experts.0.w1``, ...; older transformers, remote code, and llm-compressor's linearized
+  ``LinearExperts2D``, whose first ``num_experts`` entries are the experts); the model calls expert
+  e only on the tokens routed to it.
 
 A router is a direct child named in ``ROUTER_NAMES`` of a module that holds an experts module;
 routers are never pruned.
@@ -117,7 +118,21 @@ def fused_layout(module: nn.Module, name: str) -> FusedLayout:
     return layout
 
 
+def _is_expert_list(module: nn.Module, name: str) -> bool:
+    return isinstance(module, nn.ModuleList) and name.split(".")[-1] == "experts" and any(
+        is_prunable(m) for m in module.modules())
+
+
+def _list_experts(module: nn.ModuleList) -> int:
+    """Experts of an ``nn.ModuleList``: its first ``num_experts`` entries where it says (llm-compressor's
+    linearized ``LinearExperts2D`` also holds its ``act_fn`` as an entry), else all of them."""
+    n = getattr(module, "num_experts", None)
+    return n if isinstance(n, int) and 0 < n <= len(module) else len(module)
+
+
 def _is_fused_experts(module: nn.Module) -> bool:
+    if isinstance(module, nn.ModuleList):  # a list of expert modules (which may carry the flags too)
+        return False
     if all(hasattr(module, f) for f in ("is_transposed", "has_gate", "has_bias")):
         return True
     return any(p.dim() >= 3 for p in module.parameters(recurse=False))
@@ -137,11 +152,10 @@ def find_expert_sets(block: nn.Module, where: str = "") -> list:
             for e in range(E):
                 es.projections[f"{name}.{e}.{layout.first}"] = (e, layout.first)
                 es.projections[f"{name}.{e}.down_proj"] = (e, "down_proj")
-        elif isinstance(module, nn.ModuleList) and name.split(".")[-1] == "experts" and any(
-                is_prunable(m) for m in module.modules()):
-            es = ExpertSet(name, "modules", module, parent, len(module))
-            for e, expert in enumerate(module):
-                for lname, lin in expert.named_modules():
+        elif _is_expert_list(module, name):
+            es = ExpertSet(name, "modules", module, parent, _list_experts(module))
+            for e in range(es.num_experts):
+                for lname, lin in module[e].named_modules():
                     if is_prunable(lin):
                         es.projections[f"{name}.{e}.{lname}"] = (e, lname)
         else:
