@@ -58,7 +58,8 @@ $(LLMC_STAMP): requirements-llmcompressor.txt
 llmcompressor-venv: $(LLMC_STAMP)
 
 test-llmcompressor: $(STAMP) $(LLMC_STAMP)
-	PYTHONPATH=$(CURDIR) $(LLMC_BIN)/python -m pytest -q -m "not slow" tests/test_integrations_llmcompressor.py
+	PYTHONPATH=$(CURDIR) $(LLMC_BIN)/python -m pytest -q -m "not slow" tests/test_integrations_llmcompressor.py \
+		tests/test_integrations_llmcompressor_families.py
 
 # Build the whole extension (CPU + CUDA) against torch 2.14.1+cu130 in a separate venv, no GPU needed.
 cuda-build-check:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dsnot_kernels import cli_checks
+from dsnot_kernels.cli_experts import add_expert_flags, describe_experts, expert_options
 from dsnot_kernels.bos import BOS_CHOICES
 from dsnot_kernels.ops import DEFAULT_WINDOW, OBJECTIVES
 from dsnot_kernels.pruning.config import SWAP_MAX_COLS, preset_settings
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="REPORT.json", help="write the table and reports as JSON")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no messages (the table only)")
+    add_expert_flags(p)  # --expert-tokens, --expert-min-tokens, ... (cli_experts.py)
     return p
 
 
@@ -228,6 +230,7 @@ def check_args(args) -> list:
     runs = [] if args.no_baseline else [(False, skip, objective)]
     runs += [] if args.no_refine else [(True, skip, objective)]
     runs += [(True, args.also_skip, also) for also in args.also_objective]
+    experts = expert_options(args)
     configs = []
     for refine, skip, objective in runs:
         try:
@@ -239,7 +242,7 @@ def check_args(args) -> list:
                 sqrt="torch" if args.authors_sqrt else "exact",
                 backend=args.backend, batch_size=args.batch_size, device=args.device,
                 record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
-                progress=not args.quiet))
+                progress=not args.quiet, **experts))
         except ValueError as exc:
             msg = str(exc)
             for field in ("pattern", "sparsity", "skip", "initial", "objective", "window", "batch_size", "backend"):
@@ -355,7 +358,12 @@ def run(args, configs=None) -> dict:
             dense = None
         label = _label(args.initial, refine, config.objective, config.skip) + (" + reconstruct" if config.reconstruct else "")
         say(f"pruning: {label}")
-        report = dk.prune_model(model, calib, config)
+        try:
+            report = dk.prune_model(model, calib, config)
+        except ValueError as exc:  # refused before any work, e.g. --expert-tokens all on nn.ModuleList experts
+            raise ArgumentError(str(exc).replace('expert_tokens="all"', "--expert-tokens all")) from None
+        for line in describe_experts(report):
+            say(line)
         value, dt = ppl(label)
         say(f"{label}: perplexity {value:.3f}")
         result["rows"].append({"method": label, "ppl": value, "prune_time_s": report["total_time_s"],

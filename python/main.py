@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from dsnot_kernels import cli_checks
+from dsnot_kernels.cli_experts import add_expert_flags, describe_experts, expert_options
 from dsnot_kernels.ops import OBJECTIVES
 
 DATASET_NAMES = ("wikitext2", "c4", "ptb")
@@ -89,6 +90,7 @@ def build_parser():
     p.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
                    help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one), "
                         "always, never (plain slices of the token stream, as the authors' script)")
+    add_expert_flags(p, sep="_")  # --expert_tokens, --expert_min_tokens, ... (dsnot_kernels/cli_experts.py)
     return p
 
 
@@ -139,6 +141,7 @@ def check(args):
     cli_checks.check_finite("--pow_of_var_regrowing", args.pow_of_var_regrowing)
     device = cli_checks.check_device(args.device)
     cli_checks.check_backend(args.backend, device, args.objective)
+    experts = expert_options(args, sep="_")
     config = None
     if args.sparsity_ratio != 0 and args.prune_method != "dense":
         # the authors' flags: --initial_method sparsegpt = SparseGPT's saliency for DSnoT's initial mask
@@ -154,7 +157,7 @@ def check(args):
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
                 without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
                 backend=args.backend, reconstruct=args.reconstruct, batch_size=args.batch_size, bos=args.bos,
-                sqrt="exact" if args.exact_sqrt else "torch")
+                sqrt="exact" if args.exact_sqrt else "torch", **experts)
         except ValueError as exc:
             raise ValueError(str(exc).replace("sparsity must", "--sparsity_ratio must")) from None
     cli_checks.check_text_file("--calib", args.calib)
@@ -207,6 +210,8 @@ def main(argv=None):
         t0 = time.perf_counter()
         report = dk.prune_model(model, calib, config)
         prune_time = time.perf_counter() - t0
+        for line in describe_experts(report):
+            print(line)
         if args.get_time_overhead:
             print(f"time overhead: mask computation {report['mask_time_s']:.2f} s, total {prune_time:.1f} s")
     print("*" * 30)
@@ -229,15 +234,19 @@ def main(argv=None):
 
 
 def _check_sparsity(model):
-    from dsnot_kernels.pruning import find_blocks, find_sublayers
+    """Zeros over every weight the driver prunes (linear sub-layers and every expert projection;
+    routers excluded: dsnot_kernels.pruning.coverage.plan_block), per block and in all."""
+    from dsnot_kernels.pruning import find_blocks
+    from dsnot_kernels.pruning.coverage import plan_block
 
     _, blocks = find_blocks(model)
     zeros = total = 0
     for i, block in enumerate(blocks):
-        bz = bt = 0
-        for m in find_sublayers(block).values():
-            bz += int((m.weight.data == 0).sum())
-            bt += m.weight.numel()
+        plan = plan_block(block, f"block {i}")
+        weights = [m.weight.data for m in plan.dense.values()]
+        weights += [es.weight(n) for es in plan.experts for n in es.projections]
+        bz = sum(int((w == 0).sum()) for w in weights)
+        bt = sum(w.numel() for w in weights)
         print(f"layer {i} sparsity {bz / bt:.6f}")
         zeros, total = zeros + bz, total + bt
     return zeros / total

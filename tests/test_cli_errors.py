@@ -62,6 +62,12 @@ CLI_CASES = [
     (["--save", "{afile}"], "not a folder"),
     (["--overwrite"], "--overwrite needs --save"),
     (["--json", "/missing/dir/r.json"], "does not exist"),
+    (["--expert-tokens", "some"], "argument --expert-tokens: invalid choice: 'some'"),
+    (["--expert-fallback", "wanda"], "argument --expert-fallback: invalid choice: 'wanda'"),
+    (["--expert-min-tokens", "0"], "--expert-min-tokens must be >= 1, got 0"),
+    (["--expert-report-tokens", "-1"], "--expert-report-tokens must be >= 0, got -1"),
+    (["--expert-group-size", "0"], "--expert-group-size must be >= 1, got 0"),
+    (["--expert-group-size", "two"], "argument --expert-group-size: invalid int value"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append((["--device", "cuda"], "--device cuda: this torch has no usable CUDA"))
@@ -113,6 +119,9 @@ MAIN_CASES = [
     (["--backend", "nope"], "--backend nope: unknown"),
     (["--calib", "/missing"], "--calib /missing: no such file"),
     (["--save_model", "{victim}"], "is not empty"),
+    (["--expert_tokens", "some"], "argument --expert_tokens: invalid choice: 'some'"),
+    (["--expert_min_tokens", "0"], "--expert_min_tokens must be >= 1, got 0"),
+    (["--expert_group_size", "0"], "--expert_group_size must be >= 1, got 0"),
 ]
 
 
