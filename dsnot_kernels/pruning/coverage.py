@@ -54,25 +54,23 @@ def plan_block(block: nn.Module, where: str = "block") -> BlockPlan:
     routers = router_names(block, sets)
     dense = {n: m for n, m in find_sublayers(block).items()
              if not _under(n, routers) and not _under(n, [es.path for es in sets])}
-    covered = {id(m.weight) for m in dense.values()}
+    # by name, not id(): offloaded parameters (compressed_tensors) are new objects at every access
+    covered = {f"{n}.weight" for n in dense}
     skipped = {}
     for es in sets:
         if es.kind == "fused":
-            covered.update(id(getattr(es.module, k)) for k in (es.layout.first, "down_proj"))
+            covered.update(f"{es.path}.{k}" for k in (es.layout.first, "down_proj"))
             for b in es.layout.biases:
                 skipped[f"{es.path}.{b}"] = "expert_bias"
-                covered.add(id(getattr(es.module, b)))
+                covered.add(f"{es.path}.{b}")
         else:
-            covered.update(id(es.module[e].get_submodule(k).weight) for e, k in es.projections.values())
-    owners = {}
-    for mname, module in block.named_modules():
-        for pname, p in module.named_parameters(recurse=False):
-            owners.setdefault(id(p), (mname, module))
+            covered.update(f"{es.path}.{e}.{k}.weight" for e, k in es.projections.values())
     bad = []
     for pname, p in block.named_parameters():
-        if p.dim() < 2 or id(p) in covered:
+        if p.dim() < 2 or pname in covered:
             continue
-        mname, module = owners[id(p)]
+        mname = pname.rpartition(".")[0]
+        module = block.get_submodule(mname) if mname else block
         if _under(mname, routers):
             skipped[pname] = "router"
         elif isinstance(module, nn.Embedding):
