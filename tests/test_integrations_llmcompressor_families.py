@@ -8,7 +8,13 @@ Mistral and Phi-3: llm-compressor 0.14.0.1 (with its transformers 5.17) calibrat
 the causal mask (its traced pipeline hands the decoder layers no mask, so every position attends to
 the whole sample; ``test_llmcompressor_calibrates_without_the_causal_mask`` shows it on block 0's
 ``o_proj`` input). Its statistics, and so the masks, are then not those of the model's forward:
-those cases are strict xfails, which turn into failures once llm-compressor is fixed."""
+those cases are strict xfails, which turn into failures once llm-compressor is fixed.
+
+Mixture-of-experts (Mixtral, Qwen3-MoE from tests/moe_models.py): llm-compressor linearizes the fused 3-D
+experts; DSnoTModifier's weights, repacked, equal prune_model's on the fused model, for the routed tokens
+(moe_calibrate_all_experts=False) and for every token to every expert (True). llm-compressor calibrates
+these two families without the causal mask too, so the reference runs prune_model with the attention
+llm-compressor calibrates with (eager, no mask); against the model's own mask they are strict xfails."""
 import importlib.util
 
 import pytest

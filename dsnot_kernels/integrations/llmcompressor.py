@@ -123,6 +123,18 @@ class DSnoTModifier(SparsityModifierBase):
             (``dsnot_kernels.reconstruct``, as ``PruneConfig.reconstruct``; gathers the (C, C)
             second moment). The mask is the same either way.
 
+    Mixture-of-experts models (``llmcompressor_experts.py``, docs/INTEGRATIONS.md): llm-compressor
+    linearizes the fused 3-D experts into per-expert ``nn.Linear`` layers; each expert is pruned as
+    ``prune_model`` prunes it (its routed tokens, one sample per sequence, ``gate_proj`` and
+    ``up_proj`` as the model's one ``gate_up_proj``). A 3-D weight left in a decoder layer, or any
+    weight ``prune_model`` would refuse, is an error naming it before calibration.
+        expert_tokens: None (default: follow oneshot's ``moe_calibrate_all_experts``, llm-compressor's
+            default True = every token to every expert, i.e. "all"), or "routed" / "all", which must
+            agree with that flag (ValueError otherwise).
+        expert_min_tokens, expert_fallback, expert_report_tokens: as ``PruneConfig``'s (1,
+            "magnitude", 128). ``modifier.experts_report``: per experts module, the tokens of each
+            expert, the experts that fell back, how many had fewer than ``expert_report_tokens``.
+
     After ``oneshot``, ``modifier.report`` lists one entry per pruned module (name, shape,
     refined, sparsity, swaps, mask time, calibration samples; with ``reconstruct``, the solver's
     ``reconstruct`` info: iterations, residual, ``converged``). A module whose reconstruction did
