@@ -6,6 +6,7 @@ authors' underscore style) ``--expert_tokens``, ``--expert_min_tokens``, ... Def
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from dsnot_kernels import cli_checks
@@ -38,10 +39,12 @@ def flag(field: str, sep: str = "-") -> str:
 def add_expert_flags(parser, sep: str = "-") -> None:
     """Add the options to ``parser``; ``sep``: "-" (dsnot-prune) or "_" (main.py)."""
     group = parser.add_argument_group("mixture-of-experts models (docs/MOE.md)")
+    shown = isinstance(parser.formatter_class, type) and issubclass(parser.formatter_class,
+                                                                    argparse.ArgumentDefaultsHelpFormatter)
     for field, kw, _ in EXPERT_OPTIONS:
-        default = _DEFAULTS[field]
-        group.add_argument(flag(field, sep), dest=field, default=default,
-                           **dict(kw, help=f"{kw['help']} (default: {default})"))
+        text = kw["help"].replace("--expert-fallback", flag("expert_fallback", sep))
+        group.add_argument(flag(field, sep), dest=field, default=_DEFAULTS[field],
+                           **dict(kw, help=text if shown else f"{text} (default: %(default)s)"))
 
 
 def expert_options(args, sep: str = "-") -> dict:

@@ -162,7 +162,7 @@ class DSnoTModifier(SparsityModifierBase):
     _stats: dict = PrivateAttr(default_factory=dict)          # module -> CalibrationStats
     _layers: dict = PrivateAttr(default_factory=dict)         # sequential target name -> module
     _collectors: list = PrivateAttr(default_factory=list)     # (layer name, HookedCollector) per experts module
-    _expert_linears: set = PrivateAttr(default_factory=set)   # ids of the Linear layers the collectors calibrate
+    _expert_linears: set = PrivateAttr(default_factory=set)   # ids: Linear layers of experts (collectors) and routers
     _experts_report: list = PrivateAttr(default_factory=list)
     _layer_names: list = PrivateAttr(default_factory=list)    # names of the sequential targets
     _report: list = PrivateAttr(default_factory=list)
@@ -321,7 +321,11 @@ class DSnoTModifier(SparsityModifierBase):
         targets = {id(m) for m in self._module_names}
         self._collectors, self._expert_linears = [], set()
         for layer_name, layer in self._layers.items():
-            for es in check_layer(layer, layer_name):
+            sets, routers = check_layer(layer, layer_name)
+            for router in routers:  # never pruned (prune_model's rule): no statistics, so no mask
+                for module in router.modules():
+                    self._expert_linears.add(id(module))
+            for es in sets:
                 ids = {id(es.module[e].get_submodule(k)) for e, k in es.projections.values()}
                 if not ids & targets:
                     continue
@@ -337,7 +341,7 @@ class DSnoTModifier(SparsityModifierBase):
         if not args or not isinstance(args[0], torch.Tensor):
             raise ValueError(f"{self._module_names.get(module, module).rstrip('.')}: DSnoTModifier expects "
                              "the layer's input as its first positional argument")
-        if id(module) in self._expert_linears:  # an expert's Linear: its collector has the rows
+        if id(module) in self._expert_linears:  # an expert's Linear (its collector has the rows) or a router
             return
         x = args[0]
         stats = self._stats.get(module)

@@ -39,11 +39,13 @@ from dsnot_kernels.pruning.adapters import UnsupportedModelError, sublayer_kind
 from dsnot_kernels.pruning.coverage import plan_block
 from dsnot_kernels.pruning.expert_pass import _fallback_mask
 from dsnot_kernels.pruning.expert_stats import ModulesCollector
+from dsnot_kernels.pruning.experts import router_names
 
 
-def check_layer(layer: torch.nn.Module, layer_name: str) -> list:
-    """The expert sets (kind "modules") of one decoder layer; ValueError naming every weight of it that
-    the modifier would leave dense without knowing it."""
+def check_layer(layer: torch.nn.Module, layer_name: str) -> tuple:
+    """(expert sets of kind "modules", router modules) of one decoder layer; ValueError naming every
+    weight of it that the modifier would leave dense without knowing it. Routers (``gate``, ``router``,
+    ``shared_expert_gate`` beside an experts module) are never pruned, as in ``prune_model``."""
     left = [f"{layer_name}.{n} {tuple(p.shape)}" for n, p in layer.named_parameters() if p.dim() >= 3]
     if left:
         raise ValueError(
@@ -55,7 +57,8 @@ def check_layer(layer: torch.nn.Module, layer_name: str) -> list:
         plan = plan_block(layer, layer_name)
     except UnsupportedModelError as exc:
         raise ValueError(f"DSnoTModifier: {exc}") from None
-    return [es for es in plan.experts if es.kind == "modules"]
+    routers = [layer.get_submodule(n) for n in router_names(layer, plan.experts)]
+    return [es for es in plan.experts if es.kind == "modules"], routers
 
 
 class HookedCollector(ModulesCollector):
