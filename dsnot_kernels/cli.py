@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dsnot_kernels import cli_checks
+from dsnot_kernels import cli_checks, cli_options
 from dsnot_kernels.bos import BOS_CHOICES
 from dsnot_kernels.ops import DEFAULT_WINDOW, OBJECTIVES
 from dsnot_kernels.pruning.config import SWAP_MAX_COLS, preset_settings
@@ -72,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="p in the regrowth key mean-shift / var**p (0 = no division by the variance)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration samples")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sample and eval window")
-    p.add_argument("--eval-windows", type=int, default=16,
-                   help="evaluate on the first N windows of the evaluation text (0 = all)")
-    p.add_argument("--calib", default=None, help="calibration text file (None: pydoc_data.topics, first half)")
+    p.add_argument("--eval-windows", type=int, default=None,
+                   help="evaluate on the first N windows of the evaluation text (0 = all; None: 16, and every "
+                        "window of WikiText-2, as its protocol)")
+    p.add_argument("--calib", default=None, help="calibration text file (default: pydoc_data.topics, first half)")
     p.add_argument("--eval", dest="eval_file", default=None,
-                   help="evaluation text file (None: pydoc_data.topics, second half)")
+                   help="evaluation text file, or wikitext2: the WikiText-2 test split with the published "
+                        "protocol (datasets, or a local copy: --eval-file) (default: pydoc_data.topics, second half)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--bos", default="auto", choices=list(BOS_CHOICES),
                    help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one; "
@@ -109,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="REPORT.json", help="write the table and reports as JSON")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no messages (the table only)")
+    cli_options.add_cli_arguments(p)
     return p
 
 
@@ -228,6 +231,7 @@ def check_args(args) -> list:
     runs = [] if args.no_baseline else [(False, skip, objective)]
     runs += [] if args.no_refine else [(True, skip, objective)]
     runs += [(True, args.also_skip, also) for also in args.also_objective]
+    profile = cli_options.load_profile(args.sparsity_profile)
     configs = []
     for refine, skip, objective in runs:
         try:
@@ -239,10 +243,11 @@ def check_args(args) -> list:
                 sqrt="torch" if args.authors_sqrt else "exact",
                 backend=args.backend, batch_size=args.batch_size, device=args.device,
                 record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
-                progress=not args.quiet))
-        except ValueError as exc:
+                progress=not args.quiet, **cli_options.profile_kwargs(profile, args.owl_m, args.owl_lambda)))
+        except (ValueError, TypeError) as exc:
             msg = str(exc)
-            for field in ("pattern", "sparsity", "skip", "initial", "objective", "window", "batch_size", "backend"):
+            for field in ("pattern", "sparsity_profile", "owl_m", "owl_lambda", "sparsity", "skip", "initial",
+                          "objective", "window", "batch_size", "backend"):
                 if field in msg.split(",")[0]:
                     msg = f"--{field.replace('_', '-')} {getattr(args, field)}: {msg}"
                     break
@@ -259,7 +264,15 @@ def check_args(args) -> list:
         if why is not None:
             raise ValueError(f"--sparse24 refused: {why}")
     cli_checks.check_text_file("--calib", args.calib)
-    cli_checks.check_text_file("--eval", args.eval_file)
+    args.eval_dataset = args.eval_file if args.eval_file in cli_options.DATASETS + cli_options.REFUSED_DATASETS \
+        else None
+    if args.eval_dataset is None and args.eval_file and args.eval_path:
+        raise ValueError("--eval FILE and --eval-file FILE both name the evaluation text; give one")
+    if args.eval_dataset is None:
+        args.eval_file = args.eval_file or args.eval_path
+    cli_options.check_eval(args.eval_dataset, args.eval_path if args.eval_dataset else args.eval_file, "--eval",
+                           "--eval-file" if args.eval_dataset or args.eval_path else "--eval")
+    args.tasks = cli_options.check_tasks(args.eval_tasks, args.eval_tasks_include, args.eval_tasks_limit)
     cli_checks.check_output_file("--json", args.json)
     cli_checks.check_output_file("--plot", args.plot)
     if args.save:
@@ -311,7 +324,8 @@ def run(args, configs=None) -> dict:
         configs = [dataclasses.replace(c, objective=objective, skip=skip) if k < own else c
                    for k, c in enumerate(configs)]
         say(f"objective {objective}, skip {skip} (widest sub-layer {widest} columns; --paper: the authors' dsnot, mlp)")
-    cal_text, eval_text, text_desc = load_texts(args.calib, args.eval_file)
+    dataset = getattr(args, "eval_dataset", None)
+    cal_text, eval_text, text_desc = load_texts(args.calib, None if dataset else args.eval_file)
     try:
         bos_rule = resolve_bos(args.bos, tokenizer=tokenizer, model=model)
     except ValueError as exc:
@@ -323,14 +337,19 @@ def run(args, configs=None) -> dict:
         calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed, **bos_kw)
     except ValueError as exc:
         raise ArgumentError(f"--calib: {exc} (--seqlen {args.seqlen})") from None
-    eval_ids = tokenize(tokenizer, eval_text)
-    body = args.seqlen - 1 if bos_rule.use else args.seqlen
-    eval_tokens = eval_ids.numel() - int(bos_rule.use and int(eval_ids[0]) == bos_rule.bos_token_id)
+    try:
+        eval_ids, eval_desc, windows = cli_options.evaluation_ids(dataset, args.eval_path, tokenizer, eval_text,
+                                                                  args.seqlen, args.eval_windows)
+    except ValueError as exc:
+        raise ArgumentError(f"--eval {dataset}: {exc}") from None
+    body = args.seqlen - 1 if bos_rule.use else args.seqlen  # a BOS window: [BOS] + seqlen - 1 text tokens
+    eval_tokens = eval_ids.numel() - int(bos_rule.use and eval_ids.numel() > 0
+                                         and int(eval_ids[0]) == bos_rule.bos_token_id)
     if eval_tokens < body:
         raise ArgumentError(f"--eval: {eval_tokens} evaluation tokens are fewer than one window of "
                             f"--seqlen {args.seqlen}")
-    windows = args.eval_windows or None
     n_windows = min(eval_tokens // body, windows or 10**9)
+    tasks = None if rank else getattr(args, "tasks", None)  # zero-shot tasks: rank 0 only
 
     def ppl(what):
         t = time.perf_counter()
@@ -338,14 +357,18 @@ def run(args, configs=None) -> dict:
                               desc=f"perplexity ({what})", **bos_kw)
         return value, time.perf_counter() - t
 
-    result = {"model": model_desc, "bos": bos_rule.to_dict() | {"text": bos_rule.describe()}, "calibration": f"{args.nsamples} x {args.seqlen} tokens: {text_desc['calibration']}",
-              "evaluation": f"{n_windows} x {args.seqlen} tokens: {text_desc['evaluation']}",
+    result = {"model": model_desc, "bos": bos_rule.to_dict() | {"text": bos_rule.describe()},
+              "calibration": f"{args.nsamples} x {args.seqlen} tokens: {text_desc['calibration']}",
+              "evaluation": eval_desc or f"{n_windows} x {args.seqlen} tokens: {text_desc['evaluation']}",
               "dtype": args.dtype, "load_time_s": load_s, "rows": [], "reports": []}
     if not args.no_dense:
         value, dt = ppl("dense")
         result["rows"].append({"method": "dense", "ppl": value, "prune_time_s": 0.0, "mask_time_s": 0.0,
                                "eval_time_s": dt, "sparsity": 0.0, "swaps": 0})
         say(f"dense perplexity {value:.3f}")
+        if tasks:
+            result.setdefault("zero_shot", []).append(cli_options.zero_shot(
+                tasks, args.eval_tasks_include, args.eval_tasks_limit, model, tokenizer, "dense"))
     dense = {k: v.detach().clone() for k, v in model.state_dict().items()} if len(configs) > 1 else None
     for k, config in enumerate(configs):
         refine = config.refine
@@ -354,6 +377,8 @@ def run(args, configs=None) -> dict:
         if k == len(configs) - 1:
             dense = None
         label = _label(args.initial, refine, config.objective, config.skip) + (" + reconstruct" if config.reconstruct else "")
+        if config.sparsity_profile != "uniform":
+            label += " + OWL" if config.sparsity_profile == "owl" else " (per-layer sparsity)"
         say(f"pruning: {label}")
         report = dk.prune_model(model, calib, config)
         value, dt = ppl(label)
@@ -362,6 +387,9 @@ def run(args, configs=None) -> dict:
                                "mask_time_s": report["mask_time_s"], "eval_time_s": dt,
                                "sparsity": report["sparsity"], "swaps": report["swaps"]})
         result["reports"].append(report)
+        if tasks:
+            result.setdefault("zero_shot", []).append(cli_options.zero_shot(
+                tasks, args.eval_tasks_include, args.eval_tasks_limit, model, tokenizer, label))
     if args.sparse24:
         model.to("cuda", torch.float16)
         result["sparse24"] = dk.to_sparse_24(model, dtype=torch.float16, min_size=args.sparse24_min_size)
@@ -372,6 +400,9 @@ def run(args, configs=None) -> dict:
                                "sparsity": result["rows"][-1]["sparsity"], "swaps": result["rows"][-1]["swaps"]})
     if not rank:
         print(format_table(result))
+        extra = cli_options.format_extra(result)
+        if extra:
+            print("\n" + extra)
     if args.plot and not rank:
         plot_errors(result["reports"][-1], args.plot)
         say(f"wrote {args.plot}")

@@ -53,7 +53,7 @@ from typing import Optional
 try:
     import llmcompressor  # noqa: F401
     from compressed_tensors.utils import (align_module_device, get_execution_device, match_named_modules,
-                                          update_offload_parameter)
+                                          match_targets, update_offload_parameter)
     from llmcompressor.modifiers import ModifierFactory
     from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
     from loguru import logger
@@ -105,9 +105,13 @@ class DSnoTModifier(SparsityModifierBase):
         mask_structure: "0:0" (unstructured, default) or "N:M" such as "2:4".
         targets, ignore: which modules to prune (llm-compressor's matching). ``ignore`` defaults to
             ``["re:.*lm_head"]`` (DSnoT, Wanda and SparseGPT never prune the output head).
-        sparsity_profile="owl", owl_m, owl_lmbda: OWL layer-wise sparsities (llm-compressor's; in
-            0.14.0.1 its OWL pass fails inside llm-compressor before any modifier runs, its own Wanda
-            included: pass per-layer ratios as ``sparsity=[...]`` with decoder-layer ``targets``).
+        sparsity_profile="owl", owl_m, owl_lmbda: OWL layer-wise sparsities (llm-compressor's names,
+            all three together), computed here by dsnot_kernels rather than by llm-compressor (whose
+            0.14.0.1 OWL pass fails): one dense pass of the model over the calibration data, the
+            published rule per decoder layer (``dsnot_kernels.pruning.profile``), the mean of the
+            layer sparsities = ``sparsity``; the layers' sparsities and outlier ratios are in
+            ``modifier.owl``. Unstructured only. Or pass per-layer ratios as ``sparsity=[...]``
+            with decoder-layer ``targets``.
 
     Options of DSnoT, with ``dsnot_kernels.PruneConfig``'s names and meanings:
         initial: initial mask, "wanda" (default), "magnitude", or any other ``PruneConfig.initial``.
@@ -146,6 +150,7 @@ class DSnoTModifier(SparsityModifierBase):
     _stats: dict = PrivateAttr(default_factory=dict)          # module -> CalibrationStats
     _layer_names: list = PrivateAttr(default_factory=list)    # names of the sequential targets
     _report: list = PrivateAttr(default_factory=list)
+    _owl: dict = PrivateAttr(default_factory=dict)             # {"sparsity": {layer: s}, "outlier_ratios": ...}
 
     # -- validation: PruneConfig's own checks, read at run time -------------------------------
     @field_validator("initial", "objective", "skip")
@@ -227,6 +232,39 @@ class DSnoTModifier(SparsityModifierBase):
                            window=self.window, backend=self.backend, reconstruct=self.reconstruct,
                            progress=False)
 
+    def _layer_of(self, name: str) -> str:
+        """The sequential target (decoder layer) holding ``name`` ("" when none does)."""
+        best = ""
+        for layer in self._layer_names:
+            if name.startswith(layer + ".") and len(layer) > len(best):
+                best = layer
+        return best
+
+    @property
+    def owl(self) -> dict:
+        """``{"sparsity": {layer: s}, "outlier_ratios": {layer: D}}`` after an OWL run, else {}."""
+        return dict(self._owl)
+
+    def _owl_pass(self, state) -> None:
+        from dsnot_kernels.integrations.llmcompressor_owl import owl_layer_sparsities
+        if self._prune_n:
+            raise ValueError("sparsity_profile='owl' is for unstructured masks (mask_structure='0:0')")
+        modules = {}
+        for layer_name, layer in self._target_layers.items():
+            for name, module in match_named_modules(layer, ["Linear", "Conv1D"]):
+                full = f"{layer_name}.{name}".rstrip(".")
+                if not match_targets(full, module, self.ignore) and is_prunable(module):
+                    modules[full] = module
+
+        def weight_of(module):
+            with align_module_device(module):
+                return weight_view(module).detach().clone()
+        sparsity, ratios = owl_layer_sparsities(state.model, state.data.calib, modules, self._layer_of, weight_of,
+                                                float(self.sparsity), float(self.owl_m), float(self.owl_lmbda))
+        self._owl = {"sparsity": sparsity, "outlier_ratios": ratios}
+        for layer, value in sparsity.items():
+            logger.info(f"DSnoT OWL: {layer or '(model)'}: outlier ratio {ratios[layer]:.4f}, sparsity {value:.4f}")
+
     def _relative_name(self, name: str) -> str:
         """``name`` relative to the sequential target (decoder layer) that holds it."""
         best = ""
@@ -236,6 +274,8 @@ class DSnoTModifier(SparsityModifierBase):
         return name[len(best) + 1:] if best else name
 
     def _module_sparsity(self, module, name):
+        if self._owl:
+            return self._owl["sparsity"][self._layer_of(name)]
         sparsity = self._module_sparsities[module]
         if isinstance(sparsity, dict):  # OWL: {decoder layer name: sparsity}
             for layer, value in sparsity.items():
@@ -246,9 +286,20 @@ class DSnoTModifier(SparsityModifierBase):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_initialize(self, state, **kwargs) -> bool:
-        done = super().on_initialize(state, **kwargs)
+        profile, self._owl = self.sparsity_profile, {}
+        if profile == "owl":  # computed here (_owl_pass), not by the base class
+            if not isinstance(self.sparsity, (int, float)):
+                raise ValueError("sparsity_profile='owl' needs one sparsity (the mean of the layers'), got "
+                                 f"{self.sparsity!r}")
+            self.sparsity_profile = None
+        try:
+            done = super().on_initialize(state, **kwargs)
+        finally:
+            self.sparsity_profile = profile
         self._layer_names = [name for name, _ in match_named_modules(state.model, self._sequential_targets)]
         self._report = []
+        if profile == "owl":
+            self._owl_pass(state)
         return done
 
     def on_calibration_start(self, state, event, **kwargs):

@@ -26,6 +26,7 @@ from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, mo
                                            restore_devices, snapshot_devices)
 from dsnot_kernels.pruning import distributed as dist_prune
 from dsnot_kernels.pruning import expert_pass
+from dsnot_kernels.pruning import profile as sparsity_profile
 from dsnot_kernels.pruning.config import PruneConfig
 from dsnot_kernels.pruning.coverage import plan_block
 from dsnot_kernels.pruning.output_error import output_error, second_moment
@@ -241,6 +242,9 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         batches = batches[a:z]
         split_rows = dist_prune.splits_rows(config)
 
+    sparsity_of = sparsity_profile.resolve(config, len(blocks))  # a bad list/dict fails before any work
+    for i, plan in enumerate(plans if isinstance(config.sparsity_profile, dict) else ()):
+        sparsity_profile.check_names(config, i, plan.dense)
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "bos": bos_entry, "config": config.to_dict(),
               "device": str(device), "sublayers": [], "blocks": [], "completed": False,
@@ -265,6 +269,15 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
             captured = capture_block_calls(model, blocks, batches, device)
             report["capture_time_s"] = time.perf_counter() - t0
             restore_devices(model, snapshot)
+            if config.sparsity_profile == "owl":  # one dense pass: the blocks' outlier ratios
+                from dsnot_kernels.pruning.owl import owl_pass
+                report["sparsity_profile"] = owl_pass(model, blocks, captured, device, config, ranks,
+                                                      sample_offset, counts, snapshot, where)
+                sparsity_of = sparsity_profile.resolve(config, len(blocks),
+                                                       report["sparsity_profile"]["block_sparsity"])
+            else:
+                report["sparsity_profile"] = {"kind": config.sparsity_profile if isinstance(
+                    config.sparsity_profile, str) else "per-layer"}
             inputs = captured.inputs
             try:
                 from tqdm.auto import tqdm
@@ -301,23 +314,28 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
                     where["sublayer"] = name
                     if hasattr(bar, "set_postfix_str"):  # which sub-layer: a reconstruction takes seconds each
                         bar.set_postfix_str(name, refresh=True)
+                    target = sparsity_of(i, name)
+                    sub_config = sparsity_profile.with_sparsity(config, target)
                     if ranks is not None and split_rows:
-                        mask, entry = _sublayer_mask_rows(name, module, stats_of(name), config, ranks)
+                        mask, entry = _sublayer_mask_rows(name, module, stats_of(name), sub_config, ranks)
                         new_w = None  # only row-independent, mask-only configurations split rows
                     else:
-                        mask, new_w, entry = _sublayer_mask(name, module, stats_of(name), config,
+                        mask, new_w, entry = _sublayer_mask(name, module, stats_of(name), sub_config,
                                                             config.record_error)
+                    entry["block"], entry["target_sparsity"] = i, target
                     masks[name] = (mask, entry, new_w, weight_view(module))
                 del collector
                 summary = []
                 if plan.experts:
                     found, summary = expert_pass.block_expert_masks(
-                        block, plan, inputs, calls, xp.passes, first, xp.make, xp.needs_m, config, _sublayer_mask,
+                        block, plan, inputs, calls, xp.passes, first, xp.make, xp.needs_m,
+                        sparsity_profile.with_sparsity(config, sparsity_of(i, None)), _sublayer_mask,
                         where, combine=None if ranks is None else dist_prune.combine_experts)
                     masks.update(found)
                     del first
-                for _, entry, _, _ in masks.values():
+                for _, entry, _, _ in masks.values():  # experts: their block's sparsity (a profile's block level)
                     entry["block"] = i
+                    entry.setdefault("target_sparsity", sparsity_of(i, None))
                 if on_mask is not None:
                     where["stage"] = "on_mask"
                     for name, (mask, _, _, _) in masks.items():
@@ -376,6 +394,7 @@ def _summarise(report, total_time):
     report["sparsity"] = pruned / max(report["prunable_weights"], 1)
     report["pruned_weights"] = pruned
     report["swaps"] = sum(e["swaps"] for e in subs)
+    report["block_sparsity"] = sparsity_profile.block_summary(report)
     report["mask_time_s"] = sum(e["mask_time_s"] for e in subs)
     report["reconstruct_time_s"] = sum(e.get("reconstruct_time_s", 0.0) for e in subs)
     report["reconstruct_not_converged"] = [e["name"] if "block" not in e else f"{e['block']}.{e['name']}"
