@@ -127,16 +127,3 @@ def evaluation_ids(dataset, path, tokenizer, default_text, seqlen, windows, defa
 def zero_shot(tasks, include, limit, model, tokenizer, label) -> dict:
     from dsnot_kernels import lm_eval_adapter as lea
     return {"label": label, "tasks": lea.evaluate_tasks(model, tokenizer, tasks, include_path=include, limit=limit)}
-
-
-def format_extra(result) -> str:
-    """The zero-shot tables and the per-block sparsities of a non-uniform profile (last run)."""
-    from dsnot_kernels.pruning.profile import format_blocks
-    parts = []
-    if result.get("zero_shot"):
-        from dsnot_kernels import lm_eval_adapter as lea
-        parts += [lea.format_table(z["tasks"], z["label"]) for z in result["zero_shot"]]
-    reports = result.get("reports") or []
-    if reports and reports[-1].get("sparsity_profile", {}).get("kind", "uniform") != "uniform":
-        parts.append(format_blocks(reports[-1]))
-    return "\n\n".join(parts)

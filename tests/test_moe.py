@@ -12,7 +12,7 @@ from dsnot_kernels.pruning import PruningError, UnsupportedModelError, find_bloc
 from dsnot_kernels.pruning import distributed as dist_prune
 from dsnot_kernels.pruning.coverage import SKIPPED, plan_block
 from dsnot_kernels.pruning.experts import find_expert_sets
-from dsnot_kernels.reference import initial_selection
+from dsnot_kernels.objectives.reference import initial_selection
 
 from moe_models import VOCAB, moe_inputs, reference_expert_masks, routed_counts, tiny_moe
 from pruning_models import FAMILIES, tiny_model

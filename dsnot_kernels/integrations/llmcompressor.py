@@ -70,7 +70,7 @@ import torch
 from torch import nn
 
 from dsnot_kernels import ops
-from dsnot_kernels.pruning import driver
+from dsnot_kernels.pruning import sublayer
 from dsnot_kernels.pruning.adapters import is_prunable, is_transposed, sublayer_kind, weight_view
 from dsnot_kernels.pruning.config import PruneConfig, parse_pattern
 from dsnot_kernels.stats import CalibrationStats
@@ -336,7 +336,7 @@ class DSnoTModifier(SparsityModifierBase):
             logger.info(f"DSnoT: pruning {name} using {stats.nsamples} samples")
             t0 = time.perf_counter()
             with torch.no_grad(), align_module_device(module):
-                result = driver._sublayer_mask(relative, module, stats, config, False)
+                result = sublayer.sublayer_mask(relative, module, stats, config, False)
                 # (mask, entry), or (mask, new weight or None, entry) where the initial method updates
                 # the kept weights (SparseGPT as published)
                 mask, new_weight, entry = result if len(result) == 3 else (result[0], None, result[1])

@@ -18,7 +18,7 @@ import torch
 
 from dsnot_kernels.pruning.adapters import sublayer_kind
 from dsnot_kernels.pruning.expert_stats import make_collector
-from dsnot_kernels.reference import initial_selection
+from dsnot_kernels.objectives.reference import initial_selection
 
 
 def plan_passes(sets: list, config, needs_m) -> list:

@@ -35,7 +35,8 @@ def owl_pass(model, blocks, captured, device, config, ranks, sample_offset, coun
     blocks: the model's blocks; captured: their first block's inputs and each block's call
     arguments (``capture_block_calls``); the weights are not modified. ``where`` is updated with
     the block being measured (the driver's error context)."""
-    from dsnot_kernels.pruning.driver import _run_block, _statistics_pass
+    from dsnot_kernels.pruning.driver import _run_block
+    from dsnot_kernels.pruning.sublayer import statistics_pass
 
     stats_config = dataclasses.replace(config, initial="wanda", objective="dsnot", record_error=False,
                                        reconstruct=False, sparsity_profile="uniform")
@@ -46,7 +47,7 @@ def owl_pass(model, blocks, captured, device, config, ranks, sample_offset, coun
         block = blocks[i].to(device)
         calls = [c[i] for c in captured.calls]
         subs = find_sublayers(block)
-        collector = _statistics_pass(block, subs, inputs, calls, device, stats_config, ranks, sample_offset)
+        collector = statistics_pass(block, subs, inputs, calls, device, stats_config, ranks, sample_offset)
         if ranks is not None:
             combined = {o: dist_prune.combine(collector.stats[o], counts) for o in collector.groups()}
             stats_of = lambda name: combined[collector.owner[name]]  # noqa: E731
