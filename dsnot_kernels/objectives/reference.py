@@ -16,6 +16,8 @@ Differences from the authors' code, all stated in the spec:
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from dsnot_kernels.objectives.common import (SUM_LANES, _ordered_candidates, growth_keys,  # noqa: F401
@@ -61,40 +63,64 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
 
     err = lane_sum(torch.where(mask, dm, torch.zeros((), device=dev)))
     thr = torch.tensor(update_threshold, dtype=torch.float32, device=dev)
-    zero = torch.zeros((), device=dev)
+    lists = _cursor_lists(mask, dm, wanda, metric, var, pow_of_var_regrowing, nm)
+    if objective == 3:  # windows over these same lists (cov_window.py)
+        kw = dict(prune_m=prune_m) if nm else dict(prune_order=lists.prune_order, n_plo=lists.plo_end,
+                                                    n_phi=cols - lists.phi_start)
+        return refine_cov_window(W, dm, mask, err, thr, second_moment, window=window, max_cycle_time=max_cycle_time,
+                                 grow_order=lists.grow_order, n_hi=cols - lists.hi_end, n_lo=lists.lo_end, **kw)
+    score = CURSOR_SCORES[objective](W=W, mask=mask, err=err, mean=mean, var=var, second_moment=second_moment,
+                                     same_sign=same_sign, nm=nm)
+    return _walk(dm, mask, err, thr, lists, score, max_cycle_time, prune_m if nm else 0)
 
-    # Growth candidates (§3): initially pruned, by key; +key at the top end, -key at the bottom.
-    key = growth_keys(dm, var, pow_of_var_regrowing)
+
+def _cursor_lists(mask, dm, wanda, metric, var, p, nm):
+    """The candidate lists of §3, as sorted column orders and their ends, per row.
+
+    Growth: the initially pruned columns by key ``dm / var**p``, +key at the top end (cursor hi
+    from the last column down), -key at the bottom (cursor lo from the first). Prune (unstructured):
+    the initially kept columns by wanda ascending, dm < 0 first (plo), dm > 0 last (phi); N:M: the
+    initial metric of the kept columns (q is chosen in r's group)."""
+    rows, cols = mask.shape
+    dev = mask.device
+    zero = torch.zeros((), device=dev)
+    key = growth_keys(dm, var, p)
     grow_pos = mask & (key > 0)
     grow_neg = mask & (key < 0)
-    grow_order = torch.sort(torch.where(grow_pos | grow_neg, key, zero), dim=1, stable=True)[1]
-    hi_end = cols - grow_pos.sum(1)          # hi valid while hi_ptr >= hi_end
-    lo_end = grow_neg.sum(1)                 # lo valid while lo_ptr < lo_end
-    hi_ptr = torch.full((rows,), cols - 1, dtype=torch.int64, device=dev)
-    lo_ptr = torch.zeros(rows, dtype=torch.int64, device=dev)
-
+    out = SimpleNamespace(grow_order=torch.sort(torch.where(grow_pos | grow_neg, key, zero), dim=1, stable=True)[1],
+                          hi_end=cols - grow_pos.sum(1),  # hi valid while hi_ptr >= hi_end
+                          lo_end=grow_neg.sum(1))         # lo valid while lo_ptr < lo_end
     if nm:
         # q in r's group: smallest initial metric among kept, not yet chosen columns (§3 step 1).
-        q_metric = torch.where(mask, torch.full((), float("inf"), device=dev), metric)
-        group_offsets = torch.arange(prune_m, device=dev)
+        out.q_metric = torch.where(mask, torch.full((), float("inf"), device=dev), metric)
     else:
-        # Prune candidates: initially kept, by wanda ascending; dm < 0 first (plo), dm > 0 last (phi).
         kept = ~mask
         cls = torch.ones((rows, cols), dtype=torch.int8, device=dev)
         cls[kept & (dm < 0)] = 0
         cls[kept & (dm > 0)] = 2
-        prune_order = _ordered_candidates(wanda + 0.0, cls)
-        plo_end = (cls == 0).sum(1)
-        phi_ptr = cols - (cls == 2).sum(1)   # phi valid while phi_ptr < cols
+        out.prune_order = _ordered_candidates(wanda + 0.0, cls)
+        out.plo_end = (cls == 0).sum(1)
+        out.phi_start = cols - (cls == 2).sum(1)  # phi valid while phi_ptr < cols
+    return out
+
+
+def _walk(dm, mask, err, thr, lists, score, max_cycle_time, prune_m):
+    """The cursor walk of objectives 0-2: per cycle and active row, the sign of ``err`` picks one
+    growth candidate r and one prune candidate q; ``score.accept`` says which rows swap. Returns
+    ``(mask, swaps)``; ``mask`` is updated in place."""
+    rows, cols = mask.shape
+    dev = mask.device
+    nm = prune_m > 0
+    grow_order, hi_end, lo_end = lists.grow_order, lists.hi_end, lists.lo_end
+    hi_ptr = torch.full((rows,), cols - 1, dtype=torch.int64, device=dev)
+    lo_ptr = torch.zeros(rows, dtype=torch.int64, device=dev)
+    if nm:
+        q_metric = lists.q_metric
+        group_offsets = torch.arange(prune_m, device=dev)
+    else:
+        prune_order, plo_end, phi_ptr = lists.prune_order, lists.plo_end, lists.phi_start.clone()
         plo_ptr = torch.zeros(rows, dtype=torch.int64, device=dev)
-
-    if objective == 3:  # windows over these same lists (cov_window.py)
-        lists = dict(prune_m=prune_m) if nm else dict(prune_order=prune_order, n_plo=plo_end, n_phi=cols - phi_ptr)
-        return refine_cov_window(W, dm, mask, err, thr, second_moment, window=window, max_cycle_time=max_cycle_time,
-                                 grow_order=grow_order, n_hi=cols - hi_end, n_lo=lo_end, **lists)
-
-    score = CURSOR_SCORES[objective](W=W, mask=mask, err=err, mean=mean, var=var, second_moment=second_moment,
-                                     same_sign=same_sign, nm=nm)
+    swaps = torch.zeros(rows, dtype=torch.int32, device=dev)
     row_ids = torch.arange(rows, device=dev)
     active = torch.ones(rows, dtype=torch.bool, device=dev)
     for _ in range(max_cycle_time):
