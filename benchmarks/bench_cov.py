@@ -27,7 +27,7 @@ from _common import command_line, header, median, warm_up, write_csv, write_sect
 
 import dsnot_kernels as dk  # noqa: E402
 from dsnot_kernels import ops  # noqa: E402
-from dsnot_kernels.reference_window import cov_g0  # noqa: E402
+from dsnot_kernels.objectives.cov_window import cov_g0  # noqa: E402
 
 SHAPES = {"576x576": (576, 576), "1536x576": (1536, 576), "576x1536": (576, 1536), "2048x2048": (2048, 2048)}
 PATTERNS = {"60%": dict(sparsity=0.6), "70%": dict(sparsity=0.7), "2:4": dict(prune_n=2, prune_m=4)}

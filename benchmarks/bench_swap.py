@@ -36,7 +36,7 @@ from _common import command_line, header, median, write_csv, write_section  # no
 
 import dsnot_kernels as dk  # noqa: E402
 from dsnot_kernels import ops  # noqa: E402
-from dsnot_kernels.reference_window import cov_g0  # noqa: E402
+from dsnot_kernels.objectives.cov_window import cov_g0  # noqa: E402
 
 SHAPES = {"576x576": (576, 576), "192x576": (192, 576), "1536x576": (1536, 576), "576x1536": (576, 1536),
           "4096x4096": (4096, 4096)}

@@ -43,7 +43,7 @@ from wide_projection import MODELS, project_table  # noqa: E402
 
 import dsnot_kernels as dk  # noqa: E402
 from dsnot_kernels import ops  # noqa: E402
-from dsnot_kernels.reference_window import cov_g0  # noqa: E402
+from dsnot_kernels.objectives.cov_window import cov_g0  # noqa: E402
 
 SHAPES = {  # name: (rows, cols) = (out_features, in_features)
     "1024x1024": (1024, 1024), "2816x1024": (2816, 1024), "1024x2816": (1024, 2816),  # 7B / 4

@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import command_line, header, write_csv, write_section  # noqa: E402
 
-import dsnot_kernels.pruning.driver as driver  # noqa: E402
-from dsnot_kernels.reference import (_ordered_candidates, growth_keys, initial_selection, lane_sum,  # noqa: E402
+import dsnot_kernels.pruning.sublayer as driver  # noqa: E402  (what the driver calls per sub-layer)
+from dsnot_kernels.objectives.reference import (_ordered_candidates, growth_keys, initial_selection, lane_sum,  # noqa: E402
                                      wanda_metric)
 
 SETTINGS = {"50%": dict(sparsity=0.5, pattern="unstructured"), "60%": dict(sparsity=0.6, pattern="unstructured"),
@@ -137,20 +137,20 @@ def run_setting(model_and_tok, calib, label, setting, threads):
         return mask, swaps
 
     names = []
-    original_sub = driver._sublayer_mask
+    original_sub = driver.sublayer_mask
 
     def sub(name, module, stats, config, want_error):
         names.append(name)
         return original_sub(name, module, stats, config, want_error)
 
-    driver.refine_mask, driver._sublayer_mask = wrapped, sub
+    driver.refine_mask, driver.sublayer_mask = wrapped, sub
     try:
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         prune_model(model, calib, cfg)
         elapsed = time.perf_counter() - t0
     finally:
-        driver.refine_mask, driver._sublayer_mask = original, original_sub
+        driver.refine_mask, driver.sublayer_mask = original, original_sub
     refined = [n for n in names if "self_attn" in n]
     for line, (i, name) in zip(lines, [(k // 4, n) for k, n in enumerate(refined)]):
         line["block"], line["sublayer"] = i, name.split(".")[-1]

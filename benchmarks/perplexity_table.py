@@ -1,7 +1,8 @@
 """Perplexity of the embedded model (SmolLM2-135M-Instruct) pruned with Wanda, Wanda + DSnoT and
 Wanda + DSnoT with the "mse", "cov", "cov_window" and "swap" objectives, SparseGPT as published, and the
-same with the exact reconstruction of the kept weights (``reconstruct=True``), at 50/60/70 %
-unstructured and 2:4.
+same with the exact reconstruction of the kept weights (``reconstruct=True``), and Wanda and
+Wanda + swap with OWL's per-block sparsities (``sparsity_profile="owl"``, M 5, lambda 0.08), at
+50/60/70/80 % unstructured and 2:4.
 
 Setup (stated in the JSON): calibration = --nsamples random windows x --seqlen tokens of the first
 half of pydoc_data.topics (default 16 x 256: the recorded run was made on 2 CPU cores shared with
@@ -27,7 +28,7 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "perplexity.json"
 PATTERNS = [("60%", 0.6, "unstructured"), ("70%", 0.7, "unstructured"), ("50%", 0.5, "unstructured"),
-            ("2:4", 0.5, "2:4")]
+            ("2:4", 0.5, "2:4"), ("80%", 0.8, "unstructured")]
 METHODS = {  # name -> PruneConfig overrides; run order = round 1 for all patterns, then round 2
     "wanda": dict(refine=False),
     "dsnot_all": dict(refine=True, skip="none", objective="dsnot"),
@@ -46,10 +47,13 @@ METHODS = {  # name -> PruneConfig overrides; run order = round 1 for all patter
     "sparsegpt_rec": dict(initial="sparsegpt", refine=False, reconstruct=True),
     "swap_all_rec": dict(refine=True, skip="none", objective="swap", reconstruct=True),
     "sparsegpt_swap_rec": dict(initial="sparsegpt", refine=True, skip="none", objective="swap", reconstruct=True),
+    # OWL's per-block sparsities (defaults M 5, lambda 0.08), the mean at the column's sparsity
+    "owl_wanda": dict(refine=False, sparsity_profile="owl"),
+    "owl_swap_all": dict(refine=True, skip="none", objective="swap", sparsity_profile="owl"),
 }
 ROUNDS = [["wanda", "dsnot_all", "mse_all"], ["dsnot_attn"], ["cov_all"], ["cov_window_all"], ["cov_window100_all"], ["swap_all"],
           ["sparsegpt", "sparsegpt_cov_window_rec", "cov_window100_all_rec"], ["wanda_rec", "sparsegpt_rec"],
-          ["swap_all_rec", "sparsegpt_swap_rec"]]
+          ["swap_all_rec", "sparsegpt_swap_rec"], ["owl_wanda", "owl_swap_all"]]
 LABELS = {"dense": "dense", "wanda": "Wanda",
           "dsnot_attn": "Wanda + DSnoT, attention only (skip=mlp, the authors' default)",
           "dsnot_all": "Wanda + DSnoT, every sub-layer (skip=none)",
@@ -64,7 +68,9 @@ LABELS = {"dense": "dense", "wanda": "Wanda",
           "cov_window100_all_rec": "Wanda + cov_window (window 100, skip=none) + reconstruct",
           "sparsegpt_cov_window_rec": "SparseGPT + cov_window (window 100, skip=none) + reconstruct",
           "swap_all_rec": "Wanda + swap (every sub-layer) + reconstruct",
-          "sparsegpt_swap_rec": "SparseGPT + swap (every sub-layer) + reconstruct"}
+          "sparsegpt_swap_rec": "SparseGPT + swap (every sub-layer) + reconstruct",
+          "owl_wanda": "OWL + Wanda (M 5, lambda 0.08)",
+          "owl_swap_all": "OWL + Wanda + swap, every sub-layer (M 5, lambda 0.08)"}
 
 
 def load(path=RESULTS) -> dict:
@@ -88,14 +94,15 @@ def save(data, path=RESULTS):
 def table(data, key) -> str:
     """Markdown table of one setup: perplexity (pruning time) per method and pattern."""
     runs = data["setups"][key]["runs"]
-    order = ["50%", "60%", "70%", "2:4"]
+    order = [c for c in ["50%", "60%", "70%", "80%", "2:4"]
+             if c != "80%" or any(k.endswith("@80%") for k in runs)]
     lines = ["| method | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
     dense = runs.get("dense")
     if dense:
         lines.append("| dense | " + " | ".join(f"{dense['ppl']:.2f}" for _ in order) + " |")
     for method in ["wanda", "dsnot_attn", "dsnot_all", "mse_all", "cov_all", "cov_window_all", "cov_window100_all",
                    "swap_all", "sparsegpt", "sparsegpt_rec", "wanda_rec", "cov_window100_all_rec", "sparsegpt_cov_window_rec",
-                   "swap_all_rec", "sparsegpt_swap_rec"]:
+                   "swap_all_rec", "sparsegpt_swap_rec", "owl_wanda", "owl_swap_all"]:
         cells = []
         for c in order:
             r = runs.get(f"{method}@{c}")
@@ -184,6 +191,8 @@ def main():
                     "ppl": value, "method": method, "pattern": pattern, "sparsity": sparsity,
                     "config": cfg.to_dict(), "backend": backend, "reached_sparsity": report["sparsity"],
                     "swaps": report["swaps"], "prune_time_s": report["total_time_s"],
+                    "block_sparsity": [b["sparsity"] for b in report["block_sparsity"]],
+                    "sparsity_profile": report.get("sparsity_profile"),
                     "mask_time_s": report["mask_time_s"], "forward_time_s": report["forward_time_s"],
                     "stats_time_s": report["stats_time_s"], "eval_time_s": dt}
                 if cfg.initial == "sparsegpt" or cfg.reconstruct:

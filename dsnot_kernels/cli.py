@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dsnot_kernels import cli_checks
+from dsnot_kernels import cli_checks, cli_options, cli_report
 from dsnot_kernels.cli_experts import add_expert_flags, describe_experts, expert_options
 from dsnot_kernels.bos import BOS_CHOICES
 from dsnot_kernels.ops import DEFAULT_WINDOW, OBJECTIVES
@@ -23,9 +23,7 @@ from dsnot_kernels.pruning.config import SWAP_MAX_COLS, preset_settings
 from dsnot_kernels.sparse24 import DEFAULT_MIN_SIZE as SPARSE24_MIN_SIZE
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-LEGEND = ("perplexity: lower is better. swaps: accepted DSnoT swaps (one pruned weight regrown, one kept "
-          "weight pruned), all layers.\nprune s: wall time of the whole layer-by-layer prune (forward "
-          "passes, statistics, masks). masks s: the part spent choosing masks (refine_mask).")
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,11 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="p in the regrowth key mean-shift / var**p (0 = no division by the variance)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration samples")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sample and eval window")
-    p.add_argument("--eval-windows", type=int, default=16,
-                   help="evaluate on the first N windows of the evaluation text (0 = all)")
-    p.add_argument("--calib", default=None, help="calibration text file (None: pydoc_data.topics, first half)")
+    p.add_argument("--eval-windows", type=int, default=None,
+                   help="evaluate on the first N windows of the evaluation text (0 = all; None: 16, and every "
+                        "window of WikiText-2, as its protocol)")
+    p.add_argument("--calib", default=None, help="calibration text file (default: pydoc_data.topics, first half)")
     p.add_argument("--eval", dest="eval_file", default=None,
-                   help="evaluation text file (None: pydoc_data.topics, second half)")
+                   help="evaluation text file, or wikitext2: the WikiText-2 test split with the published "
+                        "protocol (datasets, or a local copy: --eval-file) (default: pydoc_data.topics, second half)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--bos", default="auto", choices=list(BOS_CHOICES),
                    help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one; "
@@ -110,53 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="REPORT.json", help="write the table and reports as JSON")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no messages (the table only)")
+    cli_options.add_cli_arguments(p)
     add_expert_flags(p)  # --expert-tokens, --expert-min-tokens, ... (cli_experts.py)
     return p
-
-
-def _label(initial, refine, objective, skip):
-    name = {"wanda": "Wanda", "magnitude": "Magnitude", "sparsegpt": "SparseGPT",
-            "sparsegpt_metric": "SparseGPT metric"}[initial]
-    if not refine:
-        return name
-    return f"{name} + DSnoT" + (f" ({objective})" if objective != "dsnot" else "") + f" [skip={skip}]"
-
-
-def plot_errors(report, path):
-    """Per-sub-layer output error (mean² and total MSE), initial vs refined mask, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    subs = [e for e in report["sublayers"] if "error" in e]
-    if not subs:
-        raise ValueError("the report has no recorded errors (prune with record_error=True)")
-    x = range(len(subs))
-    fig, axes = plt.subplots(3, 1, figsize=(max(8, len(subs) * 0.12), 9), sharex=True)
-    for ax, key, title in ((axes[0], "mean_sq", "mean² of the output error"),
-                           (axes[1], "mse", "total output MSE (mean² + variance)")):
-        ax.semilogy(x, [e["error"]["initial"][key] for e in subs], ".-", lw=0.8, label="initial mask")
-        ax.semilogy(x, [e["error"]["refined"][key] for e in subs], ".-", lw=0.8, label="refined mask")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    ratio = lambda e, key: e["error"]["refined"][key] / max(e["error"]["initial"][key], 1e-300)  # noqa: E731
-    axes[2].semilogy(x, [ratio(e, "mean_sq") for e in subs], ".-", lw=0.8, label="mean²")
-    axes[2].semilogy(x, [ratio(e, "mse") for e in subs], ".-", lw=0.8, label="total MSE")
-    axes[2].axhline(1.0, color="gray", lw=0.8)
-    axes[2].set_title("refined / initial (below 1: refinement helped)", fontsize=10)
-    axes[2].grid(alpha=0.3)
-    axes[2].legend(fontsize=8)
-    ticks = [k for k, e in enumerate(subs) if k == 0 or e["block"] != subs[k - 1]["block"]]
-    axes[2].set_xticks(ticks)
-    axes[2].set_xticklabels([str(subs[k]["block"]) for k in ticks], fontsize=7)
-    axes[2].set_xlabel("block (sub-layers in order within each block)")
-    cfg = report["config"]
-    fig.suptitle(f"{report['model']}: {cfg['pattern']} {cfg['sparsity']}, initial {cfg['initial']}, "
-                 f"objective {cfg['objective']}, skip {cfg['skip']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 class ArgumentError(ValueError):
@@ -230,6 +186,7 @@ def check_args(args) -> list:
     runs = [] if args.no_baseline else [(False, skip, objective)]
     runs += [] if args.no_refine else [(True, skip, objective)]
     runs += [(True, args.also_skip, also) for also in args.also_objective]
+    profile = cli_options.load_profile(args.sparsity_profile)
     experts = expert_options(args)
     configs = []
     for refine, skip, objective in runs:
@@ -242,10 +199,12 @@ def check_args(args) -> list:
                 sqrt="torch" if args.authors_sqrt else "exact",
                 backend=args.backend, batch_size=args.batch_size, device=args.device,
                 record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
-                progress=not args.quiet, **experts))
-        except ValueError as exc:
+                progress=not args.quiet, **experts,
+                **cli_options.profile_kwargs(profile, args.owl_m, args.owl_lambda)))
+        except (ValueError, TypeError) as exc:
             msg = str(exc)
-            for field in ("pattern", "sparsity", "skip", "initial", "objective", "window", "batch_size", "backend"):
+            for field in ("pattern", "sparsity_profile", "owl_m", "owl_lambda", "sparsity", "skip", "initial",
+                          "objective", "window", "batch_size", "backend"):
                 if field in msg.split(",")[0]:
                     msg = f"--{field.replace('_', '-')} {getattr(args, field)}: {msg}"
                     break
@@ -262,7 +221,15 @@ def check_args(args) -> list:
         if why is not None:
             raise ValueError(f"--sparse24 refused: {why}")
     cli_checks.check_text_file("--calib", args.calib)
-    cli_checks.check_text_file("--eval", args.eval_file)
+    args.eval_dataset = args.eval_file if args.eval_file in cli_options.DATASETS + cli_options.REFUSED_DATASETS \
+        else None
+    if args.eval_dataset is None and args.eval_file and args.eval_path:
+        raise ValueError("--eval FILE and --eval-file FILE both name the evaluation text; give one")
+    if args.eval_dataset is None:
+        args.eval_file = args.eval_file or args.eval_path
+    cli_options.check_eval(args.eval_dataset, args.eval_path if args.eval_dataset else args.eval_file, "--eval",
+                           "--eval-file" if args.eval_dataset or args.eval_path else "--eval")
+    args.tasks = cli_options.check_tasks(args.eval_tasks, args.eval_tasks_include, args.eval_tasks_limit)
     cli_checks.check_output_file("--json", args.json)
     cli_checks.check_output_file("--plot", args.plot)
     if args.save:
@@ -314,7 +281,8 @@ def run(args, configs=None) -> dict:
         configs = [dataclasses.replace(c, objective=objective, skip=skip) if k < own else c
                    for k, c in enumerate(configs)]
         say(f"objective {objective}, skip {skip} (widest sub-layer {widest} columns; --paper: the authors' dsnot, mlp)")
-    cal_text, eval_text, text_desc = load_texts(args.calib, args.eval_file)
+    dataset = getattr(args, "eval_dataset", None)
+    cal_text, eval_text, text_desc = load_texts(args.calib, None if dataset else args.eval_file)
     try:
         bos_rule = resolve_bos(args.bos, tokenizer=tokenizer, model=model)
     except ValueError as exc:
@@ -326,14 +294,19 @@ def run(args, configs=None) -> dict:
         calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed, **bos_kw)
     except ValueError as exc:
         raise ArgumentError(f"--calib: {exc} (--seqlen {args.seqlen})") from None
-    eval_ids = tokenize(tokenizer, eval_text)
-    body = args.seqlen - 1 if bos_rule.use else args.seqlen
-    eval_tokens = eval_ids.numel() - int(bos_rule.use and int(eval_ids[0]) == bos_rule.bos_token_id)
+    try:
+        eval_ids, eval_desc, windows = cli_options.evaluation_ids(dataset, args.eval_path, tokenizer, eval_text,
+                                                                  args.seqlen, args.eval_windows)
+    except ValueError as exc:
+        raise ArgumentError(f"--eval {dataset}: {exc}") from None
+    body = args.seqlen - 1 if bos_rule.use else args.seqlen  # a BOS window: [BOS] + seqlen - 1 text tokens
+    eval_tokens = eval_ids.numel() - int(bos_rule.use and eval_ids.numel() > 0
+                                         and int(eval_ids[0]) == bos_rule.bos_token_id)
     if eval_tokens < body:
         raise ArgumentError(f"--eval: {eval_tokens} evaluation tokens are fewer than one window of "
                             f"--seqlen {args.seqlen}")
-    windows = args.eval_windows or None
     n_windows = min(eval_tokens // body, windows or 10**9)
+    tasks = None if rank else getattr(args, "tasks", None)  # zero-shot tasks: rank 0 only
 
     def ppl(what):
         t = time.perf_counter()
@@ -341,14 +314,18 @@ def run(args, configs=None) -> dict:
                               desc=f"perplexity ({what})", **bos_kw)
         return value, time.perf_counter() - t
 
-    result = {"model": model_desc, "bos": bos_rule.to_dict() | {"text": bos_rule.describe()}, "calibration": f"{args.nsamples} x {args.seqlen} tokens: {text_desc['calibration']}",
-              "evaluation": f"{n_windows} x {args.seqlen} tokens: {text_desc['evaluation']}",
+    result = {"model": model_desc, "bos": bos_rule.to_dict() | {"text": bos_rule.describe()},
+              "calibration": f"{args.nsamples} x {args.seqlen} tokens: {text_desc['calibration']}",
+              "evaluation": eval_desc or f"{n_windows} x {args.seqlen} tokens: {text_desc['evaluation']}",
               "dtype": args.dtype, "load_time_s": load_s, "rows": [], "reports": []}
     if not args.no_dense:
         value, dt = ppl("dense")
         result["rows"].append({"method": "dense", "ppl": value, "prune_time_s": 0.0, "mask_time_s": 0.0,
                                "eval_time_s": dt, "sparsity": 0.0, "swaps": 0})
         say(f"dense perplexity {value:.3f}")
+        if tasks:
+            result.setdefault("zero_shot", []).append(cli_options.zero_shot(
+                tasks, args.eval_tasks_include, args.eval_tasks_limit, model, tokenizer, "dense"))
     dense = {k: v.detach().clone() for k, v in model.state_dict().items()} if len(configs) > 1 else None
     for k, config in enumerate(configs):
         refine = config.refine
@@ -356,7 +333,9 @@ def run(args, configs=None) -> dict:
             model.load_state_dict(dense)
         if k == len(configs) - 1:
             dense = None
-        label = _label(args.initial, refine, config.objective, config.skip) + (" + reconstruct" if config.reconstruct else "")
+        label = cli_report.label(args.initial, refine, config.objective, config.skip) + (" + reconstruct" if config.reconstruct else "")
+        if config.sparsity_profile != "uniform":
+            label += " + OWL" if config.sparsity_profile == "owl" else " (per-layer sparsity)"
         say(f"pruning: {label}")
         try:
             report = dk.prune_model(model, calib, config)
@@ -370,6 +349,9 @@ def run(args, configs=None) -> dict:
                                "mask_time_s": report["mask_time_s"], "eval_time_s": dt,
                                "sparsity": report["sparsity"], "swaps": report["swaps"]})
         result["reports"].append(report)
+        if tasks:
+            result.setdefault("zero_shot", []).append(cli_options.zero_shot(
+                tasks, args.eval_tasks_include, args.eval_tasks_limit, model, tokenizer, label))
     if args.sparse24:
         model.to("cuda", torch.float16)
         result["sparse24"] = dk.to_sparse_24(model, dtype=torch.float16, min_size=args.sparse24_min_size)
@@ -379,9 +361,12 @@ def run(args, configs=None) -> dict:
                                "prune_time_s": 0.0, "mask_time_s": 0.0, "eval_time_s": dt,
                                "sparsity": result["rows"][-1]["sparsity"], "swaps": result["rows"][-1]["swaps"]})
     if not rank:
-        print(format_table(result))
+        print(cli_report.format_table(result))
+        extra = cli_report.format_extra(result)
+        if extra:
+            print("\n" + extra)
     if args.plot and not rank:
-        plot_errors(result["reports"][-1], args.plot)
+        cli_report.plot_errors(result["reports"][-1], args.plot)
         say(f"wrote {args.plot}")
     if args.save:
         say(f"saved {save_model(model, tokenizer, args.save, overwrite=args.overwrite)}")
@@ -389,21 +374,6 @@ def run(args, configs=None) -> dict:
         Path(args.json).write_text(json.dumps(result, indent=1))
         say(f"wrote {args.json}")
     return result
-
-
-def format_table(result) -> str:
-    lines = [f"model: {result['model']}", f"calibration: {result['calibration']}",
-             f"evaluation: {result['evaluation']}"]
-    if "bos" in result:
-        lines.append(f"windows: {result['bos']['text']}")
-    lines += ["",
-              f"| {'method':<40} | {'perplexity':>10} | {'sparsity':>8} | {'swaps':>8} | "
-              f"{'prune s':>8} | {'masks s':>8} |",
-              f"|{'-' * 42}|{'-' * 12}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 10}|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['method']:<40} | {r['ppl']:>10.3f} | {r['sparsity']:>8.4f} | {r['swaps']:>8d} | "
-                     f"{r['prune_time_s']:>8.1f} | {r['mask_time_s']:>8.2f} |")
-    return "\n".join(lines + ["", LEGEND])
 
 
 def main(argv=None) -> int:

@@ -87,3 +87,10 @@ def load_texts(calib=None, eval_file=None):
     desc = {"calibration": str(calib) if calib else DEFAULT_TEXT_NAME + ", first half",
             "evaluation": str(eval_file) if eval_file else DEFAULT_TEXT_NAME + ", second half"}
     return cal, ev, desc
+
+
+def wikitext2_test_text(local=None) -> str:
+    """WikiText-2's test split joined as the published protocol does (``dsnot_kernels.wikitext``):
+    from ``local`` (raw file, parquet/arrow file or folder) or the ``datasets`` library."""
+    from dsnot_kernels.wikitext import wikitext2_test_text as text
+    return text(local)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from dsnot_kernels.reference import sqrt_rn, wanda_metric
+from dsnot_kernels.objectives.reference import sqrt_rn, wanda_metric
 
 __all__ = ["wanda_metric", "magnitude_metric", "sparsegpt_metric", "initial_metric", "authors_sqrt_scaler",
            "SQRT_MODES"]

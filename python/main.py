@@ -7,11 +7,14 @@ Their users' scripts run unchanged, e.g.::
         --update_threshold 0.1 --pow_of_var_regrowing 1 [--skip_layer mlp] [--save_model DIR]
 
 Differences, all because this runs offline: calibration text is ``--calib FILE`` or the standard
-library's pydoc_data.topics (first half) instead of C4; perplexity is on ``--eval_dataset FILE`` (or
-``--eval FILE``) or pydoc_data.topics' second half instead of WikiText-2, and the result line names
-the text it was measured on. The dataset names wikitext2/c4/ptb are refused (they need a download).
-``--model`` may be omitted for the embedded SmolLM2-135M-Instruct. ``--eval_zero_shot`` is refused
-(the zero-shot harness needs downloads). As the authors' script, each run appends its result to
+library's pydoc_data.topics (first half) instead of C4; perplexity is on pydoc_data.topics' second
+half by default, on ``--eval_dataset FILE`` (or ``--eval FILE``), or on ``--eval_dataset wikitext2``
+with the authors' protocol (through ``datasets``, or a local copy: ``--eval_dataset_path``); the result
+line names the text it was measured on. c4/ptb are refused. ``--eval_zero_shot`` runs the authors'
+zero-shot tasks (or ``--eval_tasks``) through lm-eval-harness on the pruned model in memory.
+OWL's per-layer sparsity: ``--prune_method wanda_owl`` (OWL's name) or ``--sparsity_profile owl``,
+with OWL's ``--Hyper_m`` and ``--Lamda``.
+``--model`` may be omitted for the embedded SmolLM2-135M-Instruct. As the authors' script, each run appends its result to
 ``--output_results_file`` (default results.txt in the current folder); the path is printed.
 ``--save_model DIR`` refuses a non-empty DIR unless ``--overwrite``. Every argument that can be
 checked without the model is checked before it loads (exit status 2). Flags that only steered
@@ -29,11 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsnot_kernels import cli_checks
+from dsnot_kernels import cli_checks, cli_options
 from dsnot_kernels.cli_experts import add_expert_flags, describe_experts, expert_options
 from dsnot_kernels.ops import OBJECTIVES
 
 DATASET_NAMES = ("wikitext2", "c4", "ptb")
+# the authors' (Wanda's) --eval_zero_shot tasks, 0-shot
+ZERO_SHOT_TASKS = "boolq,rte,hellaswag,winogrande,arc_challenge,arc_easy,openbookqa"
 
 
 def build_parser():
@@ -43,12 +48,12 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--nsamples", type=int, default=128, help="calibration samples")
     p.add_argument("--eval_dataset", type=str, default=None, metavar="FILE",
-                   help="evaluation text file (default: pydoc_data.topics, second half); the names "
-                        "wikitext2, c4, ptb are refused: they need a download")
+                   help="evaluation text file, or wikitext2 (the authors' protocol; datasets or "
+                        "--eval_dataset_path) (default: pydoc_data.topics, second half); c4, ptb are refused")
     p.add_argument("--sparsity_ratio", type=float, default=0, help="sparsity ratio")
     p.add_argument("--sparsity_type", type=str, default="unstructured", choices=["unstructured", "4:8", "2:4"])
     p.add_argument("--prune_method", type=str, default="DSnoT",
-                   choices=["wanda", "sparsegpt", "magnitude", "DSnoT", "dense"])
+                   choices=["wanda", "sparsegpt", "magnitude", "DSnoT", "dense", "wanda_owl"])
     p.add_argument("--initial_method", type=str, default="wanda", choices=["wanda", "sparsegpt", "magnitude"])
     p.add_argument("--max_cycle_time", type=int, default=None,
                    help="default: the objective's (50, the authors'; swap: max(64, cols // 4))")
@@ -71,7 +76,10 @@ def build_parser():
     p.add_argument("--save_model", type=str, default=None, help="save the pruned model to this new or empty folder")
     p.add_argument("--overwrite", action="store_true", help="with --save_model: replace the model files in a "
                    "non-empty folder (other files are kept)")
-    p.add_argument("--eval_zero_shot", action="store_true", help="refused: the zero-shot harness needs downloads")
+    p.add_argument("--eval_zero_shot", action="store_true", help="zero-shot accuracy through lm-eval-harness "
+                   "(the authors' tasks, or --eval_tasks) on the pruned model in memory")
+    p.add_argument("--Hyper_m", type=float, default=5.0, help="OWL's M (default 5, OWL's README settings)")
+    p.add_argument("--Lamda", type=float, default=0.08, help="OWL's lambda (default 0.08)")
     # extras of this project
     p.add_argument("--seqlen", type=int, default=2048, help="calibration sample and evaluation window length")
     p.add_argument("--calib", default=None, help="calibration text file")
@@ -90,6 +98,12 @@ def build_parser():
     p.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
                    help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one), "
                         "always, never (plain slices of the token stream, as the authors' script)")
+    p.add_argument("--eval_dataset_path", default=None, help="local copy of --eval_dataset wikitext2 (wiki.test.raw, "
+                   "parquet/arrow file or folder)")
+    p.add_argument("--eval_tasks", default=None, help=f"lm-eval tasks of --eval_zero_shot (default {ZERO_SHOT_TASKS})")
+    p.add_argument("--eval_tasks_include", default=None, help="folder of lm-eval task YAML files")
+    p.add_argument("--eval_tasks_limit", type=int, default=None, help="at most N documents per task")
+    p.add_argument("--sparsity_profile", default="uniform", help="uniform, owl, or a JSON file (per-block list or dict)")
     add_expert_flags(p, sep="_")  # --expert_tokens, --expert_min_tokens, ... (dsnot_kernels/cli_experts.py)
     return p
 
@@ -119,16 +133,23 @@ def check(args):
     import dsnot_kernels as dk
     from dsnot_kernels.models import check_save_target
 
-    if args.eval_zero_shot:
-        raise ValueError("--eval_zero_shot is not supported: the zero-shot tasks (lm-eval harness) need "
-                         "downloads, and this runs offline")
+    args.dataset = None
     if args.eval_dataset is not None:
         if args.eval_dataset in DATASET_NAMES and not Path(args.eval_dataset).exists():
-            raise ValueError(f"--eval_dataset {args.eval_dataset}: the dataset would need a download; give a local "
-                             "text file (--eval_dataset FILE), or omit it for pydoc_data.topics' second half")
+            args.dataset = args.eval_dataset
+            cli_options.check_eval(args.dataset, args.eval_dataset_path, "--eval_dataset", "--eval_dataset_path")
         if args.eval_file is not None:
             raise ValueError("--eval_dataset and --eval both name the evaluation text; give one")
-        args.eval_file = args.eval_dataset
+        if args.dataset is None:
+            args.eval_file = args.eval_dataset
+    if args.eval_dataset_path is not None and args.dataset is None:
+        raise ValueError("--eval_dataset_path is the local copy of --eval_dataset wikitext2")
+    args.tasks = cli_options.check_tasks(args.eval_tasks or ZERO_SHOT_TASKS if args.eval_zero_shot else None,
+                                         args.eval_tasks_include, args.eval_tasks_limit, "--eval_tasks")
+    if args.eval_tasks and not args.eval_zero_shot:
+        raise ValueError("--eval_tasks needs --eval_zero_shot")
+    profile = "owl" if args.prune_method == "wanda_owl" else cli_options.load_profile(args.sparsity_profile,
+                                                                                      "--sparsity_profile")
     if args.sparsity_type != "unstructured" and args.sparsity_ratio != 0.5:
         raise ValueError(f"--sparsity_type {args.sparsity_type} needs --sparsity_ratio 0.5 (an N:M pattern prunes "
                          f"N of every M weights), got {args.sparsity_ratio}")
@@ -147,7 +168,7 @@ def check(args):
         # the authors' flags: --initial_method sparsegpt = SparseGPT's saliency for DSnoT's initial mask
         # (no weight update); --prune_method sparsegpt = SparseGPT as published (mask + weight updates)
         initial = ({"sparsegpt": "sparsegpt_metric"}.get(args.initial_method, args.initial_method)
-                   if args.prune_method == "DSnoT" else args.prune_method)
+                   if args.prune_method == "DSnoT" else {"wanda_owl": "wanda"}.get(args.prune_method, args.prune_method))
         refine = args.prune_method == "DSnoT" and not args.without_DSnoT
         skip_sub = () if args.skip_sub_layer == "no_skip" else (args.skip_sub_layer,)
         try:
@@ -157,11 +178,14 @@ def check(args):
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
                 without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
                 backend=args.backend, reconstruct=args.reconstruct, batch_size=args.batch_size, bos=args.bos,
-                sqrt="exact" if args.exact_sqrt else "torch", **experts)
-        except ValueError as exc:
-            raise ValueError(str(exc).replace("sparsity must", "--sparsity_ratio must")) from None
+                sqrt="exact" if args.exact_sqrt else "torch", **experts,
+                **cli_options.profile_kwargs(profile, args.Hyper_m, args.Lamda))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(str(exc).replace("sparsity must", "--sparsity_ratio must").replace(
+                "owl_m", "--Hyper_m").replace("owl_lambda", "--Lamda")) from None
     cli_checks.check_text_file("--calib", args.calib)
-    cli_checks.check_text_file("--eval_dataset" if args.eval_dataset else "--eval", args.eval_file)
+    if args.dataset is None:
+        cli_checks.check_text_file("--eval_dataset" if args.eval_dataset else "--eval", args.eval_file)
     cli_checks.check_output_file("--output_results_file", args.output_results_file)
     if args.save_model:
         try:
@@ -214,15 +238,28 @@ def main(argv=None):
             print(line)
         if args.get_time_overhead:
             print(f"time overhead: mask computation {report['mask_time_s']:.2f} s, total {prune_time:.1f} s")
+        if report["sparsity_profile"]["kind"] != "uniform":
+            from dsnot_kernels.pruning.profile import format_blocks
+            print(format_blocks(report))
     print("*" * 30)
     sparsity = _check_sparsity(model)
     print(f"sparsity sanity check {sparsity:.4f}")
     print("*" * 30)
-    print(f"evaluating on {text_desc['evaluation']}")
-    ppl = dk.perplexity(model, tokenize(tokenizer, eval_text), args.seqlen,
-                        max_windows=args.eval_windows or None, progress=True, **bos_kw)
-    print(f"\nppl on {text_desc['evaluation']}: {ppl}  (lower is better; BOS {bos_rule.rule}: "
+    try:
+        eval_ids, eval_desc, windows = cli_options.evaluation_ids(args.dataset, args.eval_dataset_path, tokenizer,
+                                                                  eval_text, args.seqlen, args.eval_windows, False)
+    except ValueError as exc:
+        parser.error(f"--eval_dataset {args.dataset}: {exc}")
+    eval_desc = eval_desc or text_desc["evaluation"]
+    print(f"evaluating on {eval_desc}")
+    ppl = dk.perplexity(model, eval_ids, args.seqlen, max_windows=windows, progress=True, **bos_kw)
+    print(f"\nppl on {eval_desc}: {ppl}  (lower is better; BOS {bos_rule.rule}: "
           f"{'used' if bos_rule.use else 'not used'})\n")
+    if args.tasks:
+        from dsnot_kernels import lm_eval_adapter as lea
+        zs = cli_options.zero_shot(args.tasks, args.eval_tasks_include, args.eval_tasks_limit, model, tokenizer,
+                                   args.prune_method)
+        print(lea.format_table(zs["tasks"], zs["label"]) + "\n")
     results = Path(args.output_results_file).resolve()
     with open(results, "a") as f:
         f.write(results_line(desc, args, sparsity, ppl, prune_time))

@@ -63,7 +63,7 @@ def refine_mask_emulated(weight, sum_metric_row, var, scaler_row, initial_metric
     varp = None
     p = float(pow_of_var_regrowing)
     if p not in (0.0, 1.0):
-        from dsnot_kernels.reference import var_power  # the contract's one definition, as the glue computes it
+        from dsnot_kernels.objectives.reference import var_power  # the contract's one definition, as the glue computes it
         varp = var_power(var, p).contiguous()
     mask = torch.full((rows, cols), 0x5A, dtype=torch.uint8)
     swaps = torch.full((rows,), -777, dtype=torch.int32)

@@ -34,6 +34,7 @@ def family_collect(family, name):
                             dk.PruneConfig(batch_size=2, progress=False, **FAMILY_CONFIGS[name]),
                             on_mask=lambda i, n, mask: masks.__setitem__((i, n), mask.clone()))
     return masks, {k: v.clone() for k, v in model.state_dict().items()}, report
+OWL = dict(sparsity_profile="owl", owl_m=2.0, owl_lambda=0.1)
 
 
 def config(pattern, objective, **kw):
@@ -79,6 +80,9 @@ def run_case(case, rank, out):
             for case_ in FAMILY_CASES:
                 masks, state, report = family_collect(*case_)
                 result[case_] = (masks, state, report["world_size"], report["local_samples"])
+        elif case == "owl":  # OWL's dense outlier pass under torch.distributed, then row-split masks
+            masks, state, report = prune_collect("unstructured", "dsnot", **OWL)
+            result["owl"] = (masks, state, report["sparsity_profile"])
         elif case == "too_many":
             prune_collect("unstructured", "dsnot", nsamples=2)      # one batch of 2 for 2 ranks
         elif case == "mismatch":

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dsnot_kernels as dk
-from dsnot_kernels.reference import initial_selection
+from dsnot_kernels.objectives.reference import initial_selection
 
 VOCAB = 96
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import dsnot_kernels as dk
-from dsnot_kernels.reference import sqrt_rn
+from dsnot_kernels.objectives.reference import sqrt_rn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from authors_pipeline import RunningStats, authors_masks, initial_mask  # noqa: E402

@@ -68,9 +68,11 @@ def test_torchrun_batch_split(monkeypatch):
 
 def test_help_shows_every_default():
     text = " ".join(cli.build_parser().format_help().split()).split("options:", 1)[1]
-    for flag, default in (("--nsamples NSAMPLES", 32), ("--seqlen SEQLEN", 512), ("--eval-windows EVAL_WINDOWS", 16),
-                          ("--batch-size BATCH_SIZE", 8)):
-        assert f"{flag} " in text and f"(default: {default})" in text.split(flag, 1)[1].split("--", 1)[0]
+    for flag, default in (("--nsamples NSAMPLES", "default: 32"), ("--seqlen SEQLEN", "default: 512"),
+                          ("--eval-windows EVAL_WINDOWS", "None: 16"), ("--batch-size BATCH_SIZE", "default: 8"),
+                          ("--owl-lambda OWL_LAMBDA", "default: 0.08")):
+        assert f"{flag} " in text and default in text.split(flag, 1)[1].split("--", 1)[0], flag
+    assert "(default" not in text.replace("(default: ", ""), "a default said twice or by hand"
 
 
 def test_sparse24_min_size_is_one_constant():

@@ -62,6 +62,15 @@ CLI_CASES = [
     (["--save", "{afile}"], "not a folder"),
     (["--overwrite"], "--overwrite needs --save"),
     (["--json", "/missing/dir/r.json"], "does not exist"),
+    (["--eval", "c4"], "only wikitext2"),
+    (["--eval", "wikitext2", "--eval-file", "/missing/wt"], "--eval-file /missing/wt: no such file or folder"),
+    (["--eval", "{afile}", "--eval-file", "{afile}"], "both name the evaluation text"),
+    (["--eval-file", "{tmp}"], "not a file"),
+    (["--sparsity-profile", "owl", "--pattern", "2:4"], "unstructured"),
+    (["--sparsity-profile", "/missing.json"], "not uniform, owl, or an existing JSON file"),
+    (["--sparsity-profile", "{empty}"], "not valid JSON"),
+    (["--sparsity-profile", "owl", "--owl-lambda", "-1"], "--owl-lambda -1.0: owl_lambda must be"),
+    (["--eval-tasks-limit", "3"], "need --eval-tasks"),
     (["--expert-tokens", "some"], "argument --expert-tokens: invalid choice: 'some'"),
     (["--expert-fallback", "wanda"], "argument --expert-fallback: invalid choice: 'wanda'"),
     (["--expert-min-tokens", "0"], "--expert-min-tokens must be >= 1, got 0"),
@@ -109,8 +118,12 @@ def test_cli_subprocess_is_quick_and_one_line():
 
 
 MAIN_CASES = [
-    (["--eval_dataset", "wikitext2"], "would need a download"),
-    (["--eval_zero_shot"], "--eval_zero_shot is not supported"),
+    (["--eval_dataset", "c4"], "only wikitext2"),
+    (["--eval_dataset", "wikitext2", "--eval_dataset_path", "/missing"], "/missing: no such file or folder"),
+    (["--eval_dataset_path", "/missing"], "is the local copy of --eval_dataset wikitext2"),
+    (["--eval_tasks", "arc_easy"], "--eval_tasks needs --eval_zero_shot"),
+    (["--prune_method", "wanda_owl", "--Lamda", "-1"], "--Lamda must be"),
+    (["--sparsity_profile", "owl", "--sparsity_type", "2:4"], "unstructured"),
     (["--sparsity_type", "2:4", "--sparsity_ratio", "0.6"], "needs --sparsity_ratio 0.5"),
     (["--model", "PATH"], "--model PATH: no such file or folder"),
     (["--model", "/does/not/exist"], "no such file or folder"),
@@ -164,3 +177,16 @@ def test_main_py_results_line_names_the_model_and_the_initial_method(method, ini
     args = authors_main.parse(["--prune_method", method, "--initial_method", initial, "--sparsity_ratio", "0.5"])
     fields = authors_main.results_line("SmolLM2-135M", args, 0.5, 12.3, 1.0).rstrip("\n").split("\t")
     assert fields[0] == "SmolLM2-135M" and fields[1] == method and fields[2] == expected
+@pytest.mark.parametrize("argv, module, message", [
+    (["--eval", "wikitext2"], "datasets", "--eval wikitext2: needs the `datasets` library"),
+    (["--eval-tasks", "arc_easy"], "lm_eval", "--eval-tasks arc_easy: zero-shot tasks need lm-eval-harness"),
+])
+def test_missing_optional_libraries_are_one_line_errors(argv, module, message, monkeypatch, capsys, no_loading):
+    from dsnot_kernels.cli import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--quiet"])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("dsnot-prune: error: ") and message in last, last

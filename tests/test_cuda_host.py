@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cuda_emulation  # noqa: E402
-from dsnot_kernels.reference import refine_mask_reference  # noqa: E402
+from dsnot_kernels.objectives.reference import refine_mask_reference  # noqa: E402
 
 pytestmark = pytest.mark.skipif(cuda_emulation.compiler() is None, reason="no C++ compiler")
 

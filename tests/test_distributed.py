@@ -105,6 +105,26 @@ def test_every_family_two_ranks_equal_one(tmp_path):
                     assert torch.equal(dstate[key], state[key]), (case, r, key)
     finally:
         torch.set_num_threads(threads)
+@pytest.mark.slow  # two worker processes (~50 s on the loaded 2-core machine)
+def test_owl_profile_identical_to_one_process(tmp_path):
+    """OWL's outlier pass combines the ranks' statistics: the same ratios, masks and weights."""
+    sys.path.insert(0, str(HERE))
+    import dist_worker
+    results = _launch(["owl"], tmp_path)["owl"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        masks, state, report = dist_worker.prune_collect("unstructured", "dsnot", **dist_worker.OWL)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(set(report["sparsity_profile"]["block_sparsity"])) > 1
+    for r, res in enumerate(results):
+        assert res["error"] is None, f"rank {r}: {res['error']}\n{res.get('traceback')}"
+        dmasks, dstate, dprofile = res["owl"]
+        assert dprofile["outlier_ratios"] == report["sparsity_profile"]["outlier_ratios"]
+        assert dprofile["block_sparsity"] == report["sparsity_profile"]["block_sparsity"]
+        assert dmasks.keys() == masks.keys() and all(torch.equal(dmasks[k], masks[k]) for k in masks)
+        assert all(torch.equal(dstate[k], state[k]) for k in state)
 
 
 def test_failures_end_every_rank_with_a_clear_message_within_the_timeout(tmp_path):

@@ -261,6 +261,34 @@ def test_per_layer_sparsities_like_wanda(llmc, tiny, tokenizer):
         assert (mask.sum(1) == int(mask.shape[1] * s)).all(), name
 
 
+@pytest.mark.parametrize("refine", [False, True])
+def test_owl_profile_equals_prune_model_owl(llmc, tiny, tokenizer, refine):
+    """sparsity_profile="owl" (llm-compressor's option names), computed by dsnot_kernels: the layer
+    sparsities and the masks of prune_model(PruneConfig(sparsity_profile="owl"))."""
+    _, _, DSnoT = llmc
+    folder, ids = tiny
+    modifier = DSnoT(sparsity=0.6, sparsity_profile="owl", owl_m=2, owl_lmbda=0.05, refine=refine)
+    ours = _masks(_oneshot(_load(folder), tokenizer, ids, [modifier]))
+    masks = {}
+    report = dk.prune_model(_load(folder), ids, dk.PruneConfig(
+        sparsity=0.6, sparsity_profile="owl", owl_m=2.0, owl_lambda=0.05, refine=refine, progress=False),
+        on_mask=lambda block, name, mask: masks.__setitem__(f"model.layers.{block}.{name}", mask.clone()))
+    want = report["sparsity_profile"]
+    assert list(modifier.owl["sparsity"]) == ["model.layers.0", "model.layers.1"]
+    assert list(modifier.owl["outlier_ratios"].values()) == pytest.approx(want["outlier_ratios"], rel=1e-9)
+    assert list(modifier.owl["sparsity"].values()) == pytest.approx(want["block_sparsity"], abs=1e-12)
+    assert want["block_sparsity"][0] != want["block_sparsity"][1]
+    assert _diff(ours, masks) == {}
+
+
+def test_owl_profile_refuses_n_m(llmc, tiny, tokenizer):
+    _, _, DSnoT = llmc
+    folder, ids = tiny
+    with pytest.raises(Exception, match="unstructured"):
+        _oneshot(_load(folder), tokenizer, ids, [DSnoT(sparsity=0.5, mask_structure="2:4", sparsity_profile="owl",
+                                                       owl_m=2, owl_lmbda=0.05)])
+
+
 def test_yaml_recipe_names_the_modifier(llmc, tiny, tokenizer):
     _, _, DSnoT = llmc
     folder, ids = tiny

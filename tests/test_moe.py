@@ -12,7 +12,7 @@ from dsnot_kernels.pruning import PruningError, UnsupportedModelError, find_bloc
 from dsnot_kernels.pruning import distributed as dist_prune
 from dsnot_kernels.pruning.coverage import SKIPPED, plan_block
 from dsnot_kernels.pruning.experts import find_expert_sets
-from dsnot_kernels.reference import initial_selection
+from dsnot_kernels.objectives.reference import initial_selection
 
 from moe_models import VOCAB, moe_inputs, reference_expert_masks, routed_counts, tiny_moe
 from pruning_models import FAMILIES, tiny_model
@@ -223,6 +223,23 @@ def test_expert_tokens_all_refused_for_module_list_experts_before_any_work():
     with pytest.raises(ValueError, match='expert_tokens="all" needs fused experts; mlp.experts'):
         dk.prune_model(model, calib(), cfg(expert_tokens="all"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["mixtral", "linear_experts"])
+def test_owl_profile_refused_on_experts_before_any_work(family):
+    """OWL's ratios come from a dense pass over the blocks' ordinary linear layers; on a MoE model
+    they would leave out the experts, so the profile is refused, not silently computed without them."""
+    model = tiny_moe(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match='sparsity_profile="owl" on a mixture-of-experts model'):
+        dk.prune_model(model, calib(), cfg(sparsity_profile="owl"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    report = dk.prune_model(model, calib(), cfg(sparsity_profile=[0.5, 0.6]))  # a per-block list works
+    experts = [e for e in report["sublayers"] if "expert" in e]
+    assert experts and {e["block"] for e in experts} == {0, 1}
+    for e in report["sublayers"]:  # experts too get their block's sparsity
+        want = [0.5, 0.6][e["block"]]
+        assert e["target_sparsity"] == want and want - 1 / e["shape"][1] < e["sparsity"] <= want, e["name"]
 
 
 def test_unknown_block_weight_is_an_error_before_any_work():

@@ -132,7 +132,7 @@ def test_opcheck_refine_mask_cov(window, pattern):
     if not _extension.has_kernel("CPU", "refine_mask_cov"):
         pytest.skip("the compiled extension has no refine_mask_cov CPU kernel here")
     import dsnot_kernels as dk
-    from dsnot_kernels.reference_window import cov_g0
+    from dsnot_kernels.objectives.cov_window import cov_g0
 
     g = torch.Generator().manual_seed(3)
     rows, cols = 5, 32
@@ -157,7 +157,7 @@ def test_opcheck_refine_mask_swap(search, pattern):
     if not _extension.has_kernel("CPU", "refine_mask_swap"):
         pytest.skip("the compiled extension has no refine_mask_swap CPU kernel here")
     import dsnot_kernels as dk
-    from dsnot_kernels.reference_window import cov_g0
+    from dsnot_kernels.objectives.cov_window import cov_g0
 
     g = torch.Generator().manual_seed(4)
     rows, cols = 5, 32

@@ -177,7 +177,7 @@ def test_unknown_architecture_is_a_clear_error():
 
 
 def test_failure_midway_leaves_a_usable_model(monkeypatch):
-    import dsnot_kernels.pruning.driver as driver
+    import dsnot_kernels.pruning.sublayer as driver  # what the driver calls per sub-layer
 
     calib = calibration()
     clean = tiny_model("llama", layers=3)

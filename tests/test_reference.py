@@ -358,7 +358,7 @@ def test_threshold_is_strict_and_float32():
 
 
 def test_lane_sum_is_the_contract_order():
-    from dsnot_kernels.reference import lane_sum
+    from dsnot_kernels.objectives.reference import lane_sum
     from oracle import F32, _lane_sum
 
     g = torch.Generator().manual_seed(0)

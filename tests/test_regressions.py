@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import dsnot_kernels as dk
-from dsnot_kernels.reference import sqrt_rn, wanda_metric
+from dsnot_kernels.objectives.reference import sqrt_rn, wanda_metric
 
 sys.path.insert(0, str(Path(__file__).parent))
 from oracle import oracle_row  # noqa: E402

@@ -187,12 +187,12 @@ def _block_and_inputs(seed=0):
 
 def test_shared_statistics_are_bit_identical_to_separate_ones():
     from dsnot_kernels.pruning.adapters import find_sublayers, weight_view
-    from dsnot_kernels.pruning.driver import _statistics_pass
+    from dsnot_kernels.pruning.sublayer import statistics_pass
     block, inputs, calls = _block_and_inputs()
     subs = find_sublayers(block)
     config = dk.PruneConfig(objective="cov", skip="none")
     with torch.no_grad():
-        shared = _statistics_pass(block, subs, inputs, calls, torch.device("cpu"), config, None, 0)
+        shared = statistics_pass(block, subs, inputs, calls, torch.device("cpu"), config, None, 0)
         separate = {n: dk.CalibrationStats(weight_view(m).shape[1], hessian=True) for n, m in subs.items()}
         hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: separate[n].add_batch(inp[0]))
                  for n, m in subs.items()]
@@ -222,12 +222,12 @@ def test_shared_statistics_are_bit_identical_to_separate_ones():
 ])
 def test_second_moment_only_where_needed(kw, with_m):
     from dsnot_kernels.pruning.adapters import find_sublayers, sublayer_kind
-    from dsnot_kernels.pruning.driver import _statistics_pass, needs_second_moment
+    from dsnot_kernels.pruning.sublayer import needs_second_moment, statistics_pass
     block, inputs, calls = _block_and_inputs()
     subs = find_sublayers(block)
     config = dk.PruneConfig(**kw)
     assert needs_second_moment(config) == bool(with_m)
     with torch.no_grad():
-        st = _statistics_pass(block, subs, inputs, calls, torch.device("cpu"), config, None, 0)
+        st = statistics_pass(block, subs, inputs, calls, torch.device("cpu"), config, None, 0)
     for name in subs:
         assert (st.stats_of(name).hessian is not None) == (sublayer_kind(name) in with_m), name

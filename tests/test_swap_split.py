@@ -15,7 +15,7 @@ import torch
 from correlated_inputs import correlated_layer, outlier_layer
 import dsnot_kernels as dk
 from dsnot_kernels import _extension, ops
-from dsnot_kernels.reference_window import cov_g0
+from dsnot_kernels.objectives.cov_window import cov_g0
 
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("CPU", "refine_mask_swap"),
                                 reason="extension built without the refine_mask_swap CPU kernel")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import dsnot_kernels as dk
-from dsnot_kernels.reference import refine_mask_reference
+from dsnot_kernels.objectives.reference import refine_mask_reference
 
 ROWS, COLS = 3, 8
 META = torch.device("meta")  # a second device on any machine: tensors without data

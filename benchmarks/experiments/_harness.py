@@ -1,14 +1,14 @@
 """Shared set-up of the experiment scripts here: the perplexity setup of docs/RESULTS.md (embedded
 SmolLM2-135M, 32 x 512 calibration windows (seed 0) of the first half of pydoc_data.topics, first
 4 x 512 tokens of the second half for evaluation), and a hook into ``prune_model`` that sees every
-sub-layer's statistics (the driver's ``_sublayer_mask`` is wrapped; everything else, capture,
+sub-layer's statistics (the driver's ``sublayer_mask`` (pruning/sublayer.py) is wrapped; everything else, capture,
 statistics, block order, application, is the package's driver)."""
 from __future__ import annotations
 
 import time
 
 import dsnot_kernels as dk
-from dsnot_kernels.pruning import driver
+from dsnot_kernels.pruning import sublayer as driver  # what the driver calls per sub-layer (pruning/sublayer.py)
 from dsnot_kernels.pruning.output_error import second_moment as second_moment_of  # noqa: F401  E[x xᵀ], float64
 
 NSAMPLES, SEQLEN, EVAL_WINDOWS, EVAL_SEQLEN, BATCH = 32, 512, 4, 512, 8
@@ -29,7 +29,7 @@ def ppl(model, eval_ids):
     return dk.perplexity(model, eval_ids, EVAL_SEQLEN, max_windows=EVAL_WINDOWS)
 
 
-_orig_sublayer_mask = driver._sublayer_mask
+_orig_sublayer_mask = driver.sublayer_mask
 _orig_stats = driver.CalibrationStats
 
 
@@ -40,7 +40,7 @@ def install(variant=None, hessian=False, per_sublayer=None):
     if variant is not None:
         raise ValueError("the prototype refinement variants were removed; only per_sublayer= remains")
     if per_sublayer is None:
-        driver._sublayer_mask = _orig_sublayer_mask
+        driver.sublayer_mask = _orig_sublayer_mask
         driver.CalibrationStats = _orig_stats
         return
     driver.CalibrationStats = (lambda n, device="cpu", hessian_=False, **kw:
@@ -52,4 +52,4 @@ def install(variant=None, hessian=False, per_sublayer=None):
             return out
         return _orig_sublayer_mask(name, module, stats, config, want_error)
 
-    driver._sublayer_mask = sublayer_mask
+    driver.sublayer_mask = sublayer_mask

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import dsnot_kernels as dk  # noqa: E402
-from dsnot_kernels.reference import growth_keys, initial_selection, lane_sum, wanda_metric  # noqa: E402
+from dsnot_kernels.objectives.reference import growth_keys, initial_selection, lane_sum, wanda_metric  # noqa: E402
 
 
 def first_window(values, member, K, descending):

@@ -53,7 +53,7 @@ from typing import Optional
 try:
     import llmcompressor  # noqa: F401
     from compressed_tensors.utils import (align_module_device, get_execution_device, match_named_modules,
-                                          update_offload_parameter)
+                                          match_targets, update_offload_parameter)
     from llmcompressor.modifiers import ModifierFactory
     from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
     from loguru import logger
@@ -70,7 +70,8 @@ import torch
 from torch import nn
 
 from dsnot_kernels import ops
-from dsnot_kernels.pruning import driver
+from dsnot_kernels.integrations import llmcompressor_experts as experts
+from dsnot_kernels.pruning import sublayer
 from dsnot_kernels.pruning.adapters import is_prunable, is_transposed, sublayer_kind, weight_view
 from dsnot_kernels.pruning.config import PruneConfig, parse_pattern
 from dsnot_kernels.stats import CalibrationStats
@@ -105,9 +106,13 @@ class DSnoTModifier(SparsityModifierBase):
         mask_structure: "0:0" (unstructured, default) or "N:M" such as "2:4".
         targets, ignore: which modules to prune (llm-compressor's matching). ``ignore`` defaults to
             ``["re:.*lm_head"]`` (DSnoT, Wanda and SparseGPT never prune the output head).
-        sparsity_profile="owl", owl_m, owl_lmbda: OWL layer-wise sparsities (llm-compressor's; in
-            0.14.0.1 its OWL pass fails inside llm-compressor before any modifier runs, its own Wanda
-            included: pass per-layer ratios as ``sparsity=[...]`` with decoder-layer ``targets``).
+        sparsity_profile="owl", owl_m, owl_lmbda: OWL layer-wise sparsities (llm-compressor's names,
+            all three together), computed here by dsnot_kernels rather than by llm-compressor (whose
+            0.14.0.1 OWL pass fails): one dense pass of the model over the calibration data, the
+            published rule per decoder layer (``dsnot_kernels.pruning.profile``), the mean of the
+            layer sparsities = ``sparsity``; the layers' sparsities and outlier ratios are in
+            ``modifier.owl``. Unstructured only. Or pass per-layer ratios as ``sparsity=[...]``
+            with decoder-layer ``targets``.
 
     Options of DSnoT, with ``dsnot_kernels.PruneConfig``'s names and meanings:
         initial: initial mask, "wanda" (default), "magnitude", or any other ``PruneConfig.initial``.
@@ -166,6 +171,7 @@ class DSnoTModifier(SparsityModifierBase):
     _experts_report: list = PrivateAttr(default_factory=list)
     _layer_names: list = PrivateAttr(default_factory=list)    # names of the sequential targets
     _report: list = PrivateAttr(default_factory=list)
+    _owl: dict = PrivateAttr(default_factory=dict)             # {"sparsity": {layer: s}, "outlier_ratios": ...}
 
     # -- validation: PruneConfig's own checks, read at run time -------------------------------
     @field_validator("initial", "objective", "skip")
@@ -264,6 +270,39 @@ class DSnoTModifier(SparsityModifierBase):
                            expert_min_tokens=self.expert_min_tokens, expert_fallback=self.expert_fallback,
                            expert_report_tokens=self.expert_report_tokens, progress=False)
 
+    def _layer_of(self, name: str) -> str:
+        """The sequential target (decoder layer) holding ``name`` ("" when none does)."""
+        best = ""
+        for layer in self._layer_names:
+            if name.startswith(layer + ".") and len(layer) > len(best):
+                best = layer
+        return best
+
+    @property
+    def owl(self) -> dict:
+        """``{"sparsity": {layer: s}, "outlier_ratios": {layer: D}}`` after an OWL run, else {}."""
+        return dict(self._owl)
+
+    def _owl_pass(self, state) -> None:
+        from dsnot_kernels.integrations.llmcompressor_owl import owl_layer_sparsities
+        if self._prune_n:
+            raise ValueError("sparsity_profile='owl' is for unstructured masks (mask_structure='0:0')")
+        modules = {}
+        for layer_name, layer in self._target_layers.items():
+            for name, module in match_named_modules(layer, ["Linear", "Conv1D"]):
+                full = f"{layer_name}.{name}".rstrip(".")
+                if not match_targets(full, module, self.ignore) and is_prunable(module):
+                    modules[full] = module
+
+        def weight_of(module):
+            with align_module_device(module):
+                return weight_view(module).detach().clone()
+        sparsity, ratios = owl_layer_sparsities(state.model, state.data.calib, modules, self._layer_of, weight_of,
+                                                float(self.sparsity), float(self.owl_m), float(self.owl_lmbda))
+        self._owl = {"sparsity": sparsity, "outlier_ratios": ratios}
+        for layer, value in sparsity.items():
+            logger.info(f"DSnoT OWL: {layer or '(model)'}: outlier ratio {ratios[layer]:.4f}, sparsity {value:.4f}")
+
     def _relative_name(self, name: str) -> str:
         """``name`` relative to the sequential target (decoder layer) that holds it."""
         best = ""
@@ -273,6 +312,8 @@ class DSnoTModifier(SparsityModifierBase):
         return name[len(best) + 1:] if best else name
 
     def _module_sparsity(self, module, name):
+        if self._owl:
+            return self._owl["sparsity"][self._layer_of(name)]
         sparsity = self._module_sparsities[module]
         if isinstance(sparsity, dict):  # OWL: {decoder layer name: sparsity}
             for layer, value in sparsity.items():
@@ -283,10 +324,21 @@ class DSnoTModifier(SparsityModifierBase):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_initialize(self, state, **kwargs) -> bool:
-        done = super().on_initialize(state, **kwargs)
+        profile, self._owl = self.sparsity_profile, {}
+        if profile == "owl":  # computed here (_owl_pass), not by the base class
+            if not isinstance(self.sparsity, (int, float)):
+                raise ValueError("sparsity_profile='owl' needs one sparsity (the mean of the layers'), got "
+                                 f"{self.sparsity!r}")
+            self.sparsity_profile = None
+        try:
+            done = super().on_initialize(state, **kwargs)
+        finally:
+            self.sparsity_profile = profile
         self._layers = dict(match_named_modules(state.model, self._sequential_targets))
         self._layer_names = list(self._layers)
         self._report, self._experts_report = [], []
+        if profile == "owl":
+            self._owl_pass(state)
         return done
 
     def on_calibration_start(self, state, event, **kwargs):
@@ -298,43 +350,10 @@ class DSnoTModifier(SparsityModifierBase):
                                  f"{name.rstrip('.')} is a {type(module).__name__}: add it to `ignore` "
                                  "or narrow `targets`")
         try:
-            self._attach_experts()
+            experts.attach_experts(self)  # checks, routers, expert collectors (llmcompressor_experts.py)
         except Exception:
             self.remove_hooks()
             raise
-
-    def _expert_mode(self) -> str:
-        """"all" while oneshot calibrates every expert on every token (its moe_calibrate_all_experts,
-        default True), else "routed"; must agree with ``expert_tokens`` where that is given."""
-        from llmcompressor.modeling.moe.context import get_calibrate_all_experts_flag
-        mode = "all" if get_calibrate_all_experts_flag() else "routed"
-        if self.expert_tokens not in (None, mode):
-            raise ValueError(f"DSnoTModifier(expert_tokens={self.expert_tokens!r}) needs oneshot(..., "
-                             f"moe_calibrate_all_experts={self.expert_tokens == 'all'}); llm-compressor decides "
-                             f"which tokens reach each expert, and this run sends them {mode!r}")
-        return mode
-
-    def _attach_experts(self) -> None:
-        """Check every decoder layer (no weight left dense unknowingly), then attach the expert collectors
-        (llmcompressor_experts.py) of the experts whose Linear layers are targets."""
-        from dsnot_kernels.integrations.llmcompressor_experts import HookedCollector, check_layer
-        targets = {id(m) for m in self._module_names}
-        self._collectors, self._expert_linears = [], set()
-        for layer_name, layer in self._layers.items():
-            sets, routers = check_layer(layer, layer_name)
-            for router in routers:  # never pruned (prune_model's rule): no statistics, so no mask
-                for module in router.modules():
-                    self._expert_linears.add(id(module))
-            for es in sets:
-                ids = {id(es.module[e].get_submodule(k)) for e, k in es.projections.values()}
-                if not ids & targets:
-                    continue
-                self._expert_mode()
-                collector = HookedCollector(self, es, lambda cols, m, es=es: CalibrationStats(
-                    cols, device=get_execution_device(es.module), hessian=m), lambda name: self._needs_second_moment())
-                collector.attach()
-                self._collectors.append((layer_name, collector))
-                self._expert_linears |= ids
 
     def calibrate_module(self, module: nn.Module, args: tuple, _output) -> None:
         """Forward hook: add the module's input, (B, T, C) = B samples, to its CalibrationStats."""
@@ -363,7 +382,7 @@ class DSnoTModifier(SparsityModifierBase):
             logger.info(f"DSnoT: pruning {name} using {stats.nsamples} samples")
             t0 = time.perf_counter()
             with torch.no_grad(), align_module_device(module):
-                result = driver._sublayer_mask(relative, module, stats, config, False)
+                result = sublayer.sublayer_mask(relative, module, stats, config, False)
                 # (mask, entry), or (mask, new weight or None, entry) where the initial method updates
                 # the kept weights (SparseGPT as published)
                 mask, new_weight, entry = result if len(result) == 3 else (result[0], None, result[1])
@@ -382,22 +401,7 @@ class DSnoTModifier(SparsityModifierBase):
                                "(their losses did not rise)")
             self._report.append(entry)
             del self._stats[module]
-        self._compress_experts()
-
-    def _compress_experts(self) -> None:
-        """Every expert of the layers calibrated since the last call, as ``prune_model`` prunes them."""
-        from dsnot_kernels.integrations.llmcompressor_experts import prune_experts
-        names = {m: n.rstrip(".") for m, n in self._module_names.items()}
-        for layer_name, collector in self._collectors:
-            if not collector.active:
-                continue
-            logger.info(f"DSnoT: pruning the {collector.es.num_experts} experts of {layer_name}.{collector.es.path}")
-            entries, summary = prune_experts(
-                collector, layer_name, names,
-                lambda m, name: self._config(self._module_sparsity(m, name)), self._config(0.5), self._expert_mode())
-            self._report.extend(entries)
-            self._experts_report.append(summary)
-            collector.reset()
+        experts.compress_experts(self)
 
     @property
     def experts_report(self) -> list:

@@ -32,13 +32,15 @@ import time
 from types import SimpleNamespace
 
 import torch
-from compressed_tensors.utils import align_module_device, update_offload_parameter
+from compressed_tensors.utils import align_module_device, get_execution_device, update_offload_parameter
+from loguru import logger
 
-from dsnot_kernels.pruning import driver
+from dsnot_kernels.pruning import sublayer
 from dsnot_kernels.pruning.adapters import UnsupportedModelError, sublayer_kind
 from dsnot_kernels.pruning.coverage import plan_block
 from dsnot_kernels.pruning.expert_pass import _fallback_mask
 from dsnot_kernels.pruning.expert_stats import ModulesCollector
+from dsnot_kernels.stats import CalibrationStats
 from dsnot_kernels.pruning.experts import router_names
 
 
@@ -104,7 +106,7 @@ def _projections(collector, e, modules):
 def _expert_mask(rel, W, stats, n, config, where):
     """(mask, new weight or None, entry) of one expert projection W (rows, cols) with n routed tokens."""
     if n >= config.expert_min_tokens:
-        return driver._sublayer_mask(rel, SimpleNamespace(weight=SimpleNamespace(data=W)), stats, config, False)
+        return sublayer.sublayer_mask(rel, SimpleNamespace(weight=SimpleNamespace(data=W)), stats, config, False)
     if config.expert_fallback == "error":
         raise ValueError(f"DSnoTModifier: {where} got {n} calibration token(s), fewer than "
                          f"expert_min_tokens={config.expert_min_tokens} (expert_fallback='error')")
@@ -148,3 +150,57 @@ def prune_experts(collector, layer_name: str, modules: dict, config_of, base, mo
                "fallback": [k for k, v in enumerate(t) if v < base.expert_min_tokens],
                "few_tokens": sum(1 for v in t if v < base.expert_report_tokens)}
     return entries, summary
+
+
+# -- the modifier's MoE steps (DSnoTModifier delegates to these) ---------------------------------------
+def expert_mode(modifier) -> str:
+    """"all" while oneshot calibrates every expert on every token (its moe_calibrate_all_experts,
+    default True), else "routed"; must agree with ``modifier.expert_tokens`` where that is given."""
+    from llmcompressor.modeling.moe.context import get_calibrate_all_experts_flag
+    mode = "all" if get_calibrate_all_experts_flag() else "routed"
+    if modifier.expert_tokens not in (None, mode):
+        raise ValueError(f"DSnoTModifier(expert_tokens={modifier.expert_tokens!r}) needs oneshot(..., "
+                         f"moe_calibrate_all_experts={modifier.expert_tokens == 'all'}); llm-compressor decides "
+                         f"which tokens reach each expert, and this run sends them {mode!r}")
+    return mode
+
+
+def attach_experts(modifier) -> None:
+    """Check every decoder layer (no weight left dense unknowingly), leave routers out, and attach the
+    collectors of the experts whose Linear layers are targets (``modifier._collectors``)."""
+    targets = {id(m) for m in modifier._module_names}
+    modifier._collectors, modifier._expert_linears = [], set()
+    for layer_name, layer in modifier._layers.items():
+        sets, routers = check_layer(layer, layer_name)
+        for router in routers:  # never pruned (prune_model's rule): no statistics, so no mask
+            modifier._expert_linears.update(id(m) for m in router.modules())
+        for es in sets:
+            ids = {id(es.module[e].get_submodule(k)) for e, k in es.projections.values()}
+            if not ids & targets:
+                continue
+            expert_mode(modifier)
+            if getattr(modifier, "_owl", None):
+                raise ValueError("DSnoTModifier: sparsity_profile='owl' is refused on mixture-of-experts models "
+                                 f"({layer_name}.{es.path}), as in prune_model: its outlier ratios would leave out "
+                                 "the experts; give per-layer ratios as sparsity=[...]")
+            device = get_execution_device(es.module)
+            collector = HookedCollector(modifier, es, lambda cols, m, d=device: CalibrationStats(cols, d, hessian=m),
+                                        lambda name: modifier._needs_second_moment())
+            collector.attach()
+            modifier._collectors.append((layer_name, collector))
+            modifier._expert_linears |= ids
+
+
+def compress_experts(modifier) -> None:
+    """Prune every expert of the layers calibrated since the last call, as ``prune_model`` prunes them."""
+    names = {m: n.rstrip(".") for m, n in modifier._module_names.items()}
+    for layer_name, collector in modifier._collectors:
+        if not collector.active:
+            continue
+        logger.info(f"DSnoT: pruning the {collector.es.num_experts} experts of {layer_name}.{collector.es.path}")
+        entries, summary = prune_experts(
+            collector, layer_name, names, lambda m, name: modifier._config(modifier._module_sparsity(m, name)),
+            modifier._config(0.5), expert_mode(modifier))
+        modifier._report.extend(entries)
+        modifier._experts_report.append(summary)
+        collector.reset()

@@ -94,6 +94,14 @@ class PruneConfig:
         windows as given and "always" makes each window start with BOS (``[BOS] + its first
         seqlen - 1 tokens`` where it does not). The report's "bos" entry says what was used.
     bos_token_id: the BOS id for ``bos="always"`` (None = the model config's / generation config's).
+    sparsity_profile: each sub-layer's unstructured sparsity (``dsnot_kernels.pruning.profile``):
+        "uniform" (``sparsity`` everywhere), a list of one sparsity per block, a dict
+        ``{block: s, "block.sublayer": s}`` (the rest get ``sparsity``), or "owl" (outlier-weighted
+        layer-wise sparsity, arXiv 2310.05175: one dense calibration pass measures each block's
+        outlier ratio; the block sparsities average to ``sparsity``). Unstructured only.
+    owl_m, owl_lambda: OWL's hyperparameters (its code's ``--Hyper_m``, ``--Lamda``): a score is an
+        outlier above ``owl_m`` x its block's mean score; block sparsities span at most
+        2 x ``owl_lambda``. Defaults 5 and 0.08, the OWL README's LLaMA settings.
     """
 
     sparsity: float = 0.5
@@ -122,6 +130,9 @@ class PruneConfig:
     expert_group_size: int = 8
     bos: str = "auto"
     bos_token_id: "int | None" = None
+    sparsity_profile: object = "uniform"
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -153,6 +164,11 @@ class PruneConfig:
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self.skip_sublayers = tuple(self.skip_sublayers or ())
+        from dsnot_kernels.pruning.profile import check_owl_hyper, check_profile
+        check_profile(self.sparsity_profile, self.prune_n)
+        check_owl_hyper(self.owl_m, self.owl_lambda)
+        if isinstance(self.sparsity_profile, tuple):
+            self.sparsity_profile = list(self.sparsity_profile)
         from dsnot_kernels.bos import check_bos
         check_bos(self.bos)
         if self.bos_token_id is not None and (isinstance(self.bos_token_id, bool) or not

@@ -12,6 +12,7 @@ masks of one process (``dsnot_kernels.pruning.distributed``).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from types import SimpleNamespace
 
@@ -19,19 +20,16 @@ import torch
 from torch import nn
 
 from dsnot_kernels.bos import calibration_bos
-from dsnot_kernels.metrics import authors_sqrt_scaler, initial_metric
-from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
-from dsnot_kernels.pruning.adapters import find_blocks, is_refined, sublayer_kind, weight_view
-from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, move_outside,
-                                           restore_devices, snapshot_devices)
 from dsnot_kernels.pruning import distributed as dist_prune
 from dsnot_kernels.pruning import expert_pass
+from dsnot_kernels.pruning import profile as sparsity_profile
+from dsnot_kernels.pruning import sublayer
+from dsnot_kernels.pruning.adapters import find_blocks, weight_view
+from dsnot_kernels.pruning.capture import (block_output, capture_block_calls, move_outside,
+                                           restore_devices, snapshot_devices)
 from dsnot_kernels.pruning.config import PruneConfig
 from dsnot_kernels.pruning.coverage import plan_block
-from dsnot_kernels.pruning.output_error import output_error, second_moment
-from dsnot_kernels.pruning.stats_pass import BlockStats
-from dsnot_kernels.pruning.weight_update import reconstruct_kept, sparsegpt_initial, updated_output_error
-from dsnot_kernels.stats import CalibrationStats
+from dsnot_kernels.pruning.sublayer import needs_second_moment, statistics_pass  # noqa: F401
 
 
 class PruningError(RuntimeError):
@@ -60,142 +58,6 @@ def _run_block(block, inputs, calls, state):
     return outs
 
 
-def needs_second_moment(config, name=None) -> bool:
-    """Whether sub-layer ``name`` (None: any sub-layer) needs the (cols, cols) second moment M.
-
-    M is costly (cols² floats, a (cols, T) x (T, cols) product per sample), so it is built only
-    for what reads it: SparseGPT and the sparsegpt_metric initial metric, ``record_error``,
-    ``reconstruct``, and refined sub-layers of an objective that uses it (``SECOND_MOMENT_OBJECTIVES``).
-    """
-    if (config.initial in ("sparsegpt", "sparsegpt_metric") or config.record_error
-            or getattr(config, "reconstruct", False)):
-        return True
-    if config.objective not in SECOND_MOMENT_OBJECTIVES:
-        return False
-    return bool(config.refine) if name is None else is_refined(name, config)
-
-
-def _stats_maker(device, ranks, sample_offset):
-    if ranks is None:
-        return lambda c, h: CalibrationStats(c, device=device, hessian=h)  # noqa: E731
-    return lambda c, h: dist_prune.SampleRecorder(c, device, h, sample_offset)  # noqa: E731
-
-
-def _expert_setup(plan, config, device, ranks):
-    """The expert statistics passes of a block (``expert_pass.plan_passes``) and the collectors of
-    the first, which rides on the ordinary statistics pass. Under torch.distributed an expert's
-    samples are numbered after the pass (``DeferredRecorder``)."""
-    if ranks is None:
-        make = lambda c, h: CalibrationStats(c, device=device, hessian=h)  # noqa: E731
-    else:
-        make = lambda c, h: dist_prune.DeferredRecorder(c, device, h)  # noqa: E731
-    needs_m = lambda n: needs_second_moment(config, n)  # noqa: E731
-    passes = expert_pass.plan_passes(plan.experts, config, needs_m)
-    first = expert_pass.collectors_for(passes[0], make, needs_m, config, share=ranks is None) if passes else []
-    return SimpleNamespace(make=make, needs_m=needs_m, passes=passes, first=first)
-
-
-def _statistics_pass(block, subs, inputs, calls, device, config, ranks, sample_offset, experts=()):
-    """Run ``block`` on every batch with hooks; returns the ``BlockStats`` (one statistics object per
-    distinct sub-layer input: ``CalibrationStats``, or per-sample recorders under torch.distributed).
-    ``experts``: expert collectors (``expert_pass``) fed in the same pass."""
-    cols = {name: weight_view(m).shape[1] for name, m in subs.items()}
-    needs = {name: needs_second_moment(config, name) for name in subs}
-    collector = BlockStats(subs, cols, needs, _stats_maker(device, ranks, sample_offset))
-    hooks = [m.register_forward_hook(collector.hook(name)) for name, m in subs.items()]
-    try:
-        for x, call in zip(inputs, calls):
-            collector.begin_call(x.shape[0])
-            for c in experts:
-                c.begin_call(x.shape[0])
-            block(x, *call.args, **call.kwargs)
-            collector.end_call()
-            for c in experts:
-                c.end_call()
-    finally:
-        for h in hooks:
-            h.remove()
-        for c in experts:
-            c.detach()
-    return collector
-
-
-def _sublayer_mask(name, module, stats, config, want_error):
-    """(mask, new_weight, entry) of one sub-layer; the weight is not modified.
-
-    new_weight is None when only the mask is applied (pruned weights zeroed), else the (rows, cols)
-    weights to write (SparseGPT's updates and/or the reconstruction; pruning/weight_update.py)."""
-    stats.check_not_empty(f"sub-layer {name}")  # e.g. a sub-layer the block's forward never called
-    W = weight_view(module)
-    refined = is_refined(name, config)
-    sgpt = config.initial == "sparsegpt"
-    # sqrt="torch": the scaler whose exact square root is ATen's torch.sqrt(scaler_row) (metrics.py)
-    scaler = stats.scaler_row if config.sqrt == "exact" else authors_sqrt_scaler(stats.scaler_row)
-    metric = None if config.initial in ("wanda", "sparsegpt") else initial_metric(config.initial, W, stats)
-    common = dict(initial_metric=metric, sparsity=config.sparsity, prune_n=config.prune_n,
-                  prune_m=config.prune_m, update_threshold=config.update_threshold,
-                  pow_of_var_regrowing=config.pow_of_var_regrowing,
-                  without_same_sign=config.without_same_sign, backend=config.backend, return_swaps=True)
-    t0 = time.perf_counter()
-    new_w, sgpt_s = None, 0.0
-    if sgpt:
-        initial_mask, new_w, sgpt_s = sparsegpt_initial(W, stats, config)
-        common["initial_mask"] = initial_mask
-    if refined:
-        mse, cov = config.objective == "mse", config.objective in SECOND_MOMENT_OBJECTIVES
-        mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, scaler,
-                                  max_cycle_time=config.max_cycle_time, objective=config.objective,
-                                  mean=stats.mean if mse else None,
-                                  second_moment=stats.hessian if cov else None, window=config.window,
-                                  **common)
-    elif sgpt:
-        mask, swaps = initial_mask, torch.zeros(W.shape[0], dtype=torch.int32, device=W.device)
-    else:
-        mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, scaler,
-                                  max_cycle_time=0, **common)
-    mask_time = time.perf_counter() - t0
-    entry = {"name": name, "kind": sublayer_kind(name), "shape": list(W.shape), "refined": refined,
-             "sparsity": float(mask.float().mean()), "swaps": int(swaps.sum()),
-             "rows_swapped": int((swaps > 0).sum()), "mask_time_s": mask_time}
-    if sgpt:
-        entry["sparsegpt_time_s"] = sgpt_s
-    # SparseGPT's weights fit SparseGPT's mask only: after swaps, the kept weights are re-solved
-    if config.reconstruct or (sgpt and bool((mask != initial_mask).any())):
-        new_w, info = reconstruct_kept(W, mask, stats, init=new_w)
-        entry["reconstruct"] = info
-        entry["reconstruct_time_s"] = info["time_s"]
-    if want_error:
-        moment = second_moment(stats)
-        after = output_error(W, mask, stats, moment)
-        if refined and config.max_cycle_time != 0:  # None: the objective's default (> 0)
-            if sgpt:
-                initial = common["initial_mask"]
-            else:
-                initial, _ = refine_mask(W, stats.sum_metric_row, stats.var, scaler,
-                                         max_cycle_time=0, **common)
-            before = output_error(W, initial, stats, moment)
-        else:
-            before = dict(after)
-        entry["error"] = {"initial": before, "refined": after}
-        if new_w is not None:  # the error of the weights actually written (updated kept weights)
-            entry["error"]["final"] = updated_output_error(W, new_w, stats, moment)
-    return mask, new_w, entry
-
-
-def _sublayer_mask_rows(name, module, stats, config, ranks):
-    """``_sublayer_mask`` of this rank's contiguous share of the rows, all-gathered (collective)."""
-    W = weight_view(module)
-    r0, r1 = dist_prune.share(W.shape[0], *ranks)
-    part, _, entry = _sublayer_mask(name, SimpleNamespace(weight=SimpleNamespace(data=W[r0:r1])), stats,
-                                    config, False)
-    t0 = time.perf_counter()
-    mask = dist_prune.gather_rows(part, W.shape[0])
-    swaps, rows_swapped = dist_prune.sum_across([entry["swaps"], entry["rows_swapped"]], W.device)
-    entry.update(shape=list(W.shape), sparsity=float(mask.float().mean()), swaps=int(swaps),
-                 rows_swapped=int(rows_swapped), gather_time_s=time.perf_counter() - t0)
-    return mask, entry
-
-
 def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfig | None" = None,
                 on_mask=None) -> dict:
     """Prune ``model`` in place, block by block (spec §4). Returns a JSON-serialisable report.
@@ -221,18 +83,37 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         on its original device. ValueError before any work if the ranks' arguments differ or there
         are more ranks than calibration batches.
     """
-    config = config if config is not None else PruneConfig()
+    run = _plan(model, calibration, config if config is not None else PruneConfig())  # 1. plan, before any work
+    t_start = time.perf_counter()
+    try:
+        with _inference(model, run.snapshot), torch.no_grad():
+            captured = _capture(run)                                    # 2. the first block's inputs
+            sparsity_of = _sparsities(run, captured)                    # 3. each sub-layer's sparsity
+            inputs = captured.inputs
+            for i in _progress(run):                                    # 4. block by block
+                inputs = _prune_block(run, i, inputs, [c[i] for c in captured.calls], sparsity_of, on_mask)
+            if run.ranks is not None:
+                run.where.update(block=None, sublayer=None, stage="finish (collective)")
+                dist_prune.all_finished(run.device)
+    except Exception as exc:
+        raise _failure(run, exc) from exc
+    _summarise(run.report, time.perf_counter() - t_start)              # 5. the report
+    return run.report
+
+
+def _plan(model, calibration, config) -> SimpleNamespace:
+    """Step 1: the blocks, what each prunes (``plan_block``: an unsupported weight raises here),
+    the calibration batches of this rank, and the report's header."""
     calibration = _check_calibration(calibration)
     calibration, bos_entry = calibration_bos(calibration, config.bos, model, config.bos_token_id)
     path, blocks = find_blocks(model)
-    plans = [plan_block(b, f"{path}.{i}") for i, b in enumerate(blocks)]  # before any work
+    plans = [plan_block(b, f"{path}.{i}") for i, b in enumerate(blocks)]
     expert_pass.check_config(plans, config)
-    first = next(model.parameters())
-    device = torch.device(config.device) if config.device else first.device
+    device = torch.device(config.device) if config.device else next(model.parameters()).device
     batches = list(calibration.split(config.batch_size))
     ranks = dist_prune.world()
     sample_offset, counts, split_rows = 0, None, False
-    if ranks is not None:  # each rank: a contiguous share of the batches (issue #20)
+    if ranks is not None:  # each rank: a contiguous share of the batches
         dist_prune.check_arguments(config, calibration, len(batches))
         shares = [dist_prune.share(len(batches), r, ranks[1]) for r in range(ranks[1])]
         counts = [sum(b.shape[0] for b in batches[a:z]) for a, z in shares]
@@ -240,7 +121,9 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
         sample_offset = sum(b.shape[0] for b in batches[:a])
         batches = batches[a:z]
         split_rows = dist_prune.splits_rows(config)
-
+    sparsity_profile.resolve(config, len(blocks))  # a bad list/dict fails before any work
+    for i, plan in enumerate(plans if isinstance(config.sparsity_profile, dict) else ()):
+        sparsity_profile.check_names(config, i, plan.dense)
     report = {"model": type(model).__name__, "blocks_path": path, "num_blocks": len(blocks),
               "calibration": list(calibration.shape), "bos": bos_entry, "config": config.to_dict(),
               "device": str(device), "sublayers": [], "blocks": [], "completed": False,
@@ -248,125 +131,158 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, config: "PruneConfi
               "skipped": {f"{path}.{i}.{n}": why for i, p in enumerate(plans) for n, why in p.skipped.items()},
               "world_size": 1 if ranks is None else ranks[1],
               "local_samples": sum(b.shape[0] for b in batches)}
-    snapshot = snapshot_devices(model)
+    return SimpleNamespace(model=model, config=config, path=path, blocks=blocks, plans=plans, device=device,
+                           batches=batches, ranks=ranks, sample_offset=sample_offset, counts=counts,
+                           split_rows=split_rows, report=report, snapshot=snapshot_devices(model),
+                           where={"block": None, "sublayer": None, "stage": "capture"}, state={"batch": 1})
+
+
+@contextlib.contextmanager
+def _inference(model, snapshot):
+    """The model in eval mode without a KV cache; afterwards (also on an error) its mode, cache
+    setting and every tensor's device as before."""
     cfg = getattr(model, "config", None)
     use_cache = getattr(cfg, "use_cache", None)
     was_training = model.training
-    where = {"block": None, "sublayer": None, "stage": "capture"}
-    state = {"batch": 1}
-    t_start = time.perf_counter()
     try:
         if use_cache is not None:
             cfg.use_cache = False
         model.eval()
-        with torch.no_grad():
-            move_outside(model, blocks, device)
-            t0 = time.perf_counter()
-            captured = capture_block_calls(model, blocks, batches, device)
-            report["capture_time_s"] = time.perf_counter() - t0
-            restore_devices(model, snapshot)
-            inputs = captured.inputs
-            try:
-                from tqdm.auto import tqdm
-                bar = tqdm(range(len(blocks)), desc="pruning blocks",
-                           disable=not config.progress or (ranks is not None and ranks[0] != 0))
-            except ImportError:  # tqdm is a dependency, but a bar is not worth failing for
-                bar = range(len(blocks))
-            for i in bar:
-                where.update(block=i, sublayer=None, stage="statistics")
-                block = blocks[i].to(device)
-                calls = [c[i] for c in captured.calls]
-                plan = plans[i]
-                subs = plan.dense
-                xp = _expert_setup(plan, config, device, ranks)
-                first = xp.first
-                t0 = time.perf_counter()
-                collector = _statistics_pass(block, subs, inputs, calls, device, config, ranks, sample_offset,
-                                             first)
-                t_pass1 = time.perf_counter() - t0
-                timing = {"stats_s": collector.time_s, "reduce_s": 0.0}
-                if ranks is not None:
-                    where["stage"] = "reduce statistics (collective)"
-                    t0 = time.perf_counter()
-                    combined = {o: dist_prune.combine(collector.stats[o], counts)
-                                for o in collector.groups()}
-                    timing["reduce_s"] = time.perf_counter() - t0
-                    stats_of = lambda name: combined[collector.owner[name]]  # noqa: E731
-                else:
-                    stats_of = collector.stats_of
-
-                where["stage"] = "mask"
-                masks = {}
-                for name, module in subs.items():
-                    where["sublayer"] = name
-                    if hasattr(bar, "set_postfix_str"):  # which sub-layer: a reconstruction takes seconds each
-                        bar.set_postfix_str(name, refresh=True)
-                    if ranks is not None and split_rows:
-                        mask, entry = _sublayer_mask_rows(name, module, stats_of(name), config, ranks)
-                        new_w = None  # only row-independent, mask-only configurations split rows
-                    else:
-                        mask, new_w, entry = _sublayer_mask(name, module, stats_of(name), config,
-                                                            config.record_error)
-                    masks[name] = (mask, entry, new_w, weight_view(module))
-                del collector
-                summary = []
-                if plan.experts:
-                    found, summary = expert_pass.block_expert_masks(
-                        block, plan, inputs, calls, xp.passes, first, xp.make, xp.needs_m, config, _sublayer_mask,
-                        where, combine=None if ranks is None else dist_prune.combine_experts)
-                    masks.update(found)
-                    del first
-                for _, entry, _, _ in masks.values():
-                    entry["block"] = i
-                if on_mask is not None:
-                    where["stage"] = "on_mask"
-                    for name, (mask, _, _, _) in masks.items():
-                        where["sublayer"] = name
-                        on_mask(i, name, mask)
-                where.update(sublayer=None, stage="apply")
-                for name, (mask, entry, new_w, W) in masks.items():
-                    if new_w is not None:  # SparseGPT / reconstruct: updated kept weights, 0 on the mask
-                        W.copy_(new_w)
-                    W[mask] = 0
-                    entry["pruned"] = int(mask.sum())
-                    entry["zeros"] = float((W == 0).float().mean())
-                    report["sublayers"].append(entry)
-                del masks
-
-                where["stage"] = "forward"
-                t0 = time.perf_counter()
-                inputs = _run_block(block, inputs, calls, state)
-                t_pass2 = time.perf_counter() - t0
-                restore_devices(model, snapshot)
-                report["blocks"].append({
-                    "block": i, "forward_s": t_pass1 + t_pass2 - timing["stats_s"],
-                    "stats_s": timing["stats_s"], "reduce_s": timing["reduce_s"],
-                    "mask_time_s": sum(e["mask_time_s"] for e in report["sublayers"] if e["block"] == i),
-                    **({"experts": summary} if summary else {})})
-            if ranks is not None:
-                where.update(block=None, sublayer=None, stage="finish (collective)")
-                dist_prune.all_finished(device)
-    except Exception as exc:
-        blk, sub, stage = where["block"], where["sublayer"], where["stage"]
-        at = "while capturing the first block's inputs" if blk is None else \
-            f"at block {blk} ({path}.{blk})" + (f", sub-layer {sub}" if sub else "") + f", stage {stage}"
-        if stage == "finish (collective)":
-            at = "at the final agreement of the ranks"
-        if ranks is not None:
-            at += f" on rank {ranks[0]} of {ranks[1]}"
-            if "collective" in stage or "mask" in stage:
-                at += " (a collective failed: another rank probably failed, see its message, or the "\
-                      "process group timed out)"
-        report["error"] = f"{type(exc).__name__}: {exc}"
-        raise PruningError(f"prune_model failed {at}: {type(exc).__name__}: {exc}",
-                           block=blk, sublayer=sub, stage=stage, report=report) from exc
+        yield
     finally:
         restore_devices(model, snapshot)
         if use_cache is not None:
             cfg.use_cache = use_cache
         model.train(was_training)
-    _summarise(report, time.perf_counter() - t_start)
-    return report
+
+
+def _capture(run):
+    """Step 2: every batch's input to the first block (and the other arguments of each block call)."""
+    move_outside(run.model, run.blocks, run.device)
+    t0 = time.perf_counter()
+    captured = capture_block_calls(run.model, run.blocks, run.batches, run.device)
+    run.report["capture_time_s"] = time.perf_counter() - t0
+    restore_devices(run.model, run.snapshot)
+    return captured
+
+
+def _sparsities(run, captured):
+    """Step 3: ``fn(block, sub-layer name or None) -> sparsity`` of the config's profile (OWL: one
+    dense pass over the blocks for their outlier ratios, ``pruning/owl.py``)."""
+    config = run.config
+    if config.sparsity_profile != "owl":
+        run.report["sparsity_profile"] = {"kind": config.sparsity_profile if isinstance(
+            config.sparsity_profile, str) else "per-layer"}
+        return sparsity_profile.resolve(config, len(run.blocks))
+    from dsnot_kernels.pruning.owl import owl_pass
+    run.report["sparsity_profile"] = owl_pass(run.model, run.blocks, captured, run.device, config, run.ranks,
+                                              run.sample_offset, run.counts, run.snapshot, run.where)
+    return sparsity_profile.resolve(config, len(run.blocks), run.report["sparsity_profile"]["block_sparsity"])
+
+
+def _progress(run):
+    try:
+        from tqdm.auto import tqdm
+        run.bar = tqdm(range(len(run.blocks)), desc="pruning blocks",
+                       disable=not run.config.progress or (run.ranks is not None and run.ranks[0] != 0))
+    except ImportError:  # tqdm is a dependency, but a bar is not worth failing for
+        run.bar = range(len(run.blocks))
+    return run.bar
+
+
+def _prune_block(run, i, inputs, calls, sparsity_of, on_mask):
+    """Step 4, one block: its statistics, every mask (dense sub-layers, then experts), the masks
+    applied, and the block run again for the next block's inputs (returned)."""
+    run.where.update(block=i, sublayer=None, stage="statistics")
+    block = run.blocks[i].to(run.device)
+    masks, summary, stats_s, reduce_s, t_pass1 = _block_masks(run, i, block, inputs, calls, sparsity_of)
+    if on_mask is not None:
+        run.where["stage"] = "on_mask"
+        for name, (mask, _, _, _) in masks.items():
+            run.where["sublayer"] = name
+            on_mask(i, name, mask)
+    run.where.update(sublayer=None, stage="apply")
+    for name, (mask, entry, new_w, W) in masks.items():
+        if new_w is not None:  # SparseGPT / reconstruct: updated kept weights, 0 on the mask
+            W.copy_(new_w)
+        W[mask] = 0
+        entry["pruned"] = int(mask.sum())
+        entry["zeros"] = float((W == 0).float().mean())
+        run.report["sublayers"].append(entry)
+    del masks
+    run.where["stage"] = "forward"
+    t0 = time.perf_counter()
+    inputs = _run_block(block, inputs, calls, run.state)
+    t_pass2 = time.perf_counter() - t0
+    restore_devices(run.model, run.snapshot)
+    run.report["blocks"].append({
+        "block": i, "forward_s": t_pass1 + t_pass2 - stats_s, "stats_s": stats_s, "reduce_s": reduce_s,
+        "mask_time_s": sum(e["mask_time_s"] for e in run.report["sublayers"] if e["block"] == i),
+        **({"experts": summary} if summary else {})})
+    return inputs
+
+
+def _block_masks(run, i, block, inputs, calls, sparsity_of):
+    """``({name: (mask, entry, new_weight or None, weight view)}, expert summary, stats_s, reduce_s,
+    first pass s)`` of block ``i``; no weight is modified."""
+    config, ranks, where = run.config, run.ranks, run.where
+    plan = run.plans[i]
+    xp = sublayer.expert_setup(plan, config, run.device, ranks)
+    t0 = time.perf_counter()
+    collector = sublayer.statistics_pass(block, plan.dense, inputs, calls, run.device, config, ranks,
+                                         run.sample_offset, xp.first)
+    t_pass1, stats_s = time.perf_counter() - t0, collector.time_s
+    stats_of, reduce_s = collector.stats_of, 0.0
+    if ranks is not None:
+        where["stage"] = "reduce statistics (collective)"
+        t0 = time.perf_counter()
+        combined = {o: dist_prune.combine(collector.stats[o], run.counts) for o in collector.groups()}
+        reduce_s = time.perf_counter() - t0
+        stats_of = lambda name: combined[collector.owner[name]]  # noqa: E731
+    where["stage"] = "mask"
+    masks = {}
+    for name, module in plan.dense.items():
+        where["sublayer"] = name
+        if hasattr(run.bar, "set_postfix_str"):  # which sub-layer: a reconstruction takes seconds each
+            run.bar.set_postfix_str(name, refresh=True)
+        sub_config = sparsity_profile.with_sparsity(config, sparsity_of(i, name))
+        if ranks is not None and run.split_rows:
+            mask, entry = sublayer.sublayer_mask_rows(name, module, stats_of(name), sub_config, ranks)
+            new_w = None  # only row-independent, mask-only configurations split rows
+        else:
+            mask, new_w, entry = sublayer.sublayer_mask(name, module, stats_of(name), sub_config,
+                                                        config.record_error)
+        entry["target_sparsity"] = sparsity_of(i, name)
+        masks[name] = (mask, entry, new_w, weight_view(module))
+    del collector
+    summary = []
+    if plan.experts:  # experts: their block's sparsity (a profile's block level)
+        found, summary = expert_pass.block_expert_masks(
+            block, plan, inputs, calls, xp.passes, xp.first, xp.make, xp.needs_m,
+            sparsity_profile.with_sparsity(config, sparsity_of(i, None)), sublayer.sublayer_mask,
+            where, combine=None if ranks is None else dist_prune.combine_experts)
+        masks.update(found)
+    for _, entry, _, _ in masks.values():
+        entry["block"] = i
+        entry.setdefault("target_sparsity", sparsity_of(i, None))
+    return masks, summary, stats_s, reduce_s, t_pass1
+
+
+def _failure(run, exc) -> PruningError:
+    """The ``PruningError`` of ``exc``: where it happened (block, sub-layer, stage, rank)."""
+    blk, sub, stage = run.where["block"], run.where["sublayer"], run.where["stage"]
+    at = "while capturing the first block's inputs" if blk is None else \
+        f"at block {blk} ({run.path}.{blk})" + (f", sub-layer {sub}" if sub else "") + f", stage {stage}"
+    if stage == "finish (collective)":
+        at = "at the final agreement of the ranks"
+    if run.ranks is not None:
+        at += f" on rank {run.ranks[0]} of {run.ranks[1]}"
+        if "collective" in stage or "mask" in stage:
+            at += " (a collective failed: another rank probably failed, see its message, or the "\
+                  "process group timed out)"
+    run.report["error"] = f"{type(exc).__name__}: {exc}"
+    return PruningError(f"prune_model failed {at}: {type(exc).__name__}: {exc}",
+                        block=blk, sublayer=sub, stage=stage, report=run.report)
 
 
 def _summarise(report, total_time):
@@ -376,6 +292,7 @@ def _summarise(report, total_time):
     report["sparsity"] = pruned / max(report["prunable_weights"], 1)
     report["pruned_weights"] = pruned
     report["swaps"] = sum(e["swaps"] for e in subs)
+    report["block_sparsity"] = sparsity_profile.block_summary(report)
     report["mask_time_s"] = sum(e["mask_time_s"] for e in subs)
     report["reconstruct_time_s"] = sum(e.get("reconstruct_time_s", 0.0) for e in subs)
     report["reconstruct_not_converged"] = [e["name"] if "block" not in e else f"{e['block']}.{e['name']}"

@@ -18,7 +18,7 @@ import torch
 
 from dsnot_kernels.pruning.adapters import sublayer_kind
 from dsnot_kernels.pruning.expert_stats import make_collector
-from dsnot_kernels.reference import initial_selection
+from dsnot_kernels.objectives.reference import initial_selection
 
 
 def plan_passes(sets: list, config, needs_m) -> list:
@@ -39,6 +39,11 @@ def plan_passes(sets: list, config, needs_m) -> list:
 
 def check_config(plans: list, config) -> None:
     """ValueError before any work for expert options the model's experts cannot follow."""
+    moe = [es.path for p in plans for es in p.experts]
+    if moe and config.sparsity_profile == "owl":
+        raise ValueError(f'sparsity_profile="owl" on a mixture-of-experts model ({moe[0]}): OWL\'s outlier ratios '
+                         "would be measured without the routed experts, which hold most of the weights; use "
+                         '"uniform" or a per-block list or dict (docs/EVALUATION.md)')
     if config.expert_tokens == "all":
         lists = [es.path for p in plans for es in p.experts if es.kind == "modules"]
         if lists:

@@ -1,7 +1,7 @@
 """Objectives 2 ("cov") and 3 ("cov_window") as one fused Triton kernel, one program per row.
 
 docs/KERNEL_CONTRACT.md "Objective 2" and "Objective 3". The caller gives the initial mask (the
-selection kernels of this package) and ``g = D0 @ M`` (``reference_window.cov_g0``, the one shared
+selection kernels of this package) and ``g = D0 @ M`` (``objectives.cov_window.cov_g0``, the one shared
 matmul), in float64, (rows, cols); the kernel updates ``g`` in place, eagerly: after an accepted
 swap (prune q, regrow r) every ``g[j] = g[j] + (w_q M[q, j] - w_r M[r, j])``, the reference's
 float64 operations in its order (``enable_fp_fusion=False``: no FMA). ``M`` is read from global

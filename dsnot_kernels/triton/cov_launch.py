@@ -1,7 +1,7 @@
 """``refine_mask_cov_triton``: objectives 2 ("cov"), 3 ("cov_window") and 4 ("swap") on Triton.
 
 Three steps, as the CPU path (``ops._cov_cpu``): the initial mask (this package's Triton selection
-kernels, or the caller's), ``g0 = D0 @ M`` (``reference_window.cov_g0``: the reference's one
+kernels, or the caller's), ``g0 = D0 @ M`` (``objectives.cov_window.cov_g0``: the reference's one
 matmul, on the weight's device), then the fused per-row kernel (``cov.py``; ``swap.py`` for
 objective 4), which updates ``g0`` in place. CUDA tensors run compiled; CPU tensors run under ``TRITON_INTERPRET=1``.
 
@@ -19,7 +19,7 @@ import contextlib
 import torch
 
 from dsnot_kernels.ops import _is_symmetric  # noqa: F401 (also used by callers of this module)
-from dsnot_kernels.reference_window import cov_g0
+from dsnot_kernels.objectives.cov_window import cov_g0
 from dsnot_kernels.triton.cov import cov_refine
 from dsnot_kernels.triton.launch import (MASK_POISON, SWAPS_POISON, _poison_on, initial_source, launch_config,
                                          row_vectors)

@@ -10,7 +10,7 @@ import os
 import torch
 import triton
 
-from dsnot_kernels.reference import sqrt_rn, var_power
+from dsnot_kernels.objectives.reference import sqrt_rn, var_power
 from dsnot_kernels.triton.refine import refine
 from dsnot_kernels.triton.select_nm import select_nm
 from dsnot_kernels.triton.select_unstructured import select_unstructured

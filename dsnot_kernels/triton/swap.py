@@ -1,7 +1,7 @@
 """Objective 4 ("swap") as a fused Triton kernel, one program per row.
 
 docs/KERNEL_CONTRACT.md "Objective 4". The caller gives the initial mask and ``g = D0 @ M``
-(``reference_window.cov_g0``, float64, (rows, cols)), updated here in place exactly as objectives 2
+(``objectives.cov_window.cov_g0``, float64, (rows, cols)), updated here in place exactly as objectives 2
 and 3 (``cov._g_update``). Each cycle finds the pair (q kept now, r pruned now) of the row (N:M: q
 and r in the same M-group) with the smallest contract float64
 ``delta = (A_q - ((2 w_q) w_r) M_qr) + B_r`` and applies it if it is < 0; ties: the lowest q, then

@@ -27,11 +27,21 @@ from __future__ import annotations
 
 import torch
 
-from dsnot_kernels.reference_window import cov_g0
+from dsnot_kernels.objectives.cov_window import cov_g0
 
 # Memory bound of one chunk of rows: the cached cross terms plus the per-cycle work buffer.
 CHUNK_BYTES = 256 * 2**20
 _INF = float("inf")
+
+
+def swap_default_cycles(cols: int) -> int:
+    """Default cap of objective "swap": ``max(64, cols // 4)`` accepted swaps per row.
+
+    The swaps a row needs to reach its local optimum grow with its width (measured on the embedded
+    model, benchmarks/RESULTS.md "Objective swap": 5-9 % of cols on average, the longest row 13 %,
+    at 50/60/70 % and 2:4); a quarter of the columns is about twice the longest measured row, and
+    still bounds the time of a pathological row."""
+    return max(64, cols // 4)
 
 
 def _side_terms(w, gg, pruned, Mdiag):
