@@ -290,3 +290,16 @@ def test_moe_through_oneshot_with_the_models_causal_mask(moe_folders, family):
     dk.prune_model(theirs, ids, dk.PruneConfig(batch_size=1, progress=False, **config_kw))
     got, want = ours.state_dict(), linearize_moe(theirs).state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_owl_refused_on_moe_before_any_pruning(moe_folders):
+    """As prune_model: OWL's outlier ratios would leave out the experts. Nothing is pruned."""
+    from llmcompressor.modeling.moe.linearize import linearize_moe
+    from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
+    model = _load(moe_folders["olmoe"])
+    with pytest.raises(ValueError, match="sparsity_profile='owl' is refused on mixture-of-experts"):
+        _moe_oneshot(moe_folders["olmoe"], calibration(nsamples=2, seqlen=8), DSnoTModifier(
+            sparsity=0.5, sparsity_profile="owl", owl_m=2, owl_lmbda=0.05, expert_tokens="routed"), False, model=model)
+    dense = linearize_moe(_load(moe_folders["olmoe"])).state_dict()   # oneshot linearized the model first
+    got = model.state_dict()
+    assert got.keys() == dense.keys() and all(torch.equal(got[k], v) for k, v in dense.items())
