@@ -118,3 +118,20 @@ def test_main_py_prunes_and_counts_every_expert(mixtral_folder, monkeypatch, cap
     experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
     attention = sum(p.numel() for n, p in model.named_parameters() if "self_attn" in n and p.dim() == 2)
     assert _authors_main()._check_sparsity(model) == pytest.approx(experts / (experts + attention))
+
+
+def test_dsnot_prune_expert_tokens_all_on_module_list_experts_is_an_argument_error(monkeypatch, capsys, tmp_path):
+    """Known only once the model is loaded: one argparse-style line (exit 2), before any weight changes."""
+    import dsnot_kernels.models as models
+    from dsnot_kernels import cli
+    model = tiny_moe("linear_experts")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (model, word_tokenizer(adds_bos=False), "tiny"))
+    (tmp_path / "calib.txt").write_text(word_text(400, seed=1))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--calib", str(tmp_path / "calib.txt"), "--eval", str(tmp_path / "calib.txt"), "--nsamples", "2",
+                  "--seqlen", str(SEQLEN), "--no-dense", "--no-baseline", "--quiet", "--expert-tokens", "all"])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("dsnot-prune: error: --expert-tokens all needs fused experts; mlp.experts"), last
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
