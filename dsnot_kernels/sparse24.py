@@ -195,9 +195,33 @@ def to_sparse_24(model: nn.Module, dtype=None, min_size: int = DEFAULT_MIN_SIZE,
     if dtype is not None and dtype not in SPARSE24_DTYPES:
         raise ValueError(f"to_sparse_24: dtype must be torch.float16 or torch.bfloat16 (the dtypes of sparse "
                          f"tensor cores), got {dtype}")
+    report = {"backend": None, "dtype": None if dtype is None else str(dtype), "dry_run": bool(dry_run),
+              "refusal": None, "converted": [], "skipped": []}
+    layers = _candidates(model, min_size, report)
+    if not layers:
+        return report
+    _check_environment(layers, dtype, backend, dry_run, report)      # 1. one refusal for the whole model
+    ready = _check_layers(layers, dtype, backend, skip_dense, report)  # 2. shapes and 2:4, before any change
+    for name, module, target, chosen in ready:                        # 3. convert
+        report["converted"].append({"name": name, "shape": [module.out_features, module.in_features]})
+        if dry_run:
+            continue
+        cls = getattr(torch.sparse, _TORCH_CLASSES[chosen])
+        with torch.no_grad():
+            weight = module.weight.detach().to(target).contiguous()
+            module.weight = nn.Parameter(cls.from_dense(weight), requires_grad=False)
+            if module.bias is not None:
+                module.bias = nn.Parameter(module.bias.detach().to(target), requires_grad=False)
+    if report["dtype"] is None:
+        report["dtype"] = "/".join(sorted({str(t) for _, _, t, _ in ready})) or None
+    return report
+
+
+def _candidates(model, min_size, report) -> list:
+    """``[(name, module)]`` of the plain ``nn.Linear`` layers to convert; the others are recorded
+    in ``report["skipped"]`` with the reason."""
     sparse_cls = tuple(getattr(torch.sparse, c) for c in _TORCH_CLASSES.values() if hasattr(torch.sparse, c))
-    layers, report = [], {"backend": None, "dtype": None if dtype is None else str(dtype), "dry_run": bool(dry_run),
-                          "refusal": None, "converted": [], "skipped": []}
+    layers = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
             continue
@@ -213,10 +237,12 @@ def to_sparse_24(model: nn.Module, dtype=None, min_size: int = DEFAULT_MIN_SIZE,
             _skip(report, name, shape, f"smaller than min_size={min_size}")
         else:
             layers.append((name, module))
-    if not layers:
-        return report
+    return layers
 
-    # 1. Environment and dtype: one refusal for the whole model.
+
+def _check_environment(layers, dtype, backend, dry_run, report) -> None:
+    """A backend for every device the layers are on, and a sparse dtype for every layer: raises
+    (``dry_run``: records the refusal) before any change."""
     refusals, backends = [], set()
     for device in sorted({str(mod.weight.device) for _, mod in layers}):
         chosen, why = sparse24_backend(device, backend)
@@ -235,7 +261,11 @@ def to_sparse_24(model: nn.Module, dtype=None, min_size: int = DEFAULT_MIN_SIZE,
                          "sparse tensor cores take float16 or bfloat16: pass dtype=torch.float16 or "
                          "torch.bfloat16, or convert the model first (model.half())")
 
-    # 2. Per-layer shape guards and the 2:4 check, before anything changes.
+
+def _check_layers(layers, dtype, backend, skip_dense, report) -> list:
+    """``[(name, module, dtype, backend)]`` of the layers that convert: the backend's shape
+    multiples (others skipped) and the 2:4 pattern after the cast (a partly 2:4 layer raises, with
+    the first offending rows of each)."""
     ready, broken = [], []
     for name, module in layers:
         shape = (module.out_features, module.in_features)
@@ -259,18 +289,4 @@ def to_sparse_24(model: nn.Module, dtype=None, min_size: int = DEFAULT_MIN_SIZE,
         more = f"\n({len(broken) - 3} more layers are not 2:4)" if len(broken) > 3 else ""
         raise ValueError(f"to_sparse_24: {len(broken)} linear layers are not 2:4 (nothing was converted):\n"
                          + "\n".join(broken[:3]) + more)
-
-    # 3. Convert.
-    for name, module, target, chosen in ready:
-        report["converted"].append({"name": name, "shape": [module.out_features, module.in_features]})
-        if dry_run:
-            continue
-        cls = getattr(torch.sparse, _TORCH_CLASSES[chosen])
-        with torch.no_grad():
-            weight = module.weight.detach().to(target).contiguous()
-            module.weight = nn.Parameter(cls.from_dense(weight), requires_grad=False)
-            if module.bias is not None:
-                module.bias = nn.Parameter(module.bias.detach().to(target), requires_grad=False)
-    if report["dtype"] is None:
-        report["dtype"] = "/".join(sorted({str(t) for _, _, t, _ in ready})) or None
-    return report
+    return ready

@@ -77,6 +77,17 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
     (``second_moment`` of objective "cov" is checked by ``validate_second_moment``.)
     Raises ``TypeError``/``ValueError`` naming the argument and the problem.
     """
+    weight, sum_metric_row, var, scaler_row = _check_weight_and_stats(weight, sum_metric_row, var, scaler_row)
+    _check_numbers(weight.shape[1], sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
+                   pow_of_var_regrowing, objective)
+    initial_metric, initial_mask, mean = _check_optional(weight, initial_metric, initial_mask, mean, prune_n,
+                                                         prune_m, objective)
+    return weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean
+
+
+def _check_weight_and_stats(weight, sum_metric_row, var, scaler_row):
+    """The weight (2-D, float32/16/bf16, finite; contiguous) and the three (cols,) statistics
+    (float32 contiguous, finite; var and scaler_row >= 0)."""
     _check_tensor("weight", weight)
     if weight.device.type == "meta":
         raise ValueError("weight is on the meta device (no data); refine_mask needs real tensors")
@@ -99,7 +110,13 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
     var = var + 0.0  # -0.0 -> +0.0: a zero variance gives keys +-inf by the sign of dm (spec §3)
     if bool((scaler_row < 0).any()):
         raise ValueError("scaler_row has negative values; a mean of squares must be >= 0")
+    return weight, sum_metric_row, var, scaler_row
 
+
+def _check_numbers(cols, sparsity, prune_n, prune_m, max_cycle_time, update_threshold, pow_of_var_regrowing,
+                   objective) -> None:
+    """The scalar arguments: the pattern (N:M with cols divisible by M, or a sparsity in [0, 1)),
+    the cycle cap, the threshold, the exponent and the objective's name."""
     for name, v in (("prune_n", prune_n), ("prune_m", prune_m), ("max_cycle_time", max_cycle_time)):
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
@@ -126,6 +143,12 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
 
+
+def _check_optional(weight, initial_metric, initial_mask, mean, prune_n, prune_m, objective):
+    """``(initial_metric, initial_mask, mean)`` checked against the weight's shape and device and
+    made canonical (float32 / bool contiguous); ``mean`` only for the objectives that need it."""
+    rows, cols = weight.shape
+    device = weight.device
     if initial_metric is not None:
         _check_placed("initial_metric", initial_metric, (rows, cols), device)
         if not initial_metric.is_floating_point():
@@ -151,7 +174,7 @@ def validate_arguments(weight, sum_metric_row, var, scaler_row, initial_metric, 
         mean = _as_stat("mean", mean, cols, device)
     else:
         mean = None
-    return weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean
+    return initial_metric, initial_mask, mean
 
 
 def validate_second_moment(second_moment, objective, cols, device, keep_dtype=False):
