@@ -8,15 +8,14 @@ Every argument that can be checked without the model is checked before it loads 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from dsnot_kernels import cli_checks, cli_options, cli_report
-from dsnot_kernels.cli_experts import add_expert_flags, describe_experts, expert_options
+from dsnot_kernels import cli_checks, cli_options, cli_run
+from dsnot_kernels.cli_checks import ArgumentError
+from dsnot_kernels.cli_experts import add_expert_flags, expert_options
 from dsnot_kernels.bos import BOS_CHOICES
 from dsnot_kernels.ops import DEFAULT_WINDOW, OBJECTIVES
 from dsnot_kernels.pruning.config import SWAP_MAX_COLS, preset_settings
@@ -113,11 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     cli_options.add_cli_arguments(p)
     add_expert_flags(p)  # --expert-tokens, --expert-min-tokens, ... (cli_experts.py)
     return p
-
-
-class ArgumentError(ValueError):
-    """An argument that cannot work, found after the model loaded (e.g. a calibration file too short
-    for ``--seqlen``); reported like the checks before loading (exit status 2)."""
 
 
 def resolve_objective(args, widest_cols=None):
@@ -246,17 +240,28 @@ def check_args(args) -> list:
 def run(args, configs=None) -> dict:
     """Load, evaluate, prune (initial mask, then refined), evaluate; print the table. ``configs``:
     from ``check_args(args)`` (computed here when None)."""
-    import dsnot_kernels as dk
-    from dsnot_kernels.bos import resolve_bos
-    from dsnot_kernels.data import calibration_windows, load_texts, tokenize
-    from dsnot_kernels.models import load_model, save_model
+    configs = check_args(args) if configs is None else configs
+    rank, say = _start(args)
+    model, tokenizer, model_desc, load_s, configs = _load(args, configs, say)
+    data = cli_run.windows(args, model, tokenizer, configs)
+    tasks = None if rank else getattr(args, "tasks", None)  # zero-shot tasks: rank 0 only
+    result = {"model": model_desc, "bos": data.bos_rule.to_dict() | {"text": data.bos_rule.describe()},
+              "calibration": f"{args.nsamples} x {args.seqlen} tokens: {data.text_desc['calibration']}",
+              "evaluation": data.eval_desc or f"{data.n_windows} x {args.seqlen} tokens: "
+                                              f"{data.text_desc['evaluation']}",
+              "dtype": args.dtype, "load_time_s": load_s, "rows": [], "reports": []}
+    cli_run.evaluate_and_prune(args, configs, model, tokenizer, data, tasks, result, say)
+    cli_run.write(args, rank, model, tokenizer, result, say)
+    return result
 
-    if configs is None:
-        configs = check_args(args)
+
+def _start(args):
+    """``(rank, say)``: threads, torch.distributed from the environment (only rank 0 speaks and
+    writes), the message function."""
     if args.threads:
         torch.set_num_threads(args.threads)
     from dsnot_kernels.pruning.distributed import init_from_env
-    rank = init_from_env()  # under torchrun: every rank prunes its share; only rank 0 speaks and writes
+    rank = init_from_env()  # under torchrun: every rank prunes its share
     if rank:
         args.quiet, args.save, args.json = True, None, None
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -265,6 +270,14 @@ def run(args, configs=None) -> dict:
     if args.batch_size != getattr(args, "batch_size_asked", args.batch_size):
         say(f"--batch-size {args.batch_size_asked} -> {args.batch_size}: {args.nsamples} samples give every one "
             f"of the {cli_checks.world_size()} ranks a batch (the statistics do not depend on the batch size)")
+    return rank, say
+
+
+def _load(args, configs, say):
+    """``(model, tokenizer, description, seconds, configs)``; without --objective or --paper the
+    configs get the "best" preset's objective for the model's widest sub-layer."""
+    from dsnot_kernels.models import load_model
+
     t0 = time.perf_counter()
     try:
         model, tokenizer, model_desc = load_model(args.model, dtype=DTYPES[args.dtype])
@@ -281,99 +294,7 @@ def run(args, configs=None) -> dict:
         configs = [dataclasses.replace(c, objective=objective, skip=skip) if k < own else c
                    for k, c in enumerate(configs)]
         say(f"objective {objective}, skip {skip} (widest sub-layer {widest} columns; --paper: the authors' dsnot, mlp)")
-    dataset = getattr(args, "eval_dataset", None)
-    cal_text, eval_text, text_desc = load_texts(args.calib, None if dataset else args.eval_file)
-    try:
-        bos_rule = resolve_bos(args.bos, tokenizer=tokenizer, model=model)
-    except ValueError as exc:
-        raise ArgumentError(f"--bos {args.bos}: {exc}") from None
-    bos_kw = dict(bos=args.bos, tokenizer=tokenizer, bos_token_id=bos_rule.bos_token_id)
-    for config in configs:  # the driver checks the windows against the tokenizer's BOS id
-        config.bos_token_id = bos_rule.bos_token_id
-    try:
-        calib = calibration_windows(tokenize(tokenizer, cal_text), args.nsamples, args.seqlen, args.seed, **bos_kw)
-    except ValueError as exc:
-        raise ArgumentError(f"--calib: {exc} (--seqlen {args.seqlen})") from None
-    try:
-        eval_ids, eval_desc, windows = cli_options.evaluation_ids(dataset, args.eval_path, tokenizer, eval_text,
-                                                                  args.seqlen, args.eval_windows)
-    except ValueError as exc:
-        raise ArgumentError(f"--eval {dataset}: {exc}") from None
-    body = args.seqlen - 1 if bos_rule.use else args.seqlen  # a BOS window: [BOS] + seqlen - 1 text tokens
-    eval_tokens = eval_ids.numel() - int(bos_rule.use and eval_ids.numel() > 0
-                                         and int(eval_ids[0]) == bos_rule.bos_token_id)
-    if eval_tokens < body:
-        raise ArgumentError(f"--eval: {eval_tokens} evaluation tokens are fewer than one window of "
-                            f"--seqlen {args.seqlen}")
-    n_windows = min(eval_tokens // body, windows or 10**9)
-    tasks = None if rank else getattr(args, "tasks", None)  # zero-shot tasks: rank 0 only
-
-    def ppl(what):
-        t = time.perf_counter()
-        value = dk.perplexity(model, eval_ids, args.seqlen, max_windows=windows, progress=not args.quiet,
-                              desc=f"perplexity ({what})", **bos_kw)
-        return value, time.perf_counter() - t
-
-    result = {"model": model_desc, "bos": bos_rule.to_dict() | {"text": bos_rule.describe()},
-              "calibration": f"{args.nsamples} x {args.seqlen} tokens: {text_desc['calibration']}",
-              "evaluation": eval_desc or f"{n_windows} x {args.seqlen} tokens: {text_desc['evaluation']}",
-              "dtype": args.dtype, "load_time_s": load_s, "rows": [], "reports": []}
-    if not args.no_dense:
-        value, dt = ppl("dense")
-        result["rows"].append({"method": "dense", "ppl": value, "prune_time_s": 0.0, "mask_time_s": 0.0,
-                               "eval_time_s": dt, "sparsity": 0.0, "swaps": 0})
-        say(f"dense perplexity {value:.3f}")
-        if tasks:
-            result.setdefault("zero_shot", []).append(cli_options.zero_shot(
-                tasks, args.eval_tasks_include, args.eval_tasks_limit, model, tokenizer, "dense"))
-    dense = {k: v.detach().clone() for k, v in model.state_dict().items()} if len(configs) > 1 else None
-    for k, config in enumerate(configs):
-        refine = config.refine
-        if k > 0:
-            model.load_state_dict(dense)
-        if k == len(configs) - 1:
-            dense = None
-        label = cli_report.label(args.initial, refine, config.objective, config.skip) + (" + reconstruct" if config.reconstruct else "")
-        if config.sparsity_profile != "uniform":
-            label += " + OWL" if config.sparsity_profile == "owl" else " (per-layer sparsity)"
-        say(f"pruning: {label}")
-        try:
-            report = dk.prune_model(model, calib, config)
-        except ValueError as exc:  # refused before any work, e.g. --expert-tokens all on nn.ModuleList experts
-            raise ArgumentError(str(exc).replace('expert_tokens="all"', "--expert-tokens all")) from None
-        for line in describe_experts(report):
-            say(line)
-        value, dt = ppl(label)
-        say(f"{label}: perplexity {value:.3f}")
-        result["rows"].append({"method": label, "ppl": value, "prune_time_s": report["total_time_s"],
-                               "mask_time_s": report["mask_time_s"], "eval_time_s": dt,
-                               "sparsity": report["sparsity"], "swaps": report["swaps"]})
-        result["reports"].append(report)
-        if tasks:
-            result.setdefault("zero_shot", []).append(cli_options.zero_shot(
-                tasks, args.eval_tasks_include, args.eval_tasks_limit, model, tokenizer, label))
-    if args.sparse24:
-        model.to("cuda", torch.float16)
-        result["sparse24"] = dk.to_sparse_24(model, dtype=torch.float16, min_size=args.sparse24_min_size)
-        value, dt = ppl("2:4 sparse fp16")
-        say(f"2:4 semi-structured (fp16): perplexity {value:.3f}")
-        result["rows"].append({"method": result["rows"][-1]["method"] + " [2:4 sparse fp16]", "ppl": value,
-                               "prune_time_s": 0.0, "mask_time_s": 0.0, "eval_time_s": dt,
-                               "sparsity": result["rows"][-1]["sparsity"], "swaps": result["rows"][-1]["swaps"]})
-    if not rank:
-        print(cli_report.format_table(result))
-        extra = cli_report.format_extra(result)
-        if extra:
-            print("\n" + extra)
-    if args.plot and not rank:
-        cli_report.plot_errors(result["reports"][-1], args.plot)
-        say(f"wrote {args.plot}")
-    if args.save:
-        say(f"saved {save_model(model, tokenizer, args.save, overwrite=args.overwrite)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        say(f"wrote {args.json}")
-    return result
+    return model, tokenizer, model_desc, load_s, configs
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,11 @@ from dsnot_kernels.ops import BACKENDS, OBJECTIVES, backend_report
 _TRUE = ("1", "true", "yes", "on")
 
 
+class ArgumentError(ValueError):
+    """An argument that cannot work, found after the model loaded (e.g. a calibration file too short
+    for ``--seqlen``); reported like the checks before loading (exit status 2)."""
+
+
 def hub_offline() -> bool:
     """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))

@@ -3,6 +3,7 @@
 import inspect
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -128,4 +129,4 @@ def test_pruned_count_is_rounded_down_per_row_as_documented():
     mask = dk.refine_mask(W, st.sum_metric_row, st.var, st.scaler_row, sparsity=0.6, max_cycle_time=0)
     assert mask.sum(1).tolist() == [345] * 4 and int(576 * 0.6) == 345
     assert "0.6 of 576 columns prunes 345 per row (0.5990)" in " ".join(
-        (cli.Path(__file__).resolve().parents[1] / "docs/ALGORITHM.md").read_text().split())
+        (Path(__file__).resolve().parents[1] / "docs/ALGORITHM.md").read_text().split())
