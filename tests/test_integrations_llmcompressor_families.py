@@ -350,3 +350,21 @@ def test_owl_refused_on_moe_before_any_pruning(moe_folders):
     dense = linearize_moe(_load(moe_folders["olmoe"])).state_dict()   # oneshot linearized the model first
     got = model.state_dict()
     assert got.keys() == dense.keys() and all(torch.equal(got[k], v) for k, v in dense.items())
+
+
+def test_gpt2_owl_profile_equals_prune_model_owl(folders):
+    """sparsity_profile="owl" on GPT-2 (Conv1D weights read as (out, in)): the layer sparsities and the
+    weights of prune_model(PruneConfig(sparsity_profile="owl"))."""
+    from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
+    ids = calibration(nsamples=4, seqlen=24)
+    modifier = DSnoTModifier(sparsity=0.6, sparsity_profile="owl", owl_m=2, owl_lmbda=0.05)
+    ours = _oneshot(_load(folders["gpt2"]), folders["gpt2"], ids, [modifier])
+    theirs = _load(folders["gpt2"], "eager")
+    report = dk.prune_model(theirs, ids, dk.PruneConfig(sparsity=0.6, sparsity_profile="owl", owl_m=2.0,
+                                                        owl_lambda=0.05, batch_size=1, progress=False))
+    want = report["sparsity_profile"]["block_sparsity"]
+    assert list(modifier.owl["sparsity"]) == ["transformer.h.0", "transformer.h.1"]
+    assert list(modifier.owl["sparsity"].values()) == pytest.approx(want, abs=1e-12) and want[0] != want[1]
+    got, ref = linear_weights(ours), linear_weights(theirs)
+    assert got.keys() == ref.keys() and len(modifier.report) == len(ref)
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
