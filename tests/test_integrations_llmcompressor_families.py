@@ -2,7 +2,9 @@
 ``oneshot`` with ``DSnoTModifier`` (``make test-llmcompressor``: its own venv): the same masks and
 weights as ``dsnot_kernels.prune_model`` on the same samples (eager attention on the prune_model
 side, as llm-compressor calibrates; batch size 1 on both), and the zeros of tests/test_families.py.
-GPT-2 is left out: its ``Conv1D`` layers are not ``nn.Linear`` targets for llm-compressor.
+GPT-2 included: its transformers ``Conv1D`` layers (weights (in, out)) are pruned through the
+modifier's default ``targets`` (``"Linear"`` and ``"Conv1D"``); naming targets that leave any of them
+out is an error before calibration (``test_gpt2_conv1d_left_out_of_targets_is_an_error``).
 
 Mistral and Phi-3: llm-compressor 0.14.0.1 (with its transformers 5.17) calibrates them without
 the causal mask (its traced pipeline hands the decoder layers no mask, so every position attends to
@@ -28,7 +30,7 @@ from test_families import check_zeros, linear_weights
 
 HAVE_LLMC = importlib.util.find_spec("llmcompressor") is not None
 pytestmark = pytest.mark.skipif(not HAVE_LLMC, reason="llmcompressor not installed (make test-llmcompressor)")
-LLMC_FAMILIES = [f for f in ALL_FAMILIES if f != "gpt2"]
+LLMC_FAMILIES = list(ALL_FAMILIES)
 # PruneConfig options and the modifier's for the same run; max_cycle_time given to both (their defaults differ)
 RUNS = {
     "swap-60%": (dict(sparsity=0.6, objective="swap", skip="none", max_cycle_time=64),
@@ -100,18 +102,24 @@ def test_family_through_oneshot_equals_prune_model(folders, family, run):
     assert {e["refined"] for e in modifier.report} == ({True} if config.skip == "none" else {True, False})
 
 
-@pytest.mark.parametrize("family", ["llama", *NO_CAUSAL_MASK])
+def _attention_output_proj(model, family):
+    """Block 0's attention output projection (its input is the attention's output)."""
+    return model.transformer.h[0].attn.c_proj if family == "gpt2" else model.model.layers[0].self_attn.o_proj
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", *NO_CAUSAL_MASK])
 def test_llmcompressor_calibrates_without_the_causal_mask(folders, family):
-    """Block 0's o_proj input during llm-compressor's calibration vs the model's own forward: equal for
-    Llama; for Mistral and Phi-3 equal only at the last position (which sees the whole sample anyway)."""
+    """Block 0's o_proj (GPT-2: attn.c_proj) input during llm-compressor's calibration vs the model's own
+    forward: equal for Llama and GPT-2; for Mistral and Phi-3 equal only at the last position (which sees
+    the whole sample anyway)."""
     from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
     ids = calibration(nsamples=1, seqlen=24)
     model, seen = _load(folders[family]), []
-    hook = model.model.layers[0].self_attn.o_proj.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
+    hook = _attention_output_proj(model, family).register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
     _oneshot(model, folders[family], ids, [DSnoTModifier(sparsity=0.5, refine=False)])
     hook.remove()
     ref, want = _load(folders[family], "eager"), []
-    ref.model.layers[0].self_attn.o_proj.register_forward_hook(lambda m, i, o: want.append(i[0].clone()))
+    _attention_output_proj(ref, family).register_forward_hook(lambda m, i, o: want.append(i[0].clone()))
     with torch.no_grad():
         ref(input_ids=ids)
     diff = (seen[0] - want[0]).abs().amax(-1)[0]      # (positions,), the first calibration pass
@@ -119,6 +127,45 @@ def test_llmcompressor_calibrates_without_the_causal_mask(folders, family):
         assert diff[-1] < 1e-5 and (diff[:-1] > 1e-3).all(), diff
     else:
         assert (diff < 1e-5).all(), diff
+
+
+@pytest.mark.parametrize("targets,ignore", [(["Linear"], ["re:.*lm_head"]),
+                                            (["Linear", "Conv1D"], ["re:.*lm_head", "re:.*mlp.c_fc"])])
+def test_gpt2_conv1d_left_out_of_targets_is_an_error(folders, targets, ignore):
+    """targets=["Linear"] on GPT-2 (llm-compressor's own default) would leave every Conv1D dense: a
+    ValueError naming the layers and the fix, before calibration (nothing modified, no hook left). With
+    c_fc in `ignore` the run goes on and prunes every other Conv1D, c_fc left exactly as it was."""
+    from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
+    ids = calibration(nsamples=2, seqlen=8)
+    model = _load(folders["gpt2"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modifier = DSnoTModifier(sparsity=0.5, targets=targets, ignore=ignore)
+    if targets == ["Linear"]:
+        with pytest.raises(ValueError, match=r"8 prunable layers .*transformer\.h\.0\.attn\.c_attn \(Conv1D\).*"
+                           r"add their class or names to `targets`.*add them to `ignore`"):
+            _oneshot(model, folders["gpt2"], ids, [modifier])
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert not modifier._hooks
+        return
+    _oneshot(model, folders["gpt2"], ids, [modifier])
+    pruned = {e["name"] for e in modifier.report}
+    assert pruned == {f"transformer.h.{i}.{n}" for i in range(2) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_proj")}
+    for key, W in linear_weights(model).items():
+        assert bool((W == 0).any()) == (key[1] != "mlp.c_fc"), key
+        if key[1] == "mlp.c_fc":
+            assert torch.equal(W, before[f"transformer.h.{key[0]}.mlp.c_fc.weight"].t()), key
+
+
+def test_decoder_layer_target_prunes_gpt2_conv1d(folders):
+    """targets = the decoder layers (GPT2Block): their Conv1D layers are hooked too (the base class matches
+    Linear only), with the layer's sparsity."""
+    from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
+    model = _load(folders["gpt2"])
+    modifier = DSnoTModifier(sparsity=[0.25, 0.75], targets=["GPT2Block"], refine=False)
+    _oneshot(model, folders["gpt2"], calibration(nsamples=2, seqlen=8), [modifier])
+    assert len(modifier.report) == 8
+    for (block, name), W in linear_weights(model).items():
+        assert ((W == 0).sum(1) == int(W.shape[1] * (0.25, 0.75)[block])).all(), (block, name)
 
 
 # --- mixture-of-experts (tests/moe_models.py): llm-compressor 0.14 linearizes the fused 3-D experts into
@@ -303,3 +350,21 @@ def test_owl_refused_on_moe_before_any_pruning(moe_folders):
     dense = linearize_moe(_load(moe_folders["olmoe"])).state_dict()   # oneshot linearized the model first
     got = model.state_dict()
     assert got.keys() == dense.keys() and all(torch.equal(got[k], v) for k, v in dense.items())
+
+
+def test_gpt2_owl_profile_equals_prune_model_owl(folders):
+    """sparsity_profile="owl" on GPT-2 (Conv1D weights read as (out, in)): the layer sparsities and the
+    weights of prune_model(PruneConfig(sparsity_profile="owl"))."""
+    from dsnot_kernels.integrations.llmcompressor import DSnoTModifier
+    ids = calibration(nsamples=4, seqlen=24)
+    modifier = DSnoTModifier(sparsity=0.6, sparsity_profile="owl", owl_m=2, owl_lmbda=0.05)
+    ours = _oneshot(_load(folders["gpt2"]), folders["gpt2"], ids, [modifier])
+    theirs = _load(folders["gpt2"], "eager")
+    report = dk.prune_model(theirs, ids, dk.PruneConfig(sparsity=0.6, sparsity_profile="owl", owl_m=2.0,
+                                                        owl_lambda=0.05, batch_size=1, progress=False))
+    want = report["sparsity_profile"]["block_sparsity"]
+    assert list(modifier.owl["sparsity"]) == ["transformer.h.0", "transformer.h.1"]
+    assert list(modifier.owl["sparsity"].values()) == pytest.approx(want, abs=1e-12) and want[0] != want[1]
+    got, ref = linear_weights(ours), linear_weights(theirs)
+    assert got.keys() == ref.keys() and len(modifier.report) == len(ref)
+    assert all(torch.equal(got[k], ref[k]) for k in ref)

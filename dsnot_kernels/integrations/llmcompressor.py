@@ -71,6 +71,7 @@ from torch import nn
 
 from dsnot_kernels import ops
 from dsnot_kernels.integrations import llmcompressor_experts as experts
+from dsnot_kernels.integrations import llmcompressor_targets as coverage
 from dsnot_kernels.pruning import sublayer
 from dsnot_kernels.pruning.adapters import is_prunable, is_transposed, sublayer_kind, weight_view
 from dsnot_kernels.pruning.config import PruneConfig, parse_pattern
@@ -104,8 +105,11 @@ class DSnoTModifier(SparsityModifierBase):
         sparsity: unstructured ratio per row in [0, 1) (default 0.5), or a list with one value per
             target layer; ignored for N:M (N of every M are pruned).
         mask_structure: "0:0" (unstructured, default) or "N:M" such as "2:4".
-        targets, ignore: which modules to prune (llm-compressor's matching). ``ignore`` defaults to
-            ``["re:.*lm_head"]`` (DSnoT, Wanda and SparseGPT never prune the output head).
+        targets, ignore: which modules to prune (llm-compressor's matching). ``targets`` defaults to
+            ``["Linear", "Conv1D"]`` (nn.Linear and transformers' Conv1D, GPT-2's transposed layers);
+            ``ignore`` to ``["re:.*lm_head"]`` (DSnoT, Wanda and SparseGPT never prune the output head).
+            A prunable layer of a decoder layer that is neither a target, nor ignored, nor a router is
+            a ValueError naming it before calibration (``llmcompressor_targets.py``).
         sparsity_profile="owl", owl_m, owl_lmbda: OWL layer-wise sparsities (llm-compressor's names,
             all three together), computed here by dsnot_kernels rather than by llm-compressor (whose
             0.14.0.1 OWL pass fails): one dense pass of the model over the calibration data, the
@@ -147,6 +151,7 @@ class DSnoTModifier(SparsityModifierBase):
     """
 
     sparsity: float | list[float] | dict[str, float] | None = 0.5
+    targets: str | list[str] = Field(default_factory=lambda: list(coverage.DEFAULT_TARGETS))
     ignore: list[str] = Field(default_factory=lambda: ["re:.*lm_head"])
 
     initial: str = "wanda"
@@ -343,6 +348,7 @@ class DSnoTModifier(SparsityModifierBase):
 
     def on_calibration_start(self, state, event, **kwargs):
         super().on_calibration_start(state, event, **kwargs)
+        coverage.register_conv1d(self)  # the base class matches Linear, not transformers' Conv1D (GPT-2)
         for module, name in self._module_names.items():
             if not is_prunable(module):
                 self.remove_hooks()
@@ -351,6 +357,7 @@ class DSnoTModifier(SparsityModifierBase):
                                  "or narrow `targets`")
         try:
             experts.attach_experts(self)  # checks, routers, expert collectors (llmcompressor_experts.py)
+            coverage.check_coverage(self)  # every prunable layer of a decoder layer: target, ignored or router
         except Exception:
             self.remove_hooks()
             raise
