@@ -28,11 +28,15 @@
 // far above the rounding of the float64 operations, so it bounds the COMPUTED delta: the search
 // returns the pair the full scan returns (tests/test_swap_cpu_kernel.py compares it with
 // search=1, the full scan, and the reference).
+// Rows (swap_row_block.h): from 2048 columns one thread runs a block of rows together, sweeping
+// M in tiles that every row of the block scans its part of, so M is streamed once per sweep for
+// many rows instead of once per row; same pairs, same masks (search 4: one row at a time).
 // N:M compares only pairs within a group: O(cols * M) per cycle, scanned in full.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -41,6 +45,7 @@
 #include "dsnot_common.h"
 #include "cpu/swap_cycles.h"
 #include "cpu/swap_passes.h"
+#include "cpu/swap_row_block.h"
 #include "cpu/swap_split.h"
 #include "cpu/swap_state.h"
 
@@ -48,21 +53,51 @@ namespace dsnot {
 namespace cpu {
 namespace {
 
+// Row i's w (its float values, exactly, as float64), g0 and initial mask into S and out.
 template <typename scalar_t>
-void swap_row(const SwapProblem& P, int64_t i, SwapScratch& S) {
+void load_row(const SwapProblem& P, int64_t i, SwapScratch& S) {
   const int64_t cols = P.cols;
   const scalar_t* wrow = static_cast<const scalar_t*>(P.weight) + i * cols;
   const uint8_t* init = P.init_mask + i * cols;
-  uint8_t* out = P.mask_out + i * cols;
-  std::memcpy(out, init, static_cast<size_t>(cols));
+  std::memcpy(P.mask_out + i * cols, init, static_cast<size_t>(cols));
   std::memcpy(S.g.data(), P.g0 + i * cols, sizeof(double) * static_cast<size_t>(cols));
   for (int64_t j = 0; j < cols; ++j) {
     S.w[j] = static_cast<double>(static_cast<float>(wrow[j]));
     S.pruned[j] = init[j] != 0;
   }
-  int64_t pairs = 0;
-  P.swaps_out[i] = P.prune_m > 0 ? cycles_nm(P, S, out, &pairs) : cycles_unstructured(P, S, out, &pairs);
-  P.pairs_out[i] = pairs;
+}
+
+void load_row(const SwapProblem& P, at::ScalarType wt, int64_t i, SwapScratch& S) {
+  if (wt == at::kFloat) load_row<float>(P, i, S);
+  else if (wt == at::kHalf) load_row<at::Half>(P, i, S);
+  else load_row<at::BFloat16>(P, i, S);
+}
+
+// Rows [b, e) one at a time (N:M, the full scan, search 4).
+void rows_alone(const SwapProblem& P, at::ScalarType wt, int64_t b, int64_t e) {
+  SwapScratch S(P);
+  for (int64_t i = b; i < e; ++i) {
+    load_row(P, wt, i, S);
+    int64_t pairs = 0;
+    uint8_t* out = P.mask_out + i * P.cols;
+    P.swaps_out[i] = P.prune_m > 0 ? cycles_nm(P, S, out, &pairs) : cycles_unstructured(P, S, out, &pairs);
+    P.pairs_out[i] = pairs;
+  }
+}
+
+// Rows [b, e) in blocks of row_block rows sharing the rows of M read (swap_row_block.h).
+void rows_in_blocks(const SwapProblem& P, at::ScalarType wt, int64_t b, int64_t e, int row_block) {
+  const int n_max = static_cast<int>(std::min<int64_t>(row_block, e - b));
+  RowBlock blk(P, n_max);
+  std::vector<uint8_t*> out(n_max);
+  for (int64_t i0 = b; i0 < e; i0 += n_max) {
+    const int n = static_cast<int>(std::min<int64_t>(n_max, e - i0));
+    for (int k = 0; k < n; ++k) {
+      load_row(P, wt, i0 + k, blk.S[k]);
+      out[k] = P.mask_out + (i0 + k) * P.cols;
+    }
+    blk.run(P, n, out.data(), P.pairs_out + i0, P.swaps_out + i0);
+  }
 }
 
 }  // namespace
@@ -89,9 +124,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
               "refine_mask_swap (cpu): cols must be divisible by prune_m, got ", cols, " and ", prune_m);
   TORCH_CHECK(max_cycle_time >= 0 && max_cycle_time < (int64_t{1} << 31),
               "refine_mask_swap (cpu): max_cycle_time must be in [0, 2**31), got ", max_cycle_time);
-  TORCH_CHECK(search >= 0 && search <= 3,
+  TORCH_CHECK(search >= 0 && search <= 4,
               "refine_mask_swap (cpu): search must be 0 (bounded), 1 (full scan), 2 (bounded without the "
-              "low-rank split bound) or 3 (bounded, the split bound at every width), got ", search);
+              "low-rank split bound), 3 (bounded, the split bound at every width) or 4 (as 0, one row at a "
+              "time), got ", search);
 
   at::Tensor mask = at::empty({rows, cols}, weight.options().dtype(at::kBool));
   at::Tensor swaps = at::zeros({rows}, weight.options().dtype(at::kInt));
@@ -154,18 +190,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
   split::Consts sc;
   // The split bound from split::kMinCols columns (below, its per-cycle work costs more than the pairs
   // it saves: benchmarks/RESULTS.md "wide"); search 3 at every width (tests), search 2 never.
-  const bool want_split = search == 3 || (search == 0 && cols >= split::kMinCols);
+  const bool want_split = search == 3 || ((search == 0 || search == 4) && cols >= split::kMinCols);
   if (prune_m == 0 && want_split && P.rho < kInf && max_cycle_time > 0) {
     sc = split::constants(M, cols);
     P.split = &sc;
   }
+  // Unstructured bounded searches run rows in blocks sharing the rows of M read, from kBlockMinCols
+  // columns (search 3: at every width, for the tests; search 4: never, one row at a time).
+  const int row_block = row_block_size(cols);
+  const bool blocks = prune_m == 0 && row_block > 1 &&
+                      (search == 3 || ((search == 0 || search == 2) && cols >= kBlockMinCols));
   at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
-    SwapScratch S(P);
-    for (int64_t i = b; i < e; ++i) {
-      if (wt == at::kFloat) swap_row<float>(P, i, S);
-      else if (wt == at::kHalf) swap_row<at::Half>(P, i, S);
-      else swap_row<at::BFloat16>(P, i, S);
-    }
+    if (blocks) rows_in_blocks(P, wt, b, e, row_block);
+    else rows_alone(P, wt, b, e);
   });
   return {mask, swaps, pairs};
 }
