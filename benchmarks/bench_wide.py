@@ -162,6 +162,24 @@ def compare_plain(W, stats, M, args):
     return min(walls[0]), min(walls[2]), pairs[0], pairs[2]
 
 
+def compare_alone(W, stats, M, args):
+    """The op with search 0 (the default: rows in blocks sharing tiles of M from 2048 columns) and 4
+    (the same search, one row at a time), once each on the same rows: (wall 0, wall 4, pairs 0,
+    pairs 4); masks and swap counts checked equal."""
+    smr, var, scaler, _ = stats
+    mask0 = dk.refine_mask(W, smr, var, scaler, sparsity=args.sparsity, max_cycle_time=0)
+    g0 = cov_g0(W, mask0, M)
+    cap = ops.default_max_cycle_time("swap", W.shape[1])
+    walls, outs = {}, {}
+    for search in (4, 0):
+        t0 = time.perf_counter()
+        outs[search] = torch.ops.dsnot_kernels.refine_mask_swap.default(W, mask0, M, g0, 0, cap, search)
+        walls[search] = time.perf_counter() - t0
+    if not (torch.equal(outs[0][0], outs[4][0]) and torch.equal(outs[0][1], outs[4][1])):
+        sys.exit("MISMATCH: swap search 0 (row blocks) and 4 (one row at a time) differ")
+    return walls[0], walls[4], int(outs[0][2].sum()), int(outs[4][2].sum())
+
+
 def check_reference(W, stats, M, args, mask, swaps):
     if args.ref_rows <= 0 or "swap" not in args.objectives:
         return "-"
@@ -204,6 +222,10 @@ def bench_shape(name, args):
                 e["split_s"], e["plain_s"], e["split_pairs"], e["plain_pairs"] = compare_plain(W, stats, M, args)
                 print(f"{name:>12} swap op: split bound {e['split_s']:.2f} s, plain bound {e['plain_s']:.2f} s, "
                       f"pairs {e['split_pairs']} vs {e['plain_pairs']}", flush=True)
+            if args.compare_alone:
+                e["block_s"], e["alone_s"], e["block_pairs"], e["alone_pairs"] = compare_alone(W, stats, M, args)
+                print(f"{name:>12} swap op: row blocks {e['block_s']:.2f} s, one row at a time {e['alone_s']:.2f} s, "
+                      f"pairs {e['block_pairs']} vs {e['alone_pairs']}", flush=True)
         out.append(e)
         print(f"{name:>12} {obj:>10}: {wall:8.2f} s for {rows_run} rows (layer part {fixed:.2f} s), "
               f"{e['ns_per_weight']:10.0f} ns/weight, "
@@ -260,6 +282,16 @@ def write(entries, args, argv, load):
         for e in cmp:
             body += (f"| {e['shape']} | {e['rows_run']} | {e['plain_s']:.2f} | {e['split_s']:.2f} | "
                      f"{e['plain_s'] / e['split_s']:.2f} | {e['plain_pairs'] / max(1, e['split_pairs']):.2f} |\n")
+    cmp = [e for e in entries if "block_s" in e]
+    if cmp:
+        body += ("\n\nRows sharing tiles of M: op `refine_mask_swap` alone (g0 given) with search 0 (the default: "
+                 "rows in blocks of up to 64 per thread sweeping M in 512 KiB tiles, from 2048 columns) and 4 (the "
+                 "same search, one row at a time: the kernel before the blocks), the same rows, once each; masks and "
+                 "swaps checked equal.\n\n| layer | rows | one row (s) | blocks (s) | one row / blocks | "
+                 "pairs blocks / one row |\n|---|---|---|---|---|---|\n")
+        for e in cmp:
+            body += (f"| {e['shape']} | {e['rows_run']} | {e['alone_s']:.2f} | {e['block_s']:.2f} | "
+                     f"{e['alone_s'] / e['block_s']:.2f} | {e['block_pairs'] / max(1, e['alone_pairs']):.3f} |\n")
     body += "\n\n" + project_table(entries, args.objectives, torch.get_num_threads())
     write_section(args.section, "Every objective at Llama-7B/70B widths, and a projected whole-model time (bench_wide.py)",
                   body)
@@ -285,6 +317,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compare-plain", action="store_true",
                     help="also time swap's op with the split bound (search 0) against without it (search 2)")
+    ap.add_argument("--compare-alone", action="store_true",
+                    help="also time swap's op with rows in blocks (search 0) against one row at a time (search 4)")
     ap.add_argument("--section", default="wide", help="the RESULTS.md section this run refreshes")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
