@@ -17,7 +17,7 @@ the statistics the initial mask and the cursor objectives use follow from it (51
 weights are Student-t (3 degrees of freedom) times 0.02, float32.
 
 Per shape, ``--rows`` rows of the layer (rows are independent: a kernel's time is per row), 60 %
-unstructured by default, every objective on the cpu backend, one run: mask time per weight,
+unstructured by default, every objective on the cpu backend (``--backend triton``: on the GPU), one run: mask time per weight,
 swaps per row, pairs read by "swap" (the op's third output), peak resident memory (VmHWM reset
 before each objective; it includes the layer's M), and "swap" checked mask- and swap-equal to the
 reference on ``--ref-rows`` rows. Then a projection of the whole model's mask time (labelled as
@@ -26,6 +26,8 @@ such; formula in the table).
     python benchmarks/bench_wide.py                           # small shapes, a quick run
     python benchmarks/bench_wide.py --shapes 7b --rows 32     # the Llama-7B shapes
     python benchmarks/bench_wide.py --shapes 4096x11008 --objectives cov_window swap
+    python benchmarks/bench_wide.py --shapes 7b --rows 64 --objectives cov_window swap --compare-alone
+    python benchmarks/bench_wide.py --backend triton --shapes 7b --rows 8 --no-write   # a lent GPU
 """
 from __future__ import annotations
 
@@ -118,18 +120,25 @@ def peak_mb():
 
 
 def run_objective(obj, W, stats, M, args):
-    """(mask, swaps, wall, peak MB) of refine_mask on all rows of W, cpu backend."""
+    """(mask, swaps, wall, peak MB) of refine_mask on all rows of W, ``--backend`` (default cpu;
+    on a GPU backend the wall time is synchronized and the peak is torch's peak allocated memory)."""
     smr, var, scaler, mean = stats
-    kw = dict(sparsity=args.sparsity, objective=obj, backend="cpu", return_swaps=True)
+    kw = dict(sparsity=args.sparsity, objective=obj, backend=args.backend, return_swaps=True)
     if obj in ("cov", "cov_window", "swap"):
         kw["second_moment"] = M
     if obj == "mse":
         kw["mean"] = mean
+    gpu = W.is_cuda
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     reset_peak()
     t0 = time.perf_counter()
     mask, swaps = dk.refine_mask(W, smr, var, scaler, **kw)
+    if gpu:
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    return mask, swaps, wall, peak_mb()
+    return mask, swaps, wall, (torch.cuda.max_memory_allocated() / 2**20 if gpu else peak_mb())
 
 
 def swap_pairs(W, stats, M, args):
@@ -162,6 +171,24 @@ def compare_plain(W, stats, M, args):
     return min(walls[0]), min(walls[2]), pairs[0], pairs[2]
 
 
+def compare_alone(W, stats, M, args):
+    """The op with search 0 (the default: rows in blocks sharing tiles of M from 2048 columns) and 4
+    (the same search, one row at a time), once each on the same rows: (wall 0, wall 4, pairs 0,
+    pairs 4); masks and swap counts checked equal."""
+    smr, var, scaler, _ = stats
+    mask0 = dk.refine_mask(W, smr, var, scaler, sparsity=args.sparsity, max_cycle_time=0)
+    g0 = cov_g0(W, mask0, M)
+    cap = ops.default_max_cycle_time("swap", W.shape[1])
+    walls, outs = {}, {}
+    for search in (4, 0):
+        t0 = time.perf_counter()
+        outs[search] = torch.ops.dsnot_kernels.refine_mask_swap.default(W, mask0, M, g0, 0, cap, search)
+        walls[search] = time.perf_counter() - t0
+    if not (torch.equal(outs[0][0], outs[4][0]) and torch.equal(outs[0][1], outs[4][1])):
+        sys.exit("MISMATCH: swap search 0 (row blocks) and 4 (one row at a time) differ")
+    return walls[0], walls[4], int(outs[0][2].sum()), int(outs[4][2].sum())
+
+
 def check_reference(W, stats, M, args, mask, swaps):
     if args.ref_rows <= 0 or "swap" not in args.objectives:
         return "-"
@@ -169,7 +196,7 @@ def check_reference(W, stats, M, args, mask, swaps):
     smr, var, scaler, _ = stats
     rm, rs = dk.refine_mask(W[:n].contiguous(), smr, var, scaler, sparsity=args.sparsity, objective="swap",
                             second_moment=M, backend="torch", return_swaps=True)
-    if not (torch.equal(rm, mask[:n]) and torch.equal(rs, swaps[:n])):
+    if not (torch.equal(rm.cpu(), mask[:n].cpu()) and torch.equal(rs.cpu(), swaps[:n].cpu())):
         sys.exit(f"MISMATCH: swap cpu and reference differ on the first {n} rows")
     return f"equal ({n} rows)"
 
@@ -179,6 +206,8 @@ def bench_shape(name, args):
     cheap_rows = min(rows, args.rows * args.cheap_factor)
     W_all, stats, M = wide_layer(max(min(rows, args.rows), cheap_rows), cols, seed=args.seed + cols, common=args.common, rank=args.rank,
                              outliers=args.outliers, outlier_scale=args.outlier_scale)
+    if args.backend != "cpu":  # the layer on the GPU (M too: the Triton kernels read it there)
+        W_all, stats, M = W_all.cuda(), tuple(t.cuda() for t in stats), M.cuda()
     dk.refine_mask(W_all[:2].contiguous(), *stats[:3], sparsity=args.sparsity, max_cycle_time=1)  # warm-up
     out = []
     for obj in args.objectives:
@@ -197,18 +226,25 @@ def bench_shape(name, args):
         e = dict(shape=name, rows=rows, cols=cols, rows_run=rows_run, objective=obj, wall_s=wall,
                  fixed_s=fixed, ns_per_weight=per_row / cols * 1e9, swaps_mean=float(swaps.float().mean()),
                  swaps_max=int(swaps.max()), peak_mb=peak, pairs_per_swap="", read="", reference="")
-        if obj == "swap":
+        if obj == "swap" and args.backend == "cpu":  # the pairs come from the CPU op
             e["pairs_per_swap"], e["read"] = swap_pairs(W, stats, M, args)
+        if obj == "swap":
             e["reference"] = check_reference(W, stats, M, args, mask, swaps)
+        if obj == "swap" and args.backend == "cpu":
             if args.compare_plain:
                 e["split_s"], e["plain_s"], e["split_pairs"], e["plain_pairs"] = compare_plain(W, stats, M, args)
                 print(f"{name:>12} swap op: split bound {e['split_s']:.2f} s, plain bound {e['plain_s']:.2f} s, "
                       f"pairs {e['split_pairs']} vs {e['plain_pairs']}", flush=True)
+            if args.compare_alone:
+                e["block_s"], e["alone_s"], e["block_pairs"], e["alone_pairs"] = compare_alone(W, stats, M, args)
+                print(f"{name:>12} swap op: row blocks {e['block_s']:.2f} s, one row at a time {e['alone_s']:.2f} s, "
+                      f"pairs {e['block_pairs']} vs {e['alone_pairs']}", flush=True)
         out.append(e)
         print(f"{name:>12} {obj:>10}: {wall:8.2f} s for {rows_run} rows (layer part {fixed:.2f} s), "
               f"{e['ns_per_weight']:10.0f} ns/weight, "
               f"swaps/row {e['swaps_mean']:7.1f} (max {e['swaps_max']}), peak {peak:7.0f} MB"
-              + (f", read {100 * e['read']:.1f} % of pairs, reference {e['reference']}" if obj == "swap" else ""),
+              + (f", read {100 * e['read']:.1f} % of pairs" if e["read"] != "" else "")
+              + (f", reference {e['reference']}" if obj == "swap" else ""),
               flush=True)
     del M
     return out
@@ -228,7 +264,7 @@ def write(entries, args, argv, load):
     body += (f"- load: `uptime` before the run: {load[0]}; after: {load[1]} (a 2-core machine shared with "
              "other jobs: compare ratios within this run)\n\n"
              f"Inputs: `wide_layer` (common {args.common}, rank {args.rank}, {args.outliers} outlier channels "
-             f"{args.outlier_scale:g}x, Student-t(3) weights), {args.sparsity:.0%} unstructured, cpu backend, "
+             f"{args.outlier_scale:g}x, Student-t(3) weights), {args.sparsity:.0%} unstructured, {args.backend} backend, "
              "each objective's default cap, the first `--rows` rows of each layer (`--cheap-factor` times more "
              "for the objectives other than swap). ns/weight = mask time "
              "per row / cols. swap: per-row time = its mask time / rows (its per-call part, one pass over M, is "
@@ -260,6 +296,16 @@ def write(entries, args, argv, load):
         for e in cmp:
             body += (f"| {e['shape']} | {e['rows_run']} | {e['plain_s']:.2f} | {e['split_s']:.2f} | "
                      f"{e['plain_s'] / e['split_s']:.2f} | {e['plain_pairs'] / max(1, e['split_pairs']):.2f} |\n")
+    cmp = [e for e in entries if "block_s" in e]
+    if cmp:
+        body += ("\n\nRows sharing tiles of M: op `refine_mask_swap` alone (g0 given) with search 0 (the default: "
+                 "rows in blocks of up to 64 per thread sweeping M in 512 KiB tiles, from 2048 columns) and 4 (the "
+                 "same search, one row at a time: the kernel before the blocks), the same rows, once each; masks and "
+                 "swaps checked equal.\n\n| layer | rows | one row (s) | blocks (s) | one row / blocks | "
+                 "pairs blocks / one row |\n|---|---|---|---|---|---|\n")
+        for e in cmp:
+            body += (f"| {e['shape']} | {e['rows_run']} | {e['alone_s']:.2f} | {e['block_s']:.2f} | "
+                     f"{e['alone_s'] / e['block_s']:.2f} | {e['block_pairs'] / max(1, e['alone_pairs']):.3f} |\n")
     body += "\n\n" + project_table(entries, args.objectives, torch.get_num_threads())
     write_section(args.section, "Every objective at Llama-7B/70B widths, and a projected whole-model time (bench_wide.py)",
                   body)
@@ -282,9 +328,13 @@ def main(argv=None):
     ap.add_argument("--outliers", type=int, default=8)
     ap.add_argument("--outlier-scale", type=float, default=20.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "triton", "cuda"],
+                    help="refine_mask's backend (triton / cuda: the layer on the GPU; swap has no cuda backend)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compare-plain", action="store_true",
                     help="also time swap's op with the split bound (search 0) against without it (search 2)")
+    ap.add_argument("--compare-alone", action="store_true",
+                    help="also time swap's op with rows in blocks (search 0) against one row at a time (search 4)")
     ap.add_argument("--section", default="wide", help="the RESULTS.md section this run refreshes")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)

@@ -14,8 +14,9 @@
 #   bandwidth floor, a layout sweep, scaling in columns) -> memcheck_cuda, racecheck_cuda
 #   (compute-sanitizer on the CUDA kernel) -> tests_triton, tests_triton_cov -> sparse24 (2:4 sparse
 #   vs dense linear) -> bench_cov (objectives cov/cov_window/swap, triton vs the reference, the
-#   LLaMA-7B layer set) -> memcheck_triton, memcheck_triton_cov -> report. If the budget runs out
-#   before the cov stages, a second call: --only=bench_cov,tests_triton_cov,memcheck_triton_cov
+#   LLaMA-7B layer set) -> bench_wide (swap and cov_window on triton at 4096x4096 and 4096x11008,
+#   parity on 2 rows) -> memcheck_triton, memcheck_triton_cov -> report. If the budget runs out
+#   before the cov stages, a second call: --only=bench_cov,bench_wide,tests_triton_cov,memcheck_triton_cov
 # Outputs in $OUT (default /tmp/gpu_check_out), at most 8 files, flat:
 #   gpu_check.log  results.json  bench.csv  sparse24.csv  sanitizer.txt  tests.txt  RESULTS_fragment.md
 # The last lines printed are the stage table and the benchmark table.
@@ -32,7 +33,7 @@ for a in "$@"; do
     --quick) QUICK=1 ;;
     --budget=*) BUDGET=${a#--budget=} ;;
     --only=*) ONLY=",${a#--only=}," ;;
-    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
     *) echo "unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -218,6 +219,21 @@ bench_cov() {
 }
 export -f bench_cov
 stage bench_cov 150 "$LOG" bench_cov
+
+# ---- objective swap at real widths: triton on 4096x4096 and 4096x11008 (benchmarks/bench_wide.py) --
+# cov_window and swap, a few rows each, swap's masks and swap counts checked equal to the reference
+# on 2 rows (the run exits non-zero on a mismatch); the figures go to gpu_check.log (--no-write).
+bench_wide() {
+  if [ "$DRY" = 1 ]; then  # the script's path on the CPU, at a small width
+    "$PY" benchmarks/bench_wide.py --shapes 1024x1024 --rows 2 --cheap-factor 1 --objectives cov_window swap \
+      --ref-rows 1 --no-write
+  else
+    "$PY" benchmarks/bench_wide.py --backend triton --shapes 4096x4096 4096x11008 --rows 8 --cheap-factor 4 \
+      --objectives cov_window swap --ref-rows 2 --no-write
+  fi
+}
+export -f bench_wide
+stage bench_wide 150 "$LOG" bench_wide
 
 if [ -n "$SANITIZER" ] && [ "$DRY" = 0 ] && [ "$QUICK" = 0 ]; then
   stage memcheck_triton 60 "$SAN" sanitize memcheck triton --small

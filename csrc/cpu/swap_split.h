@@ -25,6 +25,8 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/lower_envelope.h"
+
 namespace dsnot {
 namespace cpu {
 namespace split {
@@ -108,17 +110,7 @@ inline Consts constants(const double* M, int64_t n) {
 // envelope into (hm, hb); returns its size.
 inline size_t lower_hull(const std::vector<int32_t>& idx, const double* x, const double* B, double* hm, double* hb) {
   size_t n = 0;
-  for (const int32_t r : idx) {
-    const double m = -2.0 * x[r], b = B[r];
-    if (n > 0 && hm[n - 1] == m) {
-      if (hb[n - 1] <= b) continue;
-      --n;
-    }
-    while (n >= 2 && (b - hb[n - 2]) * (hm[n - 2] - hm[n - 1]) <= (hb[n - 1] - hb[n - 2]) * (hm[n - 2] - m)) --n;
-    hm[n] = m;
-    hb[n] = b;
-    ++n;
-  }
+  for (const int32_t r : idx) n = push_lower_line(hm, hb, n, -2.0 * x[r], B[r]);
   return n;
 }
 
@@ -175,11 +167,9 @@ struct Row {
       if (pruned[k].empty()) continue;
       const size_t nh = lower_hull(pruned[k], x.data(), B, hm.data(), hb.data());
       const double tb = 2.0 * bmax[k];
-      size_t h = 0;
+      Envelope env{hm.data(), hb.data(), nh};
       for (const int32_t q : kept) {  // increasing x
-        const double X = x[q];
-        while (h + 1 < nh && hb[h + 1] + hm[h + 1] * X <= hb[h] + hm[h] * X) ++h;
-        const double e = (hb[h] + hm[h] * X) - tb * b[q];
+        const double e = env.at(x[q]) - tb * b[q];
         tmp[q] = e < tmp[q] ? e : tmp[q];
       }
     }

@@ -1,0 +1,242 @@
+// The cycles of one row of the "swap" CPU kernel (refine_swap_cpu.cpp, which alone includes this
+// file): the bounded exact search of unstructured masks (and its full-scan mode, search 1), and
+// the N:M search. The search itself is described at the top of refine_swap_cpu.cpp.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
+#include "cpu/lower_envelope.h"
+#include "cpu/swap_passes.h"
+#include "cpu/swap_state.h"
+
+namespace dsnot {
+namespace cpu {
+namespace {
+
+// One row's unstructured search, in steps: setup(), then per cycle begin() (the bound pass and the
+// candidates; with search 1 the full scan), the scans, and finish() (the swap and the bookkeeping).
+// The single-row driver (cycles_unstructured) scans in increasing lb order (scan_in_order); the
+// row-block driver (swap_row_block.h) scans candidates chosen with other rows' so that rows share
+// the rows of M read. Any order returns the same pair: a q is skipped only when its bound exceeds
+// the best delta found, which is never below the final best; ties go to the lowest q (then r).
+struct RowSearch {
+  const SwapProblem* P = nullptr;
+  SwapScratch* S = nullptr;
+  uint8_t* out = nullptr;
+  int64_t* pairs = nullptr;
+  int64_t n_pruned = 0, n_kept = 0, cycle = 0;
+  double c_max = 0.0, c_all = 0.0, scale = 0.0;
+  bool brute = false, use_cs = false, use_split = false;
+  bool pending = false;  // a swap whose bound update is still to apply
+  double dmin = 0.0, peps = 0.0, pb = 0.0, pw = 0.0;
+  const double* prow = nullptr;
+  int32_t swaps = 0;
+  // this cycle: the best pair so far (only delta < 0 matters), and the candidates (lb < 0, q)
+  double best = 0.0;
+  int64_t bq = -1, br = -1;
+  size_t nc = 0;
+
+  // False when the row has nothing to search (no pruned or no kept column).
+  bool setup(const SwapProblem& Pr, SwapScratch& Sc, uint8_t* o, int64_t* pa) {
+    P = &Pr; S = &Sc; out = o; pairs = pa;
+    const int64_t cols = P->cols;
+    const double* w = S->w.data();
+    double w_max = 0.0;
+    n_pruned = 0;
+    for (int64_t j = 0; j < cols; ++j) {
+      n_pruned += S->pruned[j];
+      w_max = std::max(w_max, std::fabs(w[j]));
+    }
+    n_kept = cols - n_pruned;
+    if (n_pruned == 0 || n_kept == 0) return false;
+    c_max = ((2.0 * w_max) * w_max) * P->m_abs_max;  // every |cross term|
+    brute = P->search == 1;
+    scale = side_terms(*P, *S, -1, nullptr, nullptr) + c_max;
+    // Far from overflow only (the bounds multiply two such magnitudes).
+    use_cs = !brute && std::isfinite(P->rho) && scale < 1e100;
+    // The split bound: only with the plain one (both need a finite M), and far from overflow.
+    use_split = use_cs && P->split != nullptr && P->split->ok && ((2.0 * w_max) * w_max) * P->split->vmax2 < 1e100;
+    // The cross-term part of the slack's scale; with the split, every |2 x_q x_r| too.
+    c_all = c_max + (use_split ? ((2.0 * w_max) * w_max) * P->split->vmax2 : 0.0);
+    scale += c_all - c_max;
+    if (use_split) S->sp.init(*P->split, w, S->pruned.data(), cols);
+    if (use_cs) {
+      const KeyLess less{S->key.data()};
+      S->ps.clear();
+      S->ks.clear();
+      for (int64_t j = 0; j < cols; ++j) {
+        S->key[j] = std::fabs(w[j]) * P->z[j];
+        (S->pruned[j] ? S->ps : S->ks).push_back(static_cast<int32_t>(j));
+      }
+      std::sort(S->ps.begin(), S->ps.end(), less);
+      std::sort(S->ks.begin(), S->ks.end(), less);
+    }
+    for (int64_t j = 0; j < cols; ++j) S->L[j] = -kInf;
+    return true;
+  }
+
+  // The exact scan of row q of the pair matrix (one row of M); tightens L_q; marks q scanned
+  // (lb = +inf: never proposed or scanned again this cycle).
+  void scan(int64_t q) {
+    const double* A = S->A.data();
+    int64_t r = -1;
+    const double e = row_min(A[q], 2.0 * S->w[q], S->w.data(), S->B.data(), P->M + q * P->cols, P->cols, &r);
+    *pairs += n_pruned;
+    if (!brute) S->L[q] = (e - A[q]) - kSlack * (scale + std::fabs(e));
+    S->lb[q] = kInf;
+    if (r >= 0 && (e < best || (e == best && bq >= 0 && q < bq))) { best = e; bq = q; br = r; }
+  }
+
+  // Starts a cycle: false when the cycle cap is reached. Bounded search: the bound pass (the last
+  // swap's bound update, the Cauchy-Schwarz bound, lb) and the candidates S->cand[0, nc) (lb < 0,
+  // in column order). Full scan (search 1): every kept q, scanned here.
+  bool begin() {
+    if (cycle >= P->max_cycles) return false;
+    best = 0.0;
+    bq = br = -1;
+    nc = 0;
+    const int64_t cols = P->cols;
+    const uint8_t* pr = S->pruned.data();
+    if (brute) {
+      for (int64_t q = 0; q < cols; ++q)
+        if (!pr[q]) scan(q);
+      return true;
+    }
+    double* L = S->L.data();
+    const double* A = S->A.data();
+    const double* w = S->w.data();
+    double* LB = S->lb.data();
+    if (use_cs) {
+      const size_t nh = build_envelope(*S);
+      const double* cs = nullptr;
+      if (nh > kEnvelopeLanes || use_split) {  // walk the envelope in the a order of the kept q
+        double* csw = S->cs.data();
+        Envelope env{S->hm.data(), S->hb.data(), nh};
+        for (const int32_t q : S->ks) csw[q] = env.at(S->key[q]);
+        if (use_split) S->sp.bound(S->B.data(), csw, S->sp_tmp.data());  // the larger of the two bounds
+        cs = csw;
+      }
+      bound_pass(cols, L, A, w, S->key.data(), pr, pending ? prow : nullptr, pb, pw, dmin, peps, scale,
+                 S->hm.data(), S->hb.data(), static_cast<int64_t>(nh), cs, LB);
+    } else {
+      bound_pass(cols, L, A, w, S->key.data(), pr, pending ? prow : nullptr, pb, pw, dmin, peps, scale, nullptr,
+                 nullptr, -1, nullptr, LB);
+    }
+    std::pair<double, int64_t>* cand = S->cand.data();
+    for (int64_t q = 0; q < cols; ++q) {  // the candidates: lb < 0 (branch-free: about half are)
+      cand[nc] = std::make_pair(LB[q], q);
+      nc += LB[q] < 0.0;
+    }
+    if (pending) *pairs += n_kept;  // the (q, q*) pairs just read
+    pending = false;
+    return true;
+  }
+
+  // The single row's order: the lowest bound first (one scan gives an incumbent), then in
+  // increasing lb only those that can still reach it.
+  void scan_in_order() {
+    std::pair<double, int64_t>* cand = S->cand.data();
+    if (nc > 0) {
+      auto lo = std::min_element(cand, cand + nc);
+      std::iter_swap(cand, lo);
+      scan(cand[0].second);
+      const double cut = best;
+      nc = std::partition(cand + 1, cand + nc, [cut](const auto& c) { return c.first <= cut; }) - cand;
+      std::sort(cand + 1, cand + nc);
+    }
+    for (size_t t = 1; t < nc; ++t) {
+      const auto& c = cand[t];
+      if (c.first > best) break;
+      scan(c.second);
+    }
+  }
+
+  // Ends the cycle: false at a local optimum (no pair lowers the objective: the row is done);
+  // otherwise applies the best swap and the bookkeeping the next begin() uses.
+  bool finish() {
+    if (bq < 0) return false;
+    const double wq = S->w[bq], wr = S->w[br];
+    update_g(*P, S->g.data(), wq, wr, bq, br);
+    out[bq] = 1;
+    out[br] = 0;
+    S->pruned[bq] = 1;
+    S->pruned[br] = 0;
+    ++swaps;
+    ++cycle;
+    if (brute) {
+      scale = side_terms(*P, *S, -1, nullptr, nullptr) + c_max;
+      return true;
+    }
+    if (use_cs) {
+      const KeyLess less{S->key.data()};
+      move_between(S->ps, S->ks, static_cast<int32_t>(br), less);
+      move_between(S->ks, S->ps, static_cast<int32_t>(bq), less);
+    }
+    if (use_split) S->sp.swap(static_cast<int32_t>(bq), static_cast<int32_t>(br));
+    // New A and B, and how far B moved on the columns pruned before and after (every L_q moves by
+    // at least the minimum); applied to the bounds at the next cycle's pass.
+    double dmax_abs = 0.0;
+    scale = std::max(scale, side_terms(*P, *S, bq, &dmin, &dmax_abs) + c_all);
+    if (!(dmin < kInf)) dmin = 0.0;  // q* is the only pruned column now
+    peps = kSlack * (scale + dmax_abs);
+    prow = P->M + bq * P->cols;  // M[:, q*] = M[q*, :] (symmetric)
+    pb = S->B[bq];
+    pw = wq;
+    pending = true;
+    S->L[br] = -kInf;  // r* is kept now: bounded by Cauchy-Schwarz, or scanned
+    return true;
+  }
+};
+
+// Unstructured cycles of one row, alone; returns the swap count.
+int32_t cycles_unstructured(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* pairs) {
+  RowSearch R;
+  if (!R.setup(P, S, out, pairs)) return 0;
+  while (R.begin()) {
+    if (!R.brute) R.scan_in_order();
+    if (!R.finish()) break;
+  }
+  return R.swaps;
+}
+
+// N:M cycles: pairs within a group only, all of them each cycle (O(cols * M)).
+int32_t cycles_nm(const SwapProblem& P, SwapScratch& S, uint8_t* out, int64_t* pairs) {
+  const int64_t cols = P.cols, m = P.prune_m;
+  const double* M = P.M;
+  const double* w = S.w.data();
+  const double* A = S.A.data();
+  const double* B = S.B.data();
+  int32_t swaps = 0;
+  side_terms(P, S, -1, nullptr, nullptr);
+  for (int64_t cycle = 0; cycle < P.max_cycles; ++cycle) {
+    double best = kInf;
+    int64_t bq = -1, br = -1;
+    for (int64_t q = 0; q < cols; ++q) {
+      if (S.pruned[q]) continue;
+      const double a = A[q], tq = 2.0 * w[q];
+      const int64_t start = q - q % m;
+      for (int64_t r = start; r < start + m; ++r) {
+        if (!S.pruned[r]) continue;
+        const double d = (a - (tq * w[r]) * M[q * cols + r]) + B[r];
+        ++*pairs;
+        if (d < best) { best = d; bq = q; br = r; }
+      }
+    }
+    if (!(best < 0.0)) break;
+    update_g(P, S.g.data(), w[bq], w[br], bq, br);
+    out[bq] = 1;
+    out[br] = 0;
+    S.pruned[bq] = 1;
+    S.pruned[br] = 0;
+    ++swaps;
+    side_terms(P, S, -1, nullptr, nullptr);
+  }
+  return swaps;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace dsnot
