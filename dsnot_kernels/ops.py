@@ -58,8 +58,8 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         err_sum: the order of each row's initial error sum ``err``: "lanes" (the contract's fixed
             order, every backend) or "torch" (ATen's ``torch.sum`` over the row on the weight's
             device, as the authors' code sums it: a few ulps off "lanes", which flips the
-            ``|err| > update_threshold`` test of a row whose ``err`` lands that close to it; docs/
-            ALGORITHM.md §3). "torch" runs on the "torch" backend only (None picks it; any other
+            ``|err| > update_threshold`` test of a row whose ``err`` lands that close to it;
+            docs/ALGORITHM.md §3). "torch" runs on the "torch" backend only (None picks it; any other
             backend raises ``ValueError``).
 
     Returns:
