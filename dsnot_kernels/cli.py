@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--authors-sqrt", action="store_true",
                    help="take the wanda metric's square root with torch.sqrt, as the authors' code (on CPU "
                         "ATen's float32 sqrt is not correctly rounded; masks then match theirs bit for bit)")
+    p.add_argument("--authors-sum", action="store_true",
+                   help="sum each row's reconstruction error with torch.sum, as the authors' code (the torch "
+                        "backend only; with --authors-sqrt the masks are theirs bit for bit)")
     p.add_argument("--device", default=None, help="where blocks are computed (None: where the model is)")
     p.add_argument("--backend", default=None, help="refine_mask backend (None: best available)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense evaluation")
@@ -190,7 +193,7 @@ def check_args(args) -> list:
                 objective=objective, window=args.window, max_cycle_time=args.max_cycle_time,
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
                 reconstruct=args.reconstruct and (refine or args.no_refine), bos=args.bos,  # baseline: only when asked
-                sqrt="torch" if args.authors_sqrt else "exact",
+                sqrt="torch" if args.authors_sqrt else "exact", err_sum="torch" if args.authors_sum else "lanes",
                 backend=args.backend, batch_size=args.batch_size, device=args.device,
                 record_error=(args.record_error or bool(args.plot)) and (refine or args.no_refine),
                 progress=not args.quiet, **experts,

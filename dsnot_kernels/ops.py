@@ -14,6 +14,7 @@ from dsnot_kernels.backends import (AUTO_ORDER, BACKEND_ENV, BACKENDS, REFERENCE
                                     available_backends, backend_report)
 from dsnot_kernels.objectives import (DEFAULT_WINDOW, OBJECTIVES, SECOND_MOMENT_OBJECTIVES,  # noqa: F401
                                       Objective, default_max_cycle_time, swap_default_cycles)
+from dsnot_kernels.objectives.common import ERR_SUM_MODES
 from dsnot_kernels.validate import (WEIGHT_DTYPES, _is_symmetric, _symmetric_float64,  # noqa: F401
                                     validate_arguments, validate_second_moment)
 
@@ -21,7 +22,7 @@ from dsnot_kernels.validate import (WEIGHT_DTYPES, _is_symmetric, _symmetric_flo
 def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None,
                 sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=None, update_threshold=0.1,
                 pow_of_var_regrowing=1.0, without_same_sign=True, backend=None, objective="dsnot",
-                mean=None, second_moment=None, window=DEFAULT_WINDOW, return_swaps=False):
+                mean=None, second_moment=None, window=DEFAULT_WINDOW, return_swaps=False, err_sum="lanes"):
     """DSnoT: initial mask plus training-free refinement of one linear layer (spec §2-§3).
 
     Args:
@@ -54,6 +55,12 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         window: candidates per list (prune and regrow) that "cov_window" compares each cycle,
             an int >= 1 (it compares up to ``window**2`` pairs; N:M: ``window * M``).
         return_swaps: also return the (rows,) int32 count of accepted swaps per row.
+        err_sum: the order of each row's initial error sum ``err``: "lanes" (the contract's fixed
+            order, every backend) or "torch" (ATen's ``torch.sum`` over the row on the weight's
+            device, as the authors' code sums it: a few ulps off "lanes", which flips the
+            ``|err| > update_threshold`` test of a row whose ``err`` lands that close to it;
+            docs/ALGORITHM.md §3). "torch" runs on the "torch" backend only (None picks it; any other
+            backend raises ``ValueError``).
 
     Returns:
         (rows, cols) bool mask, True = pruned, on the weight's device; with ``return_swaps``,
@@ -73,7 +80,7 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     needs = OBJECTIVES[objective].needs
-    chosen = _choose_backend(backend, weight.device, objective)
+    chosen = _err_sum_backend(err_sum, backend, weight.device, objective)
     second_moment = validate_second_moment(second_moment, objective, weight.shape[1], weight.device,
                                            keep_dtype=chosen.name == "triton")
     rows, cols = weight.shape
@@ -86,9 +93,23 @@ def refine_mask(weight, sum_metric_row, var, scaler_row, *, initial_metric=None,
         extra = {"second_moment": second_moment} if "second_moment" in needs else {}
         if "window" in needs:
             extra["window"] = window
+        if err_sum != "lanes":
+            extra["err_sum"] = err_sum
         mask, swaps = chosen.fn(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask,
                                 mean, float(sparsity) if not nm else 0.0, int(prune_n), int(prune_m),
                                 int(max_cycle_time), float(update_threshold), float(pow_of_var_regrowing),
                                 same_sign, OBJECTIVES[objective].code, **extra)
     return (mask, swaps) if return_swaps else mask
 
+
+
+def _err_sum_backend(err_sum, backend, device, objective):
+    """The backend of a call with this ``err_sum``: ``err_sum="torch"`` is the reference's alone."""
+    if err_sum not in ERR_SUM_MODES:
+        raise ValueError(f"err_sum must be one of {ERR_SUM_MODES}, got {err_sum!r}")
+    if err_sum == "lanes":
+        return _choose_backend(backend, device, objective)
+    if backend not in (None, "torch"):
+        raise ValueError(f'err_sum="torch" (the authors\' torch.sum order) runs on the "torch" backend only, '
+                         f"not {backend!r}; use backend=None or \"torch\", or err_sum=\"lanes\"")
+    return _choose_backend("torch", device, objective)

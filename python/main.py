@@ -20,7 +20,9 @@ with OWL's ``--Hyper_m`` and ``--Lamda``.
 checked without the model is checked before it loads (exit status 2). Flags that only steered
 their GPU placement are accepted and ignored. The wanda metric's square root is ATen's
 ``torch.sqrt`` as in their code (``PruneConfig(sqrt="torch")``; ``--exact_sqrt`` for the correctly
-rounded one), so that on CPU the masks are theirs bit for bit.
+rounded one), and each row's reconstruction error is summed with ATen's ``torch.sum`` as in their
+code (``PruneConfig(err_sum="torch")``, the "torch" backend; ``--lane_sum`` for the contract's fixed
+order, which a ``--backend`` other than torch implies), so that on CPU the masks are theirs bit for bit.
 """
 from __future__ import annotations
 
@@ -94,6 +96,9 @@ def build_parser():
     p.add_argument("--exact_sqrt", action="store_true",
                    help="correctly rounded square root in the wanda metric (default here: torch.sqrt, as the "
                         "authors' code; they differ on CPU only)")
+    p.add_argument("--lane_sum", action="store_true",
+                   help="sum each row's reconstruction error in the contract's fixed order (every backend; "
+                        "default here: torch.sum, as the authors' code, on the torch backend)")
     p.add_argument("--device", default=None)
     p.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
                    help="calibration and evaluation windows start with BOS: auto (where the tokenizer adds one), "
@@ -178,7 +183,7 @@ def check(args):
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
                 without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
                 backend=args.backend, reconstruct=args.reconstruct, batch_size=args.batch_size, bos=args.bos,
-                sqrt="exact" if args.exact_sqrt else "torch", **experts,
+                sqrt="exact" if args.exact_sqrt else "torch", err_sum=_err_sum(args), **experts,
                 **cli_options.profile_kwargs(profile, args.Hyper_m, args.Lamda))
         except (ValueError, TypeError) as exc:
             raise ValueError(str(exc).replace("sparsity must", "--sparsity_ratio must").replace(
@@ -194,6 +199,18 @@ def check(args):
             raise ValueError(f"--save_model {exc}") from None
     cli_checks.check_model(args.model)
     return config
+
+
+def _err_sum(args) -> str:
+    """The authors' torch.sum order of the row errors, on the torch backend (the only one that has
+    it), unless --lane_sum or a --backend other than torch asks for the contract's order."""
+    if args.lane_sum:
+        return "lanes"
+    if args.backend not in (None, "torch"):
+        print(f"note: --backend {args.backend} sums the row errors in the contract's lane order "
+              "(the authors' torch.sum order is the torch backend's only)", file=sys.stderr)
+        return "lanes"
+    return "torch"
 
 
 def main(argv=None):

@@ -7,7 +7,8 @@ updates float32 running statistics per call with the wrapper's own order of oper
 (``scaler_row *= n / (n + t); n += t; scaler_row += ||x||² / n``, and the same for the sum; the
 within-sample variance pooled by token count); then every sub-layer's mask from those statistics
 (initial metric ``|W| * torch.sqrt(scaler_row)``, ATen's float32 square root, as their code;
-refinement of the attention projections by ``tests/oracle.py`` fed those square roots); all
+refinement of the attention projections by ``tests/oracle.py`` fed those square roots, with each
+row's initial error summed by ``torch.sum`` as their code, ``err_sum="torch"``); all
 pruned weights zeroed; the block run again one sample at a time to make the next block's inputs.
 Shares no statistics or driver code with ``dsnot_kernels`` (it borrows only the capture of the
 block calls' keyword arguments, which the authors take from their catcher).
@@ -99,7 +100,7 @@ def authors_masks(model, calibration, sparsity=0.5, prune_n=0, prune_m=0, skip="
                     mask, _ = oracle(W, st.sum_metric_row, st.var.reshape(-1), st.scaler_row, initial_mask=start,
                                      sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,
                                      max_cycle_time=max_cycle_time, update_threshold=update_threshold,
-                                     sqrt_scaler=roots)
+                                     sqrt_scaler=roots, err_sum="torch")
                 masks[(i, name)], all_stats[(i, name)] = mask, st
             for name, module in subs.items():
                 module.weight.data[masks[(i, name)]] = 0

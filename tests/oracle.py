@@ -38,9 +38,10 @@ def _sign(x) -> int:
 
 def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsity=0.5, prune_n=0,
                prune_m=0, max_cycle_time=50, update_threshold=0.1, p=1.0, same_sign=False,
-               objective="dsnot", g0=None, M=None, window=100, sqrt_scaler=None):
+               objective="dsnot", g0=None, M=None, window=100, sqrt_scaler=None, err_sum="lanes"):
     """Refine one row. ``sqrt_scaler``: the square roots of ``scaler`` to use in the wanda metric
-    (default: correctly rounded, ``np.sqrt`` of the float32). ``w, s, var, scaler, metric, mean``: lists of floats; ``pruned``: list of bools.
+    (default: correctly rounded, ``np.sqrt`` of the float32). ``err_sum``: the initial error's sum,
+    "lanes" (the contract's order) or "torch" (``torch.sum`` over the (1, cols) row, the authors'). ``w, s, var, scaler, metric, mean``: lists of floats; ``pruned``: list of bools.
     Objectives "cov" and "cov_window": ``M`` the (cols, cols) float64 numpy second moment and ``g0``
     this row's ``D M`` for the initial pruned set (from one torch matmul over all rows, as the
     reference); "cov_window" compares ``window`` candidates per list (``_window_cycles``); "swap"
@@ -78,7 +79,11 @@ def oracle_row(w, s, var, scaler, metric=None, pruned=None, mean=None, *, sparsi
         else:
             key = [dm[j] / (F32(var[j]) if p == 1 else F32(_pow(float(var[j]), p)))
                    for j in range(cols)]
-    err = _lane_sum([dm[j] if initial[j] else F32(0) for j in range(cols)], F32(0))
+    pruned_dm = [dm[j] if initial[j] else F32(0) for j in range(cols)]
+    if err_sum == "torch":
+        err = F32(torch.sum(torch.tensor([float(x) for x in pruned_dm], dtype=torch.float32).reshape(1, -1), dim=1).item())
+    else:
+        err = _lane_sum(pruned_dm, F32(0))
     thr = F32(update_threshold)
     sign0 = _sign(err)
 
@@ -241,7 +246,7 @@ def _swap_cycles(w, pruned, g, M, m, max_cycle_time):
 def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, initial_mask=None, mean=None,
            sparsity=0.5, prune_n=0, prune_m=0, max_cycle_time=50, update_threshold=0.1,
            pow_of_var_regrowing=1.0, without_same_sign=True, objective="dsnot", second_moment=None, window=100,
-           sqrt_scaler=None):
+           sqrt_scaler=None, err_sum="lanes"):
     """``refine_mask``'s keyword interface over ``oracle_row``; returns (mask, swaps) tensors."""
     W = weight.float().tolist()
     cols = weight.shape[1]
@@ -268,7 +273,7 @@ def oracle(weight, sum_metric_row, var, scaler_row, *, initial_metric=None, init
                             sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,
                             max_cycle_time=max_cycle_time, update_threshold=update_threshold,
                             p=pow_of_var_regrowing, same_sign=same_sign, objective=objective,
-                            g0=None if g0 is None else g0[i], M=M, window=window,
+                            g0=None if g0 is None else g0[i], M=M, window=window, err_sum=err_sum,
                             sqrt_scaler=None if sqrt_scaler is None else sqrt_scaler.tolist())
         masks.append(pr)
         swaps.append(sw)

@@ -111,14 +111,15 @@ def test_running_stats_transcription_equals_calibration_stats():
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_tiny_llama_pipeline_parity(pattern):
-    """prune_model(sqrt="torch") equals the transcribed authors' pipeline on a tiny Llama."""
+    """prune_model(sqrt="torch", err_sum="torch") equals the transcribed authors' pipeline on a tiny Llama."""
     from pruning_models import calibration, tiny_model
     calib = calibration(nsamples=4, seqlen=32)
     n, m = (0, 0) if pattern == "unstructured" else (2, 4)
     theirs, _ = authors_masks(tiny_model("llama", seed=3), calib, sparsity=0.6, prune_n=n, prune_m=m)
     got = {}
     dk.prune_model(tiny_model("llama", seed=3), calib,
-                   dk.PruneConfig(sparsity=0.6, pattern=pattern, sqrt="torch", progress=False, batch_size=3),
+                   dk.PruneConfig(sparsity=0.6, pattern=pattern, sqrt="torch", err_sum="torch", progress=False,
+                                  batch_size=3),
                    on_mask=lambda i, name, mask: got.__setitem__((i, name), mask.clone()))
     assert got.keys() == theirs.keys()
     for key in theirs:

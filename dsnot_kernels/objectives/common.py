@@ -28,6 +28,25 @@ def lane_sum(v: torch.Tensor) -> torch.Tensor:
     return acc[:, 0]
 
 
+ERR_SUM_MODES = ("lanes", "torch")
+
+
+def row_error(v: torch.Tensor, err_sum: str = "lanes") -> torch.Tensor:
+    """The rows' initial reconstruction error ``err``: row sums of ``v`` (rows, cols), (rows,).
+
+    ``"lanes"``: the contract's fixed order (``lane_sum``), the same float32 value on every
+    backend. ``"torch"``: ATen's ``torch.sum(v, dim=1)`` on ``v``'s device, the authors' order
+    (their ``torch.sum(metric_for_regrowing, dim=1)``); a few ulps away from ``"lanes"`` on most
+    rows, which decides the ``|err| > update_threshold`` test when ``err`` lands within those ulps
+    of the threshold (issue 30). Reference backend only.
+    """
+    if err_sum == "lanes":
+        return lane_sum(v)
+    if err_sum == "torch":
+        return torch.sum(v, dim=1)
+    raise ValueError(f"err_sum must be one of {ERR_SUM_MODES}, got {err_sum!r}")
+
+
 def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
     """Correctly rounded float32 ``sqrt(x)`` (the contract's ``sqrtf``), on ``x``'s device.
 

@@ -12,7 +12,7 @@ Differences from the authors' code, all stated in the spec:
   * ``var == 0`` gives growth keys ``+-inf`` by the sign of ``dm`` (no NaN), ``dm == 0`` there is
     no candidate;
   * ``err`` is summed in a fixed order (256 lanes, then a pairwise tree) so that every backend gets
-    the same float32 value.
+    the same float32 value; ``err_sum="torch"`` sums it as the authors do (ATen's ``torch.sum``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from types import SimpleNamespace
 import torch
 
 from dsnot_kernels.objectives.common import (SUM_LANES, _ordered_candidates, growth_keys,  # noqa: F401
-                                             initial_selection, lane_sum, sqrt_rn, var_power, wanda_metric)
+                                             initial_selection, lane_sum, row_error, sqrt_rn, var_power,
+                                             wanda_metric)
 from dsnot_kernels.objectives.cov import CovScore
 from dsnot_kernels.objectives.cov_window import cov_g0, refine_cov_window  # noqa: F401
 from dsnot_kernels.objectives.dsnot import DsnotRule
@@ -34,7 +35,8 @@ CURSOR_SCORES = {0: DsnotRule, 1: MseScore, 2: CovScore}
 
 def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metric, initial_mask, mean,
                           sparsity, prune_n, prune_m, max_cycle_time, update_threshold,
-                          pow_of_var_regrowing, same_sign, objective, second_moment=None, window=None):
+                          pow_of_var_regrowing, same_sign, objective, second_moment=None, window=None,
+                          err_sum="lanes"):
     """Reference backend: the op's positional arguments (validated by ``ops.refine_mask``).
 
     ``second_moment``: (cols, cols) float64, exactly symmetric; objectives 2 ("cov"), 3
@@ -43,6 +45,8 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
     Objectives 0-2 walk the same cursors (below); what accepts a pair is each objective's score
     (``CURSOR_SCORES``: objectives/dsnot.py, mse.py, cov.py). Objective 3 walks windows over the
     same lists (cov_window.py), objective 4 searches the whole row (swap.py).
+    ``err_sum``: the order of the rows' initial error sum, "lanes" (the contract's) or "torch"
+    (ATen's ``torch.sum``, the authors' order; ``common.row_error``).
 
     Returns ``(mask, swaps)``: (rows, cols) bool, True = pruned; (rows,) int32 accepted swaps.
     """
@@ -61,7 +65,7 @@ def refine_mask_reference(weight, sum_metric_row, var, scaler_row, initial_metri
     if objective == 4:  # "swap": the best pair of the whole row, from this initial mask (swap.py)
         return refine_swap(W, mask, second_moment, max_cycle_time=max_cycle_time, prune_m=prune_m if nm else 0)
 
-    err = lane_sum(torch.where(mask, dm, torch.zeros((), device=dev)))
+    err = row_error(torch.where(mask, dm, torch.zeros((), device=dev)), err_sum)
     thr = torch.tensor(update_threshold, dtype=torch.float32, device=dev)
     lists = _cursor_lists(mask, dm, wanda, metric, var, pow_of_var_regrowing, nm)
     if objective == 3:  # windows over these same lists (cov_window.py)

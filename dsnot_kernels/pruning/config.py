@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from dsnot_kernels.metrics import SQRT_MODES
+from dsnot_kernels.objectives.common import ERR_SUM_MODES
 from dsnot_kernels.ops import OBJECTIVES
 
 PATTERNS_HELP = '"unstructured" or "N:M" (e.g. "2:4", "4:8")'
@@ -68,6 +69,10 @@ class PruneConfig:
         "exact" (correctly rounded, every backend's contract) or "torch" (ATen's float32
         ``torch.sqrt`` on the statistics' device, as the authors' code takes it: on CPU it is one ulp
         off on about a fifth of inputs, which flips near-ties; on CUDA the two agree).
+    err_sum: the order of each row's initial error sum in the refinement: "lanes" (the contract's
+        fixed order, every backend) or "torch" (ATen's ``torch.sum``, as the authors' code: a few
+        ulps away, which flips a row whose error lands that close to ``update_threshold``; the
+        "torch" backend only, so ``backend`` must be None or "torch"). python/main.py's default.
     batch_size: calibration samples per forward pass (statistics do not depend on it).
     device: where each block is computed (None = where the model is). Only the current block and
         the calibration activations live there; the rest of the model stays where it was.
@@ -119,6 +124,7 @@ class PruneConfig:
     reconstruct: bool = False
     backend: "str | None" = None
     sqrt: str = "exact"
+    err_sum: str = "lanes"
     batch_size: int = 8
     device: "str | None" = None
     record_error: bool = False
@@ -146,6 +152,10 @@ class PruneConfig:
             raise ValueError(f"objective must be one of {OBJECTIVE_CHOICES}, got {self.objective!r}")
         if self.sqrt not in SQRT_MODES:
             raise ValueError(f"sqrt must be one of {SQRT_MODES}, got {self.sqrt!r}")
+        if self.err_sum not in ERR_SUM_MODES:
+            raise ValueError(f"err_sum must be one of {ERR_SUM_MODES}, got {self.err_sum!r}")
+        if self.err_sum == "torch" and self.backend not in (None, "torch"):
+            raise ValueError(f'err_sum="torch" runs on the "torch" backend only, not backend={self.backend!r}')
         if not isinstance(self.reconstruct, bool):
             raise TypeError(f"reconstruct must be a bool, got {type(self.reconstruct).__name__}")
         if self.backend is not None:

@@ -100,7 +100,8 @@ def sublayer_mask(name, module, stats, config, want_error):
     common = dict(initial_metric=metric, sparsity=config.sparsity, prune_n=config.prune_n,
                   prune_m=config.prune_m, update_threshold=config.update_threshold,
                   pow_of_var_regrowing=config.pow_of_var_regrowing,
-                  without_same_sign=config.without_same_sign, backend=config.backend, return_swaps=True)
+                  without_same_sign=config.without_same_sign, backend=config.backend, return_swaps=True,
+                  err_sum=config.err_sum)
     t0 = time.perf_counter()
     new_w, sgpt_s = None, 0.0
     if sgpt:
