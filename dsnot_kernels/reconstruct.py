@@ -19,7 +19,8 @@ the embedded model at 4 x 64 tokens); then every row is solved directly at once 
 on a pivoted-Cholesky factor of M, or a Cholesky of its kept block, whichever costs less).
 Otherwise PCG runs as many iterations as a direct solve costs and finishes the rows still running
 directly. Each directly solved row is then run through PCG again from that solution, so the
-stopping rule below decides for every row.
+stopping rule below decides for every row. The direct solves run on one torch thread (see
+``reconstruct_direct``: on a loaded machine two threads made them 2-10x slower).
 
 Stopping rule, on the loss rather than the residual: each conjugate-gradient step lowers the row's
 damped loss ``(w - ŵ) M' (w - ŵ)ᵀ`` by ``alpha (r·z)`` (exactly, in exact arithmetic), and what is

@@ -81,7 +81,7 @@ def test_direct_and_auto_losses_never_above_pcg(tokens, dtype):
         assert bool((out[mask] == 0).all())
         l_new = row_losses(Wd, out, Md)
         assert bool((l_new <= l_pcg * (1 + 1e-6) + 1e-12).all()), method
-        if dtype == torch.float64:
+        if dtype == torch.float64 and method == "direct":   # auto may stop PCG within tol of it
             torch.testing.assert_close(out, _dense(W, mask, Md), rtol=1e-7, atol=1e-9)
     assert info["rows_direct"] > 0 or tokens > cols      # auto: rank-deficient M is solved directly
 
