@@ -19,7 +19,8 @@ the embedded model at 4 x 64 tokens); then every row is solved directly at once 
 on a pivoted-Cholesky factor of M, or a Cholesky of its kept block, whichever costs less).
 Otherwise PCG runs as many iterations as a direct solve costs and finishes the rows still running
 directly. Each directly solved row is then run through PCG again from that solution, so the
-stopping rule below decides for every row.
+stopping rule below decides for every row. The direct solves run on one torch thread (see
+``reconstruct_direct``: on a loaded machine two threads made them 2-10x slower).
 
 Stopping rule, on the loss rather than the residual: each conjugate-gradient step lowers the row's
 damped loss ``(w - ŵ) M' (w - ŵ)ᵀ`` by ``alpha (r·z)`` (exactly, in exact arithmetic), and what is
@@ -48,7 +49,8 @@ import warnings
 
 import torch
 
-from dsnot_kernels.reconstruct_direct import kept_order, low_rank_factor, solve_kept_block, solve_low_rank
+from dsnot_kernels.reconstruct_direct import (kept_order, low_rank_factor, one_thread, solve_kept_block,
+                                              solve_low_rank)
 from dsnot_kernels.sparsegpt import damped_hessian
 
 __all__ = ["reconstruct", "row_losses", "DEFAULT_TOL", "DEFAULT_MAX_ITER"]
@@ -253,7 +255,10 @@ def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.T
     if preconditioner == "inverse":
         Lc, bad_factor = torch.linalg.cholesky_ex(Md)
         if int(bad_factor) == 0:
-            Minv = torch.cholesky_inverse(Lc)
+            # L⁻¹ by a triangular solve, then L⁻ᵀ L⁻¹: two BLAS-3 calls. ``cholesky_inverse``
+            # took 8-11 s for 1536 columns on two threads of a loaded 2-core machine (0.4 s so)
+            Li = torch.linalg.solve_triangular(Lc, torch.eye(cols, dtype=f64, device=w.device), upper=False)
+            Minv = Li.t() @ Li
             Minv = (Minv + Minv.t()) * 0.5
         else:
             info["method"] = "pcg-jacobi-float64 (M not positive definite: no inverse preconditioner)"
@@ -272,10 +277,11 @@ def reconstruct(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.T
         todo = torch.nonzero(~conv).flatten()
         if todo.numel():
             order, valid, _ = kept_order(~mask)
-            if form == "low_rank":
-                xd, ok = solve_low_rank(w, ~mask, F, shift, order, valid, todo)
-            else:
-                xd, ok = solve_kept_block(w, Md, order, valid, todo)
+            with one_thread():                           # many small products: see reconstruct_direct
+                if form == "low_rank":
+                    xd, ok = solve_low_rank(w, ~mask, F, shift, order, valid, todo)
+                else:
+                    xd, ok = solve_kept_block(w, Md, order, valid, todo)
             solved = todo[ok]
             x[solved] = xd[ok]
             it2, conv2, rel2 = _pcg(w, keep, M, Md, shift, x, todo, precondition, tol, max_iter)

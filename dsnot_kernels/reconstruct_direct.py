@@ -13,8 +13,17 @@ the damped second moment. Two direct forms, both batched over chunks of rows:
 
 The caller (``reconstruct``) polishes the result with its conjugate gradient on the exact M' and
 its stopping rule, so an approximate factor can cost iterations, never accuracy.
+
+Threads: ``reconstruct`` runs these solves on one intra-op thread (``one_thread``, the caller's
+count restored afterwards): they are many small LAPACK calls, gathers and batched products, which
+two threads of a loaded 2-core machine ran 2-10x slower than one (a batch of 256 Cholesky
+factorisations of 288 x 288: 4.4 s against 0.47 s; benchmarks/RESULTS.md, "Reconstruction: direct
+solves"); on an idle machine two threads gained at most 1.5x on them. Triangular solves replace
+``cholesky_solve`` (one right-hand side per matrix: 3x faster here).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -57,6 +66,30 @@ def low_rank_factor(M: torch.Tensor, shift: torch.Tensor, r_max: int):
     return None
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run the block on one torch intra-op thread, then restore the caller's count (also on error)."""
+    prev = torch.get_num_threads()
+    if prev == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _cholesky_solve(A, rhs):
+    """(x (n, m), info (n,) int): A x = rhs for a batch of SPD (n, m, m) A and (n, m) rhs; info != 0
+    where A is not positive definite (x undefined there)."""
+    with one_thread():
+        L, info = torch.linalg.cholesky_ex(A)
+        y = torch.linalg.solve_triangular(L, rhs.unsqueeze(2), upper=False)
+        x = torch.linalg.solve_triangular(L.transpose(1, 2), y, upper=True)
+    return x.squeeze(2), info
+
+
 def _chunks(n_rows, per_row_bytes):
     step = max(1, CHUNK_BYTES // max(1, per_row_bytes))
     return [(s, min(n_rows, s + step)) for s in range(0, n_rows, step)]
@@ -73,12 +106,16 @@ def solve_kept_block(w, Md, order, valid, rows_idx):
     for s, e in _chunks(n, 8 * m * (m + cols)):
         rid = rows_idx[s:e]
         idx, v = order[rid], valid[rid]
-        A = Md[idx.unsqueeze(2), idx.unsqueeze(1)]
-        A = torch.where(v.unsqueeze(2) & v.unsqueeze(1), A, eye)
+        full = bool(v.all())                             # every row keeps m: no padding
+        with one_thread():                               # memory-bound gather (see above)
+            A = Md[idx.unsqueeze(2), idx.unsqueeze(1)]
+            if not full:
+                A = torch.where(v.unsqueeze(2) & v.unsqueeze(1), A, eye)
         b = w[rid] @ Md
-        rhs = torch.where(v, torch.gather(b, 1, idx), torch.zeros((), dtype=w.dtype, device=w.device))
-        L, info = torch.linalg.cholesky_ex(A)
-        sol = torch.cholesky_solve(rhs.unsqueeze(2), L).squeeze(2)
+        rhs = torch.gather(b, 1, idx)
+        if not full:
+            rhs = torch.where(v, rhs, torch.zeros((), dtype=w.dtype, device=w.device))
+        sol, info = _cholesky_solve(A, rhs)
         good = info == 0
         sol = torch.where(v & good.unsqueeze(1), sol, torch.zeros((), dtype=w.dtype, device=w.device))
         x[s:e].scatter_(1, idx, sol)
@@ -100,11 +137,11 @@ def solve_low_rank(w, keep, F, shift, order, valid, rows_idx):
         idx, v = order[rid], valid[rid]
         wr = w[rid]
         u = (wr * (~keep[rid])) @ F                      # F_Pᵀ w_P   (n, r)
-        Fk = Fs[idx] * v.unsqueeze(2)                    # s_K^-1/2 F_K, 0 on padding  (n, m, r)
+        with one_thread():
+            Fk = Fs[idx] * v.unsqueeze(2)                # s_K^-1/2 F_K, 0 on padding  (n, m, r)
         G = eye + Fk.transpose(1, 2) @ Fk
-        L = torch.linalg.cholesky(G)
-        vv = torch.cholesky_solve(u.unsqueeze(2), L)     # (n, r, 1)
-        y = (Fk @ vv).squeeze(2) * inv_s.sqrt()[idx]     # s_K^-1 F_K v  (n, m)
+        vv, _ = _cholesky_solve(G, u)                    # (n, r); G >= I: always factored
+        y = (Fk @ vv.unsqueeze(2)).squeeze(2) * inv_s.sqrt()[idx]   # s_K^-1 F_K v  (n, m)
         sol = torch.where(v, torch.gather(wr, 1, idx) + y, torch.zeros((), dtype=w.dtype, device=w.device))
         x[s:e].scatter_(1, idx, sol)
     return x, torch.ones(n, dtype=torch.bool, device=w.device)

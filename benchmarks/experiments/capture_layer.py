@@ -2,9 +2,12 @@
 docs/RESULTS.md
 (`python benchmarks/experiments/capture_layer.py 3 15` writes /tmp/i15b/layer3.pt, layer15.pt:
 what `benchmarks/bench_swap.py --captured` reads)
-(32 x 512 calibration tokens; earlier blocks pruned with wanda 60 %, no refinement)."""
+(32 x 512 calibration tokens; earlier blocks pruned with wanda 60 %, no refinement).
+Environment: CAPTURE_NSAMPLES, CAPTURE_SEQLEN (e.g. 4 and 64: the small calibration of
+benchmarks/bench_reconstruct_small.py) and CAPTURE_DIR (default /tmp/i15b)."""
 import os, sys, torch
-os.makedirs("/tmp/i15b", exist_ok=True)
+OUT_DIR = os.environ.get("CAPTURE_DIR", "/tmp/i15b")
+os.makedirs(OUT_DIR, exist_ok=True)
 sys.path.insert(0, "benchmarks/experiments")
 import _harness as H
 import dsnot_kernels as dk
@@ -24,10 +27,12 @@ def per(name, module, stats, config):
                          scaler=stats.scaler_row.clone(), H=stats.hessian.clone())
         print("captured", b, name, tuple(out[f"{b}.{name}"]["W"].shape), flush=True)
         if name.endswith("down_proj"):
-            torch.save({k: v for k, v in out.items() if k.startswith(f"{b}.")}, f"/tmp/i15b/layer{b}.pt")
+            torch.save({k: v for k, v in out.items() if k.startswith(f"{b}.")}, f"{OUT_DIR}/layer{b}.pt")
             if b == max(BLOCKS):
                 raise Done()
     return None
+H.NSAMPLES = int(os.environ.get("CAPTURE_NSAMPLES", H.NSAMPLES))
+H.SEQLEN = int(os.environ.get("CAPTURE_SEQLEN", H.SEQLEN))
 model, calib, eval_ids, _ = H.setup()
 H.install(variant=None, hessian=True, per_sublayer=per)
 cfg = dk.PruneConfig(sparsity=0.6, skip="none", refine=False)
