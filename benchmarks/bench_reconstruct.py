@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import command_line, header, write_section  # noqa: E402
 
 import dsnot_kernels as dk  # noqa: E402
-from dsnot_kernels.sparsegpt import damped_hessian  # noqa: E402
+from dsnot_kernels.weights.sparsegpt import damped_hessian  # noqa: E402
 
 
 def damped_losses(W, x, Md):

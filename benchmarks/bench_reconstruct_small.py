@@ -19,8 +19,8 @@ import time
 import torch
 
 import dsnot_kernels as dk
-from dsnot_kernels.reconstruct import row_losses
-from dsnot_kernels.sparsegpt import damped_hessian
+from dsnot_kernels.weights.reconstruct import row_losses
+from dsnot_kernels.weights.sparsegpt import damped_hessian
 
 
 def _best(fn, repeats):

@@ -6,8 +6,8 @@ from dsnot_kernels.stats import CalibrationStats
 from dsnot_kernels.sparse24 import check_nm, nm_violations, to_sparse_24
 from dsnot_kernels.pruning import PruneConfig, prune_model
 from dsnot_kernels.eval import perplexity
-from dsnot_kernels.sparsegpt import sparsegpt
-from dsnot_kernels.reconstruct import reconstruct
+from dsnot_kernels.weights.sparsegpt import sparsegpt
+from dsnot_kernels.weights.reconstruct import reconstruct
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 "sparsegpt_metric" is the authors' DSnoT flag ``--initial_method sparsegpt``: SparseGPT's saliency for
 the mask only, no weight update. SparseGPT as published (mask and weight updates) is
-``dsnot_kernels.sparsegpt``.
+``dsnot_kernels.weights.sparsegpt``.
 """
 from __future__ import annotations
 
@@ -78,5 +78,5 @@ def initial_metric(method: str, weight: torch.Tensor, stats) -> torch.Tensor:
         return sparsegpt_metric(weight, stats.hessian)
     if method == "sparsegpt":
         raise ValueError('"sparsegpt" is SparseGPT as published (mask and weight updates, '
-                         'dsnot_kernels.sparsegpt), not a metric; the saliency alone is "sparsegpt_metric"')
+                         'dsnot_kernels.weights.sparsegpt), not a metric; the saliency alone is "sparsegpt_metric"')
     raise ValueError(f"unknown initial method {method!r}; expected wanda, magnitude or sparsegpt_metric")

@@ -9,7 +9,7 @@ import torch
 
 import dsnot_kernels as dk
 from dsnot_kernels.pruning import find_blocks, find_sublayers, weight_view
-from dsnot_kernels.reconstruct import row_losses
+from dsnot_kernels.weights.reconstruct import row_losses
 
 
 def _layer(rows, cols, tokens=300, seed=0, dead=()):

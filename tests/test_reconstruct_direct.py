@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import dsnot_kernels as dk
-from dsnot_kernels.reconstruct import row_losses
-from dsnot_kernels.reconstruct_direct import (kept_order, low_rank_factor, one_thread, solve_kept_block,
+from dsnot_kernels.weights.reconstruct import row_losses
+from dsnot_kernels.weights.reconstruct_direct import (kept_order, low_rank_factor, one_thread, solve_kept_block,
                                               solve_low_rank)
-from dsnot_kernels.sparsegpt import damped_hessian
+from dsnot_kernels.weights.sparsegpt import damped_hessian
 
 
 def _inputs(rows, cols, tokens, seed):

@@ -129,7 +129,7 @@ class DSnoTModifier(SparsityModifierBase):
         backend: ``refine_mask`` backend (None = best for the weights' device).
         reconstruct: False (default) zeroes the pruned weights and keeps the others; True then
             re-solves each row's kept weights for the least output error on the calibration inputs
-            (``dsnot_kernels.reconstruct``, as ``PruneConfig.reconstruct``; gathers the (C, C)
+            (``dsnot_kernels.weights.reconstruct``, as ``PruneConfig.reconstruct``; gathers the (C, C)
             second moment). The mask is the same either way.
 
     Mixture-of-experts models (``llmcompressor_experts.py``, docs/INTEGRATIONS.md): llm-compressor

@@ -35,8 +35,8 @@ from torch.ao.pruning import BaseSparsifier
 
 from dsnot_kernels.metrics import initial_metric as compute_metric
 from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
-from dsnot_kernels.reconstruct import reconstruct as reconstruct_weights
-from dsnot_kernels.sparsegpt import sparsegpt
+from dsnot_kernels.weights.reconstruct import reconstruct as reconstruct_weights
+from dsnot_kernels.weights.sparsegpt import sparsegpt
 from dsnot_kernels.stats import CalibrationStats
 
 __all__ = ["DSnoTSparsifier"]

@@ -61,7 +61,7 @@ class PruneConfig:
         the best swap among the next ``window`` candidates of each cursor; "cpu" or "torch") or
         "swap" (each cycle the best swap among all pairs of the row, until none lowers the error).
     reconstruct: after each sub-layer's final mask, re-solve every row's kept weights to minimise
-        its output error on the calibration inputs (``dsnot_kernels.reconstruct``; any initial
+        its output error on the calibration inputs (``dsnot_kernels.weights.reconstruct``; any initial
         method and objective). The mask does not change; residual and iterations go in the report.
     window: candidates per list that objective "cov_window" compares each cycle (int >= 1).
     backend: refine_mask backend (None = best for the device).

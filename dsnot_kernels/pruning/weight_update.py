@@ -8,7 +8,7 @@ One rule for every combination (docs/KERNEL_CONTRACT.md, "Weight updates"):
   updated weights do not fit the new mask, so the kept weights are then reconstructed (warm start:
   SparseGPT's weights, zeroed on the new mask).
 * ``reconstruct=True``: after the final mask, whatever the initial method and objective, each
-  row's kept weights are re-solved (``dsnot_kernels.reconstruct``) against the dense row.
+  row's kept weights are re-solved (``dsnot_kernels.weights.reconstruct``) against the dense row.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from dsnot_kernels.reconstruct import reconstruct
-from dsnot_kernels.sparsegpt import sparsegpt
+from dsnot_kernels.weights.reconstruct import reconstruct
+from dsnot_kernels.weights.sparsegpt import sparsegpt
 
 
 def sparsegpt_initial(W: torch.Tensor, stats, config):

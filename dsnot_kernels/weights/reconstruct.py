@@ -49,9 +49,9 @@ import warnings
 
 import torch
 
-from dsnot_kernels.reconstruct_direct import (kept_order, low_rank_factor, one_thread, solve_kept_block,
+from dsnot_kernels.weights.reconstruct_direct import (kept_order, low_rank_factor, one_thread, solve_kept_block,
                                               solve_low_rank)
-from dsnot_kernels.sparsegpt import damped_hessian
+from dsnot_kernels.weights.sparsegpt import damped_hessian
 
 __all__ = ["reconstruct", "row_losses", "DEFAULT_TOL", "DEFAULT_MAX_ITER"]
 

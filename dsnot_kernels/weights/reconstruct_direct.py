@@ -1,4 +1,4 @@
-"""Direct per-row solves of the reconstruction (``dsnot_kernels.reconstruct``): exact in float64.
+"""Direct per-row solves of the reconstruction (``dsnot_kernels.weights.reconstruct``): exact in float64.
 
 Each row ``i`` has its own kept set K (size ``m_i``) and solves ``M'_KK ŵ_K = (w M')_K`` with M'
 the damped second moment. Two direct forms, both batched over chunks of rows:
