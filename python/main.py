@@ -183,7 +183,7 @@ def check(args):
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
                 without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
                 backend=args.backend, reconstruct=args.reconstruct, batch_size=args.batch_size, bos=args.bos,
-                sqrt="exact" if args.exact_sqrt else "torch", err_sum=_err_sum(args), **experts,
+                sqrt="exact" if args.exact_sqrt else "torch", err_sum=_err_sum(args), nm_ties="topk", **experts,
                 **cli_options.profile_kwargs(profile, args.Hyper_m, args.Lamda))
         except (ValueError, TypeError) as exc:
             raise ValueError(str(exc).replace("sparsity must", "--sparsity_ratio must").replace(
