@@ -22,7 +22,8 @@ their GPU placement are accepted and ignored. The wanda metric's square root is 
 ``torch.sqrt`` as in their code (``PruneConfig(sqrt="torch")``; ``--exact_sqrt`` for the correctly
 rounded one), and each row's reconstruction error is summed with ATen's ``torch.sum`` as in their
 code (``PruneConfig(err_sum="torch")``, the "torch" backend; ``--lane_sum`` for the contract's fixed
-order, which a ``--backend`` other than torch implies), so that on CPU the masks are theirs bit for bit.
+order, which a ``--backend`` other than torch implies), and the N:M mask of a skipped sub-layer is
+``torch.topk``'s pick as theirs (``nm_ties="topk"``), so that on CPU the masks are theirs bit for bit.
 """
 from __future__ import annotations
 
