@@ -22,7 +22,8 @@ their GPU placement are accepted and ignored. The wanda metric's square root is 
 ``torch.sqrt`` as in their code (``PruneConfig(sqrt="torch")``; ``--exact_sqrt`` for the correctly
 rounded one), and each row's reconstruction error is summed with ATen's ``torch.sum`` as in their
 code (``PruneConfig(err_sum="torch")``, the "torch" backend; ``--lane_sum`` for the contract's fixed
-order, which a ``--backend`` other than torch implies), so that on CPU the masks are theirs bit for bit.
+order, which a ``--backend`` other than torch implies), and the N:M mask of a skipped sub-layer is
+``torch.topk``'s pick as theirs (``nm_ties="topk"``), so that on CPU the masks are theirs bit for bit.
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def check(args):
                 update_threshold=args.update_threshold, pow_of_var_regrowing=args.pow_of_var_regrowing,
                 without_same_sign=args.without_same_sign, objective=args.objective, window=args.window,
                 backend=args.backend, reconstruct=args.reconstruct, batch_size=args.batch_size, bos=args.bos,
-                sqrt="exact" if args.exact_sqrt else "torch", err_sum=_err_sum(args), **experts,
+                sqrt="exact" if args.exact_sqrt else "torch", err_sum=_err_sum(args), nm_ties="topk", **experts,
                 **cli_options.profile_kwargs(profile, args.Hyper_m, args.Lamda))
         except (ValueError, TypeError) as exc:
             raise ValueError(str(exc).replace("sparsity must", "--sparsity_ratio must").replace(

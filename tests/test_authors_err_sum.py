@@ -110,3 +110,36 @@ def test_authors_main_uses_the_torch_sum():
     assert pick(SimpleNamespace(lane_sum=False, backend="torch")) == "torch"
     assert pick(SimpleNamespace(lane_sum=True, backend=None)) == "lanes"
     assert pick(SimpleNamespace(lane_sum=False, backend="cpu")) == "lanes"
+
+
+# The one difference left at 2:4 (32 x 512): block 26 mlp.gate_proj row 194, a sub-layer that is not
+# refined, columns 176-179 of the row; two metrics of the group tie exactly (|W| * torch.sqrt(s)).
+TIE_W = [-0.22412109375, 0.254150390625, 0.0947265625, -0.22412109375]
+TIE_S = [26.687576293945312, 9.012384414672852, 15.715728759765625, 11.589264869689941]
+
+
+def test_nm_ties_topk_follows_the_authors_topk_on_a_tie():
+    """nm_ties="topk": the skipped sub-layer's N:M mask is torch.topk's pick (a later column on the
+    tie), as the authors' code; the default keeps the lower column."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from dsnot_kernels.pruning.sublayer import sublayer_mask
+    w, s = torch.tensor([TIE_W]), torch.tensor(TIE_S)
+    metric = w.abs() * torch.sqrt(s)
+    assert metric[0, 1] == metric[0, 3]  # the exact tie
+    theirs = torch.zeros(1, 4, dtype=torch.bool)
+    theirs[0, torch.topk(metric, 2, dim=1, largest=False)[1][0]] = True
+    lin = nn.Linear(4, 1, bias=False)
+    lin.weight.data = w.clone()
+    stats = SimpleNamespace(scaler_row=s, sum_metric_row=torch.ones(4), var=torch.ones(4), mean=torch.zeros(4),
+                            check_not_empty=lambda where: None)
+    got = {}
+    for ties in ("lower", "topk"):
+        cfg = dk.PruneConfig(pattern="2:4", sqrt="torch", nm_ties=ties, progress=False)
+        got[ties] = sublayer_mask("mlp.gate_proj", lin, stats, cfg, False)[0]
+    assert torch.equal(got["topk"], theirs)
+    assert got["lower"].tolist() == [[False, True, True, False]] and not torch.equal(got["lower"], theirs)
+    with pytest.raises(ValueError, match="nm_ties must be one of"):
+        dk.PruneConfig(nm_ties="random")

@@ -47,6 +47,20 @@ def row_error(v: torch.Tensor, err_sum: str = "lanes") -> torch.Tensor:
     raise ValueError(f"err_sum must be one of {ERR_SUM_MODES}, got {err_sum!r}")
 
 
+NM_TIES = ("lower", "topk")
+
+
+def topk_nm_selection(metric: torch.Tensor, prune_n: int, prune_m: int) -> torch.Tensor:
+    """(rows, cols) bool N:M mask, True = pruned: in each group of ``prune_m`` columns the
+    ``prune_n`` of smallest metric as the authors' code picks them for a sub-layer it does not
+    refine, ``torch.topk(metric[:, g:g + M], N, dim=1, largest=False)`` group by group. It differs
+    from the spec's "ties by lower index" on exact ties only (ATen's topk can take a later index)."""
+    mask = torch.zeros(metric.shape, dtype=torch.bool, device=metric.device)
+    for g in range(0, metric.shape[1], prune_m):
+        mask.scatter_(1, g + torch.topk(metric[:, g:g + prune_m].float(), prune_n, dim=1, largest=False)[1], True)
+    return mask
+
+
 def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
     """Correctly rounded float32 ``sqrt(x)`` (the contract's ``sqrtf``), on ``x``'s device.
 

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from dsnot_kernels.metrics import SQRT_MODES
-from dsnot_kernels.objectives.common import ERR_SUM_MODES
+from dsnot_kernels.objectives.common import ERR_SUM_MODES, NM_TIES
 from dsnot_kernels.ops import OBJECTIVES
 
 PATTERNS_HELP = '"unstructured" or "N:M" (e.g. "2:4", "4:8")'
@@ -73,6 +73,9 @@ class PruneConfig:
         fixed order, every backend) or "torch" (ATen's ``torch.sum``, as the authors' code: a few
         ulps away, which flips a row whose error lands that close to ``update_threshold``; the
         "torch" backend only, so ``backend`` must be None or "torch"). python/main.py's default.
+    nm_ties: the N:M initial mask of a sub-layer that is not refined (``skip``): "lower" (ties by
+        lower column, the spec) or "topk" (``torch.topk`` group by group, as the authors' code: on
+        an exact tie of the metric it takes a later column). Any backend; python/main.py's default.
     batch_size: calibration samples per forward pass (statistics do not depend on it).
     device: where each block is computed (None = where the model is). Only the current block and
         the calibration activations live there; the rest of the model stays where it was.
@@ -125,6 +128,7 @@ class PruneConfig:
     backend: "str | None" = None
     sqrt: str = "exact"
     err_sum: str = "lanes"
+    nm_ties: str = "lower"
     batch_size: int = 8
     device: "str | None" = None
     record_error: bool = False
@@ -154,6 +158,8 @@ class PruneConfig:
             raise ValueError(f"sqrt must be one of {SQRT_MODES}, got {self.sqrt!r}")
         if self.err_sum not in ERR_SUM_MODES:
             raise ValueError(f"err_sum must be one of {ERR_SUM_MODES}, got {self.err_sum!r}")
+        if self.nm_ties not in NM_TIES:
+            raise ValueError(f"nm_ties must be one of {NM_TIES}, got {self.nm_ties!r}")
         if self.err_sum == "torch" and self.backend not in (None, "torch"):
             raise ValueError(f'err_sum="torch" runs on the "torch" backend only, not backend={self.backend!r}')
         if not isinstance(self.reconstruct, bool):

@@ -14,7 +14,8 @@ from types import SimpleNamespace
 
 import torch
 
-from dsnot_kernels.metrics import authors_sqrt_scaler, initial_metric
+from dsnot_kernels.metrics import authors_sqrt_scaler, initial_metric, wanda_metric
+from dsnot_kernels.objectives.common import topk_nm_selection
 from dsnot_kernels.ops import SECOND_MOMENT_OBJECTIVES, refine_mask
 from dsnot_kernels.pruning import distributed as dist_prune
 from dsnot_kernels.pruning import expert_pass
@@ -117,6 +118,10 @@ def sublayer_mask(name, module, stats, config, want_error):
     elif sgpt:
         mask, swaps = initial_mask, torch.zeros(W.shape[0], dtype=torch.int32, device=W.device)
     else:
+        if config.prune_n and config.nm_ties == "topk":
+            # the authors' topk over each group (their tie order), the same metric as refine_mask's
+            common["initial_mask"] = topk_nm_selection(wanda_metric(W, scaler) if metric is None else metric,
+                                                       config.prune_n, config.prune_m)
         mask, swaps = refine_mask(W, stats.sum_metric_row, stats.var, scaler,
                                   max_cycle_time=0, **common)
     mask_time = time.perf_counter() - t0
