@@ -69,9 +69,12 @@ def _linears(block):
 
 
 def authors_masks(model, calibration, sparsity=0.5, prune_n=0, prune_m=0, skip="mlp",
-                  max_cycle_time=50, update_threshold=0.1):
+                  max_cycle_time=50, update_threshold=0.1, skipped_ties="lower"):
     """Prune ``model`` (a Llama-like causal LM) in place as the authors' pipeline does; returns
-    ``{(block, name): mask}`` (True = pruned) and ``{(block, name): RunningStats}``."""
+    ``{(block, name): mask}`` (True = pruned) and ``{(block, name): RunningStats}``.
+
+    skipped_ties="topk": a skipped sub-layer's N:M mask by ``torch.topk(largest=False)`` per group,
+    as their code picks it (its tie order; "lower": ties to the lower column)."""
     from dsnot_kernels.pruning.capture import block_output, capture_block_calls
 
     blocks = model.model.layers
@@ -96,6 +99,12 @@ def authors_masks(model, calibration, sparsity=0.5, prune_n=0, prune_m=0, skip="
                 start = initial_mask(W.abs() * roots.reshape(1, -1), sparsity, prune_n, prune_m)
                 if name.split(".")[0] == skip:
                     mask = start
+                    if prune_n and skipped_ties == "topk":
+                        metric = W.abs() * roots.reshape(1, -1)
+                        mask = torch.zeros_like(start)
+                        for g in range(0, W.shape[1], prune_m):
+                            idx = torch.topk(metric[:, g:g + prune_m], prune_n, dim=1, largest=False)[1] + g
+                            mask.scatter_(1, idx, True)
                 else:
                     mask, _ = oracle(W, st.sum_metric_row, st.var.reshape(-1), st.scaler_row, initial_mask=start,
                                      sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,

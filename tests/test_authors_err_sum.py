@@ -143,3 +143,38 @@ def test_nm_ties_topk_follows_the_authors_topk_on_a_tie():
     assert got["lower"].tolist() == [[False, True, True, False]] and not torch.equal(got["lower"], theirs)
     with pytest.raises(ValueError, match="nm_ties must be one of"):
         dk.PruneConfig(nm_ties="random")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_embedded_model_equals_the_authors_pipeline_transcription(pattern):
+    """The whole embedded model, 60 % and 2:4: prune_model with the authors' modes (sqrt, err_sum
+    "torch", nm_ties "topk") gives the masks of the transcribed authors' pipeline on every sub-layer
+    (the authors' own code gave the same: benchmarks/RESULTS.md, parity section)."""
+    import copy
+
+    from authors_pipeline import authors_masks
+    try:
+        from dsnot_kernels.models import load_embedded
+        model, tokenizer = load_embedded()
+    except (FileNotFoundError, ImportError) as exc:
+        pytest.skip(f"embedded model unavailable: {exc}")
+    from dsnot_kernels.data import calibration_windows, default_texts, tokenize
+    calib = calibration_windows(tokenize(tokenizer, default_texts()[0]), 8, 128, seed=0)
+    n, m = (0, 0) if pattern == "unstructured" else (2, 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        theirs, _ = authors_masks(copy.deepcopy(model), calib, sparsity=0.6 if n == 0 else 0.5, prune_n=n,
+                                  prune_m=m, skipped_ties="topk")
+        got = {}
+        dk.prune_model(copy.deepcopy(model), calib,
+                       dk.PruneConfig(sparsity=0.6 if n == 0 else 0.5, pattern=pattern, sqrt="torch", err_sum="torch",
+                                      nm_ties="topk", progress=False, batch_size=4),
+                       on_mask=lambda i, name, mask: got.__setitem__((i, name), mask.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert got.keys() == theirs.keys() and len(got) == 7 * len(model.model.layers)
+    for key in theirs:
+        assert torch.equal(got[key], theirs[key]), key
+
