@@ -15,30 +15,10 @@ import torch
 from correlated_inputs import correlated_layer, outlier_layer
 import dsnot_kernels as dk
 from dsnot_kernels import _extension, ops
-from dsnot_kernels.objectives.cov_window import cov_g0
+from swap_helpers import BIG, assert_same, initial, op, reference
 
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("CPU", "refine_mask_swap"),
                                 reason="extension built without the refine_mask_swap CPU kernel")
-BIG = 10**6
-
-
-def op(W, mask0, M, search, cap=BIG):
-    return torch.ops.dsnot_kernels.refine_mask_swap.default(W, mask0, M, cov_g0(W, mask0, M), 0, cap, search)
-
-
-def initial(W, stats, sparsity):
-    return dk.refine_mask(W, *stats, sparsity=sparsity, max_cycle_time=0)
-
-
-def reference(W, stats, M, sparsity, cap=BIG):
-    return dk.refine_mask(W, *stats, sparsity=sparsity, objective="swap", second_moment=M, backend="torch",
-                          max_cycle_time=cap, return_swaps=True)
-
-
-def assert_same(a, b, what):
-    bad = (a[0] != b[0]).any(1).nonzero().flatten().tolist()
-    assert not bad, f"{what}: masks differ in rows {bad[:10]}"
-    assert torch.equal(a[1], b[1]), f"{what}: swap counts differ"
 
 
 @pytest.mark.parametrize("cols,sparsity,seed", [(64, 0.5, 0), (160, 0.6, 1), (256, 0.7, 2), (384, 0.6, 3),
