@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
 
 import dsnot_kernels as dk
+from bench_reconstruct import timed
 from dsnot_kernels.weights.reconstruct import row_losses
 from dsnot_kernels.weights.sparsegpt import damped_hessian
-
-
-def _best(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main(argv=None):
@@ -53,8 +44,8 @@ def main(argv=None):
         Md, _ = damped_hessian(H.double(), 0.01, dtype=torch.float64)
         for t in args.threads:
             torch.set_num_threads(t)
-            t_p, pcg = _best(lambda: dk.reconstruct(W, mask, H, method="pcg", warn=False), args.repeats)
-            t_a, (auto, info) = _best(lambda: dk.reconstruct(W, mask, H, return_info=True, warn=False),
+            t_p, pcg = timed(lambda: dk.reconstruct(W, mask, H, method="pcg", warn=False), args.repeats)
+            t_a, (auto, info) = timed(lambda: dk.reconstruct(W, mask, H, return_info=True, warn=False),
                                       args.repeats)
             l_p, l_a = row_losses(W, pcg, Md), row_losses(W, auto, Md)
             gap = float(((l_a - l_p) / l_p.clamp(min=1e-300)).max())

@@ -14,16 +14,9 @@ from dsnot_kernels.bos import calibration_bos, resolve_bos, tokenizer_adds_bos
 from dsnot_kernels.data import calibration_windows, tokenize
 from pruning_models import BOS, tiny_model, word_text, word_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 SEQLEN = 16
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest (and steady on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -14,6 +14,8 @@ from dsnot_kernels.models import save_model
 from dsnot_kernels.pruning import find_blocks
 from pruning_models import ALL_FAMILIES, FAMILY_TABLE, calibration, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 CONFIGS = {
     "swap-60%": dict(sparsity=0.6, objective="swap", refine=True, skip="none"),
     "swap-2:4": dict(pattern="2:4", objective="swap", refine=True, skip="none"),
@@ -22,14 +24,6 @@ CONFIGS = {
 }
 FAST = ("swap-60%", "sparsegpt-2:4")
 CASES = [pytest.param(f, c, marks=() if c in FAST else pytest.mark.slow) for f in ALL_FAMILIES for c in CONFIGS]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def family_config(name, **kw):

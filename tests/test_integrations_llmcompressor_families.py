@@ -29,7 +29,11 @@ from pruning_models import ALL_FAMILIES, calibration, tiny_model, word_tokenizer
 from test_families import check_zeros, linear_weights
 
 HAVE_LLMC = importlib.util.find_spec("llmcompressor") is not None
-pytestmark = pytest.mark.skipif(not HAVE_LLMC, reason="llmcompressor not installed (make test-llmcompressor)")
+pytestmark = [pytest.mark.skipif(not HAVE_LLMC, reason="llmcompressor not installed (make test-llmcompressor)"),
+              # one thread (conftest.py): llm-compressor hands the linearized experts their tokens in another
+              # layout than prune_model's collectors; with 2 threads the BLAS split then rounded SparseGPT 2:4
+              # weights of Mixtral and OLMoE differently in the last bit; on one thread both are bit-equal
+              pytest.mark.usefixtures("one_thread")]
 LLMC_FAMILIES = list(ALL_FAMILIES)
 # PruneConfig options and the modifier's for the same run; max_cycle_time given to both (their defaults differ)
 RUNS = {
@@ -53,18 +57,6 @@ def _marks(family, run):
 
 
 CASES = [pytest.param(f, r, marks=_marks(f, r)) for f in LLMC_FAMILIES for r in RUNS]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: llm-compressor hands the (linearized) experts their tokens in another layout
-    than prune_model's collectors, and with several threads the BLAS splits those products otherwise, so
-    the statistics (then SparseGPT's weights) can differ in the last bit (seen with 2 threads on Mixtral
-    and OLMoE, SparseGPT 2:4); on one thread both paths round the same and are compared bit for bit."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

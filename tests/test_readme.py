@@ -60,16 +60,6 @@ def test_readme_has_the_snippets_it_promises():
     assert any("refine_mask" in b for b in blocks) and any("dk.reconstruct" in b for b in blocks)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: the snippets' results do not depend on it, and a shared machine runs them
-    several times faster so."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("index, block", _params())
 def test_snippet_runs_as_pasted(index, block, tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)
