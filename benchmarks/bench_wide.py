@@ -27,6 +27,7 @@ such; formula in the table).
     python benchmarks/bench_wide.py --shapes 7b --rows 32     # the Llama-7B shapes
     python benchmarks/bench_wide.py --shapes 4096x11008 --objectives cov_window swap
     python benchmarks/bench_wide.py --shapes 7b --rows 64 --objectives cov_window swap --compare-alone
+    python benchmarks/bench_wide.py --shapes 7b --rows 16 --objectives cov_window swap --compare-blocks  # search 5
     python benchmarks/bench_wide.py --backend triton --shapes 7b --rows 8 --no-write   # a lent GPU
 """
 from __future__ import annotations
@@ -153,40 +154,40 @@ def swap_pairs(W, stats, M, args):
     return per_swap, per_swap / max(1, (W.shape[1] - n_p) * n_p)
 
 
-def compare_plain(W, stats, M, args):
-    """The op with search 0 (the default: the split bound from 2048 columns) and 2 (the plain bound
-    only), alternated twice on the same rows: (fastest wall 0, fastest wall 2, pairs 0, pairs 2)."""
+# The op alone (g0 given) with two searches on the same rows, alternated `repeats` times, masks and
+# swap counts checked equal: (flag, (search a, search b), repeats, key, what a / b are, the text).
+COMPARISONS = [
+    ("compare_plain", (0, 2), 2, "plain", ("split", "plain"),
+     "The split bound against the plain one: search 0 (the default, the split bound from 2048 columns) and 2 "
+     "(the plain Cauchy-Schwarz bound only: the kernel before the split), the fastest of two each."),
+    ("compare_alone", (0, 4), 1, "alone", ("blocks", "one row"),
+     "Rows sharing tiles of M: search 0 (the default: rows in blocks of up to 64 per thread sweeping M in "
+     "512 KiB tiles, from 2048 columns) and 4 (the same search, one row at a time: the kernel before the "
+     "blocks), once each."),
+    ("compare_blocks", (0, 5), 1, "blockscan", ("default", "block scans"),
+     "Block scans (search 5, csrc/cpu/swap_block_scan.h: rows scanned by blocks of 16 columns, one row at a "
+     "time, a block read only when its bounds cannot rule it out) against search 0 (the default), once each."),
+]
+
+
+def compare_search(W, stats, M, args, searches, repeats):
+    """({search: fastest wall}, {search: pairs read}) of the op with each of ``searches`` on the same
+    rows, alternated ``repeats`` times; exits on a mask or swap-count difference."""
     smr, var, scaler, _ = stats
     mask0 = dk.refine_mask(W, smr, var, scaler, sparsity=args.sparsity, max_cycle_time=0)
     g0 = cov_g0(W, mask0, M)
     cap = ops.default_max_cycle_time("swap", W.shape[1])
-    walls, pairs, outs = {0: [], 2: []}, {}, {}
-    for search in (2, 0, 2, 0):
-        t0 = time.perf_counter()
-        outs[search] = torch.ops.dsnot_kernels.refine_mask_swap.default(W, mask0, M, g0, 0, cap, search)
-        walls[search].append(time.perf_counter() - t0)
-        pairs[search] = int(outs[search][2].sum())
-    if not (torch.equal(outs[0][0], outs[2][0]) and torch.equal(outs[0][1], outs[2][1])):
-        sys.exit("MISMATCH: swap search 0 and 2 differ")
-    return min(walls[0]), min(walls[2]), pairs[0], pairs[2]
-
-
-def compare_alone(W, stats, M, args):
-    """The op with search 0 (the default: rows in blocks sharing tiles of M from 2048 columns) and 4
-    (the same search, one row at a time), once each on the same rows: (wall 0, wall 4, pairs 0,
-    pairs 4); masks and swap counts checked equal."""
-    smr, var, scaler, _ = stats
-    mask0 = dk.refine_mask(W, smr, var, scaler, sparsity=args.sparsity, max_cycle_time=0)
-    g0 = cov_g0(W, mask0, M)
-    cap = ops.default_max_cycle_time("swap", W.shape[1])
-    walls, outs = {}, {}
-    for search in (4, 0):
-        t0 = time.perf_counter()
-        outs[search] = torch.ops.dsnot_kernels.refine_mask_swap.default(W, mask0, M, g0, 0, cap, search)
-        walls[search] = time.perf_counter() - t0
-    if not (torch.equal(outs[0][0], outs[4][0]) and torch.equal(outs[0][1], outs[4][1])):
-        sys.exit("MISMATCH: swap search 0 (row blocks) and 4 (one row at a time) differ")
-    return walls[0], walls[4], int(outs[0][2].sum()), int(outs[4][2].sum())
+    walls, pairs, outs = {s: [] for s in searches}, {}, {}
+    for _ in range(repeats):
+        for search in searches[::-1]:
+            t0 = time.perf_counter()
+            outs[search] = torch.ops.dsnot_kernels.refine_mask_swap.default(W, mask0, M, g0, 0, cap, search)
+            walls[search].append(time.perf_counter() - t0)
+            pairs[search] = int(outs[search][2].sum())
+    a, b = searches
+    if not (torch.equal(outs[a][0], outs[b][0]) and torch.equal(outs[a][1], outs[b][1])):
+        sys.exit(f"MISMATCH: swap search {a} and {b} differ")
+    return {s: min(w) for s, w in walls.items()}, pairs
 
 
 def check_reference(W, stats, M, args, mask, swaps):
@@ -231,14 +232,14 @@ def bench_shape(name, args):
         if obj == "swap":
             e["reference"] = check_reference(W, stats, M, args, mask, swaps)
         if obj == "swap" and args.backend == "cpu":
-            if args.compare_plain:
-                e["split_s"], e["plain_s"], e["split_pairs"], e["plain_pairs"] = compare_plain(W, stats, M, args)
-                print(f"{name:>12} swap op: split bound {e['split_s']:.2f} s, plain bound {e['plain_s']:.2f} s, "
-                      f"pairs {e['split_pairs']} vs {e['plain_pairs']}", flush=True)
-            if args.compare_alone:
-                e["block_s"], e["alone_s"], e["block_pairs"], e["alone_pairs"] = compare_alone(W, stats, M, args)
-                print(f"{name:>12} swap op: row blocks {e['block_s']:.2f} s, one row at a time {e['alone_s']:.2f} s, "
-                      f"pairs {e['block_pairs']} vs {e['alone_pairs']}", flush=True)
+            for flag, searches, repeats, key, names, _ in COMPARISONS:
+                if getattr(args, flag):
+                    walls, pairs = compare_search(W, stats, M, args, searches, repeats)
+                    for srch in searches:
+                        e[f"{key}_s{srch}_wall_s"], e[f"{key}_s{srch}_pairs"] = walls[srch], pairs[srch]
+                    print(f"{name:>12} swap op: " + ", ".join(
+                        f"{n} (search {s}) {walls[s]:.2f} s, {pairs[s]} pairs" for n, s in zip(names, searches)),
+                        flush=True)
         out.append(e)
         print(f"{name:>12} {obj:>10}: {wall:8.2f} s for {rows_run} rows (layer part {fixed:.2f} s), "
               f"{e['ns_per_weight']:10.0f} ns/weight, "
@@ -286,26 +287,18 @@ def write(entries, args, argv, load):
         ex = growth(entries, obj)
         if ex is not None:
             body += f"\n{obj}: ns/weight grows like cols^{ex:.2f} between the narrowest and widest shape of this run."
-    cmp = [e for e in entries if "split_s" in e]
-    if cmp:
-        body += ("\n\nThe split bound against the plain one: op `refine_mask_swap` alone (plus nothing: g0 given) "
-                 "with search 0 (the default, the split bound from 2048 columns) and 2 (the plain Cauchy-Schwarz "
-                 "bound only: the kernel before the split), the same rows, alternated, the fastest of two each; "
-                 "masks and swaps checked equal.\n\n| layer | rows | plain (s) | split (s) | plain / split | "
-                 "pairs plain / split |\n|---|---|---|---|---|---|\n")
+    for _, (sa, sb), _, key, (na, nb), text in COMPARISONS:
+        cmp = [e for e in entries if f"{key}_s{sa}_wall_s" in e]
+        if not cmp:
+            continue
+        body += (f"\n\n{text} Op `refine_mask_swap` alone (g0 given), the same rows; masks and swaps checked "
+                 f"equal.\n\n| layer | rows | {nb} (s) | {na} (s) | {nb} / {na} | pairs {nb} / {na} |\n"
+                 "|---|---|---|---|---|---|\n")
         for e in cmp:
-            body += (f"| {e['shape']} | {e['rows_run']} | {e['plain_s']:.2f} | {e['split_s']:.2f} | "
-                     f"{e['plain_s'] / e['split_s']:.2f} | {e['plain_pairs'] / max(1, e['split_pairs']):.2f} |\n")
-    cmp = [e for e in entries if "block_s" in e]
-    if cmp:
-        body += ("\n\nRows sharing tiles of M: op `refine_mask_swap` alone (g0 given) with search 0 (the default: "
-                 "rows in blocks of up to 64 per thread sweeping M in 512 KiB tiles, from 2048 columns) and 4 (the "
-                 "same search, one row at a time: the kernel before the blocks), the same rows, once each; masks and "
-                 "swaps checked equal.\n\n| layer | rows | one row (s) | blocks (s) | one row / blocks | "
-                 "pairs blocks / one row |\n|---|---|---|---|---|---|\n")
-        for e in cmp:
-            body += (f"| {e['shape']} | {e['rows_run']} | {e['alone_s']:.2f} | {e['block_s']:.2f} | "
-                     f"{e['alone_s'] / e['block_s']:.2f} | {e['block_pairs'] / max(1, e['alone_pairs']):.3f} |\n")
+            walls = {x: e[f"{key}_s{x}_wall_s"] for x in (sa, sb)}
+            pairs = {x: e[f"{key}_s{x}_pairs"] for x in (sa, sb)}
+            body += (f"| {e['shape']} | {e['rows_run']} | {walls[sb]:.2f} | {walls[sa]:.2f} | "
+                     f"{walls[sb] / walls[sa]:.2f} | {pairs[sb] / max(1, pairs[sa]):.3f} |\n")
     body += "\n\n" + project_table(entries, args.objectives, torch.get_num_threads())
     write_section(args.section, "Every objective at Llama-7B/70B widths, and a projected whole-model time (bench_wide.py)",
                   body)
@@ -333,6 +326,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compare-plain", action="store_true",
                     help="also time swap's op with the split bound (search 0) against without it (search 2)")
+    ap.add_argument("--compare-blocks", action="store_true",
+                    help="also time the swap op with search 5 (block scans) against 0 on the same rows")
     ap.add_argument("--compare-alone", action="store_true",
                     help="also time swap's op with rows in blocks (search 0) against one row at a time (search 4)")
     ap.add_argument("--section", default="wide", help="the RESULTS.md section this run refreshes")

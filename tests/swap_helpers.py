@@ -2,6 +2,7 @@
 reference's swap, and the exact comparison of two ``(mask, swaps)`` results."""
 import torch
 
+from correlated_inputs import outlier_layer
 import dsnot_kernels as dk
 from dsnot_kernels.objectives.cov_window import cov_g0
 
@@ -25,3 +26,13 @@ def assert_same(a, b, what):
     bad = (a[0] != b[0]).any(1).nonzero().flatten().tolist()
     assert not bad, f"{what}: masks differ in rows {bad[:10]}"
     assert torch.equal(a[1], b[1]), f"{what}: swap counts differ"
+
+
+def twin_layer(rows, cols, seed):
+    """A layer whose channels come in identical pairs (same column of M, same weight): every pair
+    (q, r) has a twin with the same delta, so ties decide. Weights are multiples of 2^-8 (exact)."""
+    W, stats, M = outlier_layer(rows, cols // 2, seed=seed)
+    W = (torch.round(W * 256) / 256).repeat_interleave(2, dim=1).contiguous()
+    M = M.repeat_interleave(2, 0).repeat_interleave(2, 1)  # PSD; a twin swap changes nothing (delta 0)
+    stats = tuple(s.repeat_interleave(2) for s in stats)
+    return W, stats, M

@@ -17,20 +17,10 @@ from correlated_inputs import outlier_layer
 import dsnot_kernels as dk
 from dsnot_kernels import _extension, ops
 from dsnot_kernels.objectives.cov_window import cov_g0
-from swap_helpers import BIG, assert_same, initial, op, reference
+from swap_helpers import BIG, assert_same, initial, op, reference, twin_layer
 
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("CPU", "refine_mask_swap"),
                                 reason="extension built without the refine_mask_swap CPU kernel")
-
-
-def twin_layer(rows, cols, seed):
-    """A layer whose channels come in identical pairs (same column of M, same weight): every pair
-    (q, r) has a twin with the same delta, so ties decide. Weights are multiples of 2^-8 (exact)."""
-    W, stats, M = outlier_layer(rows, cols // 2, seed=seed)
-    W = (torch.round(W * 256) / 256).repeat_interleave(2, dim=1).contiguous()
-    M = M.repeat_interleave(2, 0).repeat_interleave(2, 1)  # PSD; a twin swap changes nothing (delta 0)
-    stats = tuple(s.repeat_interleave(2) for s in stats)
-    return W, stats, M
 
 
 def first_cycle_ties(W, mask0, M):

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "dsnot_common.h"
+#include "cpu/simd.h"
 #include "refine_row.h"  // lane_tree, keep_if and the list ids kHi/kLo/kPlo/kPhi of the main CPU kernel
 
 namespace dsnot {
@@ -94,15 +95,8 @@ inline int64_t padded(int64_t K) { return (K + kVec - 1) / kVec * kVec; }
 // 1.6x faster at window 100 than with a scalar scan); pass 2 recomputes d in order up to the first
 // one equal to it. That is the pair a scalar row-major scan with `<` picks, with the same operations per
 // pair (no FMA). Compiled for AVX-512, AVX2 and the baseline ISA (GCC function multiversioning).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(DSNOT_CPU_NO_CLONES)
-#define DSNOT_COV_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define DSNOT_COV_CLONES
-#endif
-typedef double v4d __attribute__((vector_size(32)));
-typedef int64_t v4l __attribute__((vector_size(32)));
 
-DSNOT_COV_CLONES double best_pair(const double* A, const double* B, const double* C, int64_t K, int64_t Kp,
+DSNOT_CPU_CLONES double best_pair(const double* A, const double* B, const double* C, int64_t K, int64_t Kp,
                                   int64_t* flat) {
   // Pass 1: the minimum value, with four independent accumulators.
   const v4d inf = {kInf, kInf, kInf, kInf};

@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "dsnot_common.h"
+#include "cpu/simd.h"
 #include "refine_row.h"
 
 namespace dsnot {
@@ -44,11 +45,6 @@ bool poison_requested() {
 // contract's sum are independent, division and sqrt are correctly rounded, and -ffp-contract=off
 // keeps FMA out of the AVX2 clone too. Build with -DDSNOT_CPU_NO_CLONES (e.g. CFLAGS=...) to get
 // the baseline ISA only (how the tests check that both clones agree).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(DSNOT_CPU_NO_CLONES)
-#define DSNOT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define DSNOT_CPU_CLONES
-#endif
 
 DSNOT_CPU_CLONES void rows_f32(const Problem& P, int64_t b, int64_t e, RowScratch& S) {
   for (int64_t i = b; i < e; ++i) refine_row<float>(P, i, S, i + 1 < e);

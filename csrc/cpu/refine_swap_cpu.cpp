@@ -31,6 +31,9 @@
 // Rows (swap_row_block.h): from 2048 columns one thread runs a block of rows together, sweeping
 // M in tiles that every row of the block scans its part of, so M is streamed once per sweep for
 // many rows instead of once per row; same pairs, same masks (search 4: one row at a time).
+// Block scans (swap_block_scan.h, search 5 only: exact and 10-18x fewer pairs read, slower on a CPU):
+// a row of the pair matrix by blocks of 16 columns, a block read only when two bounds (the exact
+// rank-1 part with a stored residual minimum; a drift bound carried across swaps) cannot rule it out.
 // N:M compares only pairs within a group: O(cols * M) per cycle, scanned in full.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -124,10 +127,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
               "refine_mask_swap (cpu): cols must be divisible by prune_m, got ", cols, " and ", prune_m);
   TORCH_CHECK(max_cycle_time >= 0 && max_cycle_time < (int64_t{1} << 31),
               "refine_mask_swap (cpu): max_cycle_time must be in [0, 2**31), got ", max_cycle_time);
-  TORCH_CHECK(search >= 0 && search <= 4,
+  TORCH_CHECK(search >= 0 && search <= 5,
               "refine_mask_swap (cpu): search must be 0 (bounded), 1 (full scan), 2 (bounded without the "
-              "low-rank split bound), 3 (bounded, the split bound at every width) or 4 (as 0, one row at a "
-              "time), got ", search);
+              "low-rank split bound), 3 (bounded, the split bound and row blocks at every width), 4 (as 0, one "
+              "row at a time) or 5 (block scans, one row at a time), got ", search);
 
   at::Tensor mask = at::empty({rows, cols}, weight.options().dtype(at::kBool));
   at::Tensor swaps = at::zeros({rows}, weight.options().dtype(at::kInt));
@@ -190,15 +193,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
   split::Consts sc;
   // The split bound from split::kMinCols columns (below, its per-cycle work costs more than the pairs
   // it saves: benchmarks/RESULTS.md "wide"); search 3 at every width (tests), search 2 never.
-  const bool want_split = search == 3 || ((search == 0 || search == 4) && cols >= split::kMinCols);
+  const bool want_split = search == 3 || search == 5 || ((search == 0 || search == 4) && cols >= split::kMinCols);
   if (prune_m == 0 && want_split && P.rho < kInf && max_cycle_time > 0) {
     sc = split::constants(M, cols);
     P.split = &sc;
   }
   // Unstructured bounded searches run rows in blocks sharing the rows of M read, from kBlockMinCols
   // columns (search 3: at every width, for the tests; search 4: never, one row at a time).
+  // Search 5: block scans (swap_block_scan.h; they need the split bound), one row at a time (each row
+  // holds its stores; its scans read a few % of M, so rows need not share it). Not the default: they
+  // read 10-18x fewer pairs but take longer on a CPU (benchmarks/RESULTS.md "block scans").
+  P.block_scan = search == 5 && P.split != nullptr && P.split->ok && block_scan_fits(cols);
   const int row_block = row_block_size(cols);
-  const bool blocks = prune_m == 0 && row_block > 1 &&
+  const bool blocks = prune_m == 0 && row_block > 1 && !P.block_scan &&
                       (search == 3 || ((search == 0 || search == 2) && cols >= kBlockMinCols));
   at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
     if (blocks) rows_in_blocks(P, wt, b, e, row_block);

@@ -29,7 +29,7 @@ struct RowSearch {
   int64_t* pairs = nullptr;
   int64_t n_pruned = 0, n_kept = 0, cycle = 0;
   double c_max = 0.0, c_all = 0.0, scale = 0.0;
-  bool brute = false, use_cs = false, use_split = false;
+  bool brute = false, use_cs = false, use_split = false, use_blk = false;
   bool pending = false;  // a swap whose bound update is still to apply
   double dmin = 0.0, peps = 0.0, pb = 0.0, pw = 0.0;
   const double* prow = nullptr;
@@ -63,6 +63,8 @@ struct RowSearch {
     c_all = c_max + (use_split ? ((2.0 * w_max) * w_max) * P->split->vmax2 : 0.0);
     scale += c_all - c_max;
     if (use_split) S->sp.init(*P->split, w, S->pruned.data(), cols);
+    use_blk = use_split && P->block_scan && block_scan_fits(cols);
+    if (use_blk) S->blk.init(S->sp.x.data(), S->sp.b.data(), cols);
     if (use_cs) {
       const KeyLess less{S->key.data()};
       S->ps.clear();
@@ -81,6 +83,7 @@ struct RowSearch {
   // The exact scan of row q of the pair matrix (one row of M); tightens L_q; marks q scanned
   // (lb = +inf: never proposed or scanned again this cycle).
   void scan(int64_t q) {
+    if (use_blk) return scan_blocks(q);
     const double* A = S->A.data();
     int64_t r = -1;
     const double e = row_min(A[q], 2.0 * S->w[q], S->w.data(), S->B.data(), P->M + q * P->cols, P->cols, &r);
@@ -88,6 +91,89 @@ struct RowSearch {
     if (!brute) S->L[q] = (e - A[q]) - kSlack * (scale + std::fabs(e));
     S->lb[q] = kInf;
     if (r >= 0 && (e < best || (e == best && bq >= 0 && q < bq))) { best = e; bq = q; br = r; }
+  }
+
+  // Block b of row q, exactly (swap_block_scan.h): the least delta over its pruned r (the first r
+  // reaching it into *r_out; +inf and -1 if none) and W_qb = the least -2 w_q w_r R_qr over its
+  // other columns, stored rounded down.
+  double scan_block(int64_t q, int64_t b, int64_t* r_out) {
+    const double* B = S->B.data();
+    const double* w = S->w.data();
+    const double* v = P->split->v.data();
+    const uint8_t* pr = S->pruned.data();
+    const int64_t cols = P->cols, j0 = b * kBlockCols, j1 = std::min(cols, j0 + kBlockCols);
+    const double aq = S->A[q], tq = 2.0 * w[q], vq = v[q];
+    const double* Mq = P->M + q * cols;
+    double e = kInf, wm = kInf;
+    int64_t r = -1, cnt = 0;
+    if (j1 - j0 == kBlockCols) {
+      e = block_min16(aq, tq, vq, w, B, Mq, v, j0, q, &r, &wm);
+      uint64_t p0, p1;  // pruned flags are 0 / 1 bytes: their sum
+      std::memcpy(&p0, pr + j0, 8);
+      std::memcpy(&p1, pr + j0 + 8, 8);
+      cnt = static_cast<int64_t>(((p0 + p1) * 0x0101010101010101ULL) >> 56);
+    } else {
+      for (int64_t j = j0; j < j1; ++j) {  // the last, shorter block
+        const double c = Mq[j];
+        if (j != q) {
+          const double wv = -((tq * w[j]) * (c - vq * v[j]));
+          wm = wv < wm ? wv : wm;
+        }
+        if (pr[j]) {
+          ++cnt;
+          const double d = (aq - (tq * w[j]) * c) + B[j];
+          if (d < e) { e = d; r = j; }
+        }
+      }
+    }
+    S->blk.W[static_cast<size_t>(q * S->blk.nbp + b)] = float_down(wm);
+    *pairs += cnt;
+    *r_out = r;
+    return e;
+  }
+  // The pair (q, r) with delta e as the best so far: ties to the lowest q, then the lowest r.
+  void offer(double e, int64_t q, int64_t r) {
+    if (r >= 0 && (e < best || (e == best && bq >= 0 && (q < bq || (q == bq && r < br))))) { best = e; bq = q; br = r; }
+  }
+  // Row q by blocks (swap_block_scan.h): the bounds of its blocks (the exact rank-1 part of this
+  // cycle plus the stored W_qb; no M read), then the exact scans of the blocks whose bound can reach
+  // the best delta found (which also store their exact W_qb). L_q = the least of the skipped
+  // blocks' bounds and the scanned blocks' minima; q is marked scanned (lb = +inf).
+  void scan_blocks(int64_t q) {
+    BlockScanRow& K = S->blk;
+    const double aq = S->A[q];
+    float* Wq = K.w_row(q, 2.0 * S->sp.b[q]);
+    double lmin = kInf;
+    float* Dq = K.D.data() + q * K.nbp;
+    const size_t n = block_bounds(K.Bt.data(), K.xt.data(), Wq, Dq, K.cum.data(), K.ng, 2.0 * S->sp.x[q], aq, scale, kSlack, best,
+                                  P->M + q * P->cols, P->cols, K.todo.data(), K.todo_bnd.data(), &lmin);
+    const double* tb = K.todo_bnd.data();
+    const double* Mq = P->M + q * P->cols;
+    for (size_t t = 0; t < n; ++t) {
+      if (t + kPrefetchAhead < n) {
+        const int64_t jp = static_cast<int64_t>(K.todo[t + kPrefetchAhead]) * kBlockCols;
+        __builtin_prefetch(Mq + jp);
+        __builtin_prefetch(Mq + std::min(P->cols - 1, jp + kBlockCols - 1));
+      }
+      const double bnd = tb[t];
+      if ((aq + bnd) - kSlack * (scale + std::fabs(bnd)) > best) {  // the best found since rules it out
+        lmin = bnd < lmin ? bnd : lmin;
+        continue;
+      }
+      int64_t r = -1;
+      const int32_t b = K.todo[t];
+      const double e = scan_block(q, b, &r);
+      if (r < 0) {  // no pruned column in the block: +inf until one joins (after_swap)
+        Dq[b] = std::numeric_limits<float>::infinity();
+        continue;
+      }
+      const double le = (e - aq) - kSlack * (scale + std::fabs(e));
+      Dq[b] = float_down((le - K.cum[b]) - kSlack * (scale + std::fabs(K.cum[b]) + std::fabs(le)));
+      lmin = le < lmin ? le : lmin;
+      offer(e, q, r);
+    }
+    S->L[q] = lmin;
+    S->lb[q] = kInf;
   }
 
   // Starts a cycle: false when the cycle cap is reached. Bounded search: the bound pass (the last
@@ -109,6 +195,7 @@ struct RowSearch {
     const double* A = S->A.data();
     const double* w = S->w.data();
     double* LB = S->lb.data();
+    if (use_blk) S->blk.load_B(S->B.data());
     if (use_cs) {
       const size_t nh = build_envelope(*S);
       const double* cs = nullptr;
@@ -160,6 +247,7 @@ struct RowSearch {
     if (bq < 0) return false;
     const double wq = S->w[bq], wr = S->w[br];
     update_g(*P, S->g.data(), wq, wr, bq, br);
+    if (use_blk) std::copy(S->B.begin(), S->B.end(), S->blk.Bprev.begin());
     out[bq] = 1;
     out[br] = 0;
     S->pruned[bq] = 1;
@@ -187,6 +275,16 @@ struct RowSearch {
     pw = wq;
     pending = true;
     S->L[br] = -kInf;  // r* is kept now: bounded by Cauchy-Schwarz, or scanned
+    if (use_blk) {  // the block scans' drift bounds (the new pairs (q, q*): q*'s row of M, as bound_pass)
+      double* pair = S->sp_tmp.data();
+      const double* w = S->w.data();
+      for (int64_t j = 0; j < P->cols; ++j) {
+        const double v = pb - ((2.0 * w[j]) * pw) * prow[j];
+        pair[j] = v - kSlack * (scale + std::fabs(v));
+      }
+      S->blk.after_swap(S->B.data(), S->pruned.data(), bq, pair, scale, kSlack);
+      if (S->blk.inited[br]) S->blk.reset_drift(br);
+    }
     return true;
   }
 };

@@ -21,7 +21,7 @@ namespace {
 // B_j = +inf on kept columns (never a pair). One pass: each of 8 lanes keeps its minimum and the
 // first index reaching it (strict <); the lanes' minima then tie-break by index, so the result is
 // the pair a scalar scan with `<` picks (-0.0 == +0.0). *arg = -1 if no finite d.
-DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const double* B, const double* Mq,
+DSNOT_CPU_CLONES double row_min(double a, double tq, const double* w, const double* B, const double* Mq,
                                  int64_t n, int64_t* arg) {
   const v8d inf = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
   const v8d av = {a, a, a, a, a, a, a, a};
@@ -61,7 +61,7 @@ DSNOT_SWAP_CLONES double row_min(double a, double tq, const double* w, const dou
 }
 
 // g <- g + (w_q M[q, :] - w_r M[r, :]), each op rounded (contract "Objective 2").
-DSNOT_SWAP_CLONES void update_g_row(double* __restrict g, const double* __restrict mq, const double* __restrict mr,
+DSNOT_CPU_CLONES void update_g_row(double* __restrict g, const double* __restrict mq, const double* __restrict mr,
                                     double wq, double wr, int64_t n) {
   for (int64_t j = 0; j < n; ++j) g[j] = g[j] + (wq * mq[j] - wr * mr[j]);
 }
@@ -136,12 +136,12 @@ __attribute__((always_inline)) inline double side_pass(int64_t n, const double* 
   if (kDelta) { *dmin = dn; *dmax_abs = da; }
   return mx;
 }
-DSNOT_SWAP_CLONES double side_pass_delta(int64_t n, const double* w, const double* g, const double* diag,
+DSNOT_CPU_CLONES double side_pass_delta(int64_t n, const double* w, const double* g, const double* diag,
                                          const uint8_t* pr, int64_t q_new, double* A, double* B, double* dmin,
                                          double* dmax_abs) {
   return side_pass<true>(n, w, g, diag, pr, q_new, A, B, dmin, dmax_abs);
 }
-DSNOT_SWAP_CLONES double side_pass_plain(int64_t n, const double* w, const double* g, const double* diag,
+DSNOT_CPU_CLONES double side_pass_plain(int64_t n, const double* w, const double* g, const double* diag,
                                          const uint8_t* pr, double* A, double* B) {
   return side_pass<false>(n, w, g, diag, pr, -1, A, B, nullptr, nullptr);
 }
@@ -199,7 +199,7 @@ constexpr size_t kEnvelopeLanes = 32;
 // then L_q <- max(L_q, the Cauchy-Schwarz bound cs_q - slack), cs_q = the envelope at a_q (nh >= 0
 // lines hm, hb; or read from cs when given; none when nh < 0); LB_q = (A_q + L_q) - slack. Pruned
 // columns: LB = +inf (their L is never read).
-DSNOT_SWAP_CLONES void bound_pass(int64_t n, double* __restrict L, const double* __restrict A,
+DSNOT_CPU_CLONES void bound_pass(int64_t n, double* __restrict L, const double* __restrict A,
                                   const double* __restrict w, const double* __restrict key,
                                   const uint8_t* __restrict pr, const double* __restrict prow, double pb,
                                   double pw, double dmin, double peps, double scale, const double* hm,

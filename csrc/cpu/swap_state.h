@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/swap_block_scan.h"
+#include "cpu/simd.h"
 #include "cpu/swap_split.h"
 
 namespace dsnot {
@@ -31,22 +33,14 @@ struct SwapProblem {
   double rho = kInf;                   // max_j rho_j (see z); inf = no Cauchy-Schwarz bound
   int prune_m = 0;                     // 0 = unstructured
   int64_t max_cycles = 0;
-  int search = 0;                      // 0, 2, 3 = bounded (fast; 2: no split bound, 3: split at any width), 1 = full scan
+  int search = 0;                      // 0, 2-6 = bounded (fast; 2: no split bound, 3: split at any width), 1 = full scan
+  bool block_scan = false;             // scan kept rows by blocks (swap_block_scan.h); needs the split bound
   uint8_t* mask_out = nullptr;
   int32_t* swaps_out = nullptr;
   int64_t* pairs_out = nullptr;        // pairs whose delta was computed, per row
   const split::Consts* split = nullptr;  // the low-rank-plus-residual bound (csrc/cpu/swap_split.h)
 };
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(DSNOT_CPU_NO_CLONES)
-#define DSNOT_SWAP_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define DSNOT_SWAP_CLONES
-#endif
-typedef double v4d __attribute__((vector_size(32)));
-typedef int64_t v4l __attribute__((vector_size(32)));
-typedef double v8d __attribute__((vector_size(64)));
-typedef int64_t v8l __attribute__((vector_size(64)));
 
 struct SwapScratch {
   std::vector<double> w, g, A, B, L, key, hm, hb, lb, cs;  // lb, cs: the bound pass's
@@ -54,6 +48,7 @@ struct SwapScratch {
   std::vector<int32_t> ps, ks, stair;           // pruned / kept columns by (a_j, j) ascending; the undominated pruned
   std::vector<std::pair<double, int64_t>> cand; // (lb, q) to visit this cycle (the first nc)
   split::Row sp;                                // the split bound's per-row state
+  BlockScanRow blk;                             // the block scans' per-row state
   std::vector<double> sp_tmp;
   explicit SwapScratch(const SwapProblem& P) {
     sp_tmp.resize(static_cast<size_t>(P.cols));
