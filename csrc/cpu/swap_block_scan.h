@@ -223,6 +223,11 @@ DSNOT_CPU_CLONES size_t block_bounds(const double* __restrict Bt, const double* 
     const v8lb skip = (lb > bestv) | (m == inf);
     const v8lb take = skip & (bnd < lminv);
     lminv = (v8db)(((v8lb)bnd & take) | ((v8lb)lminv & ~take));
+    // Every lane ruled out (the common case): nothing to list. An AND over the lanes by halves.
+    const v8lb s4 = skip & __builtin_shufflevector(skip, skip, 4, 5, 6, 7, 0, 1, 2, 3);
+    const v8lb s2 = s4 & __builtin_shufflevector(s4, s4, 2, 3, 0, 1, 6, 7, 4, 5);
+    const v8lb s1 = s2 & __builtin_shufflevector(s2, s2, 1, 0, 3, 2, 5, 4, 7, 6);
+    if (s1[0] != 0) continue;
     for (int l = 0; l < kGroupBlocks; ++l) {
       const int64_t b = g * kGroupBlocks + l;
       todo[n] = static_cast<int32_t>(b);
