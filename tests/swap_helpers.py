@@ -1,5 +1,7 @@
 """What the swap kernel tests share: the compiled op called directly, the initial mask, the
 reference's swap, and the exact comparison of two ``(mask, swaps)`` results."""
+import contextlib
+
 import torch
 
 from correlated_inputs import outlier_layer
@@ -36,3 +38,14 @@ def twin_layer(rows, cols, seed):
     M = M.repeat_interleave(2, 0).repeat_interleave(2, 1)  # PSD; a twin swap changes nothing (delta 0)
     stats = tuple(s.repeat_interleave(2) for s in stats)
     return W, stats, M
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """torch's thread count set to n inside the block, restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -16,7 +16,7 @@ import torch
 
 from correlated_inputs import correlated_layer, outlier_layer
 from dsnot_kernels import _extension, ops
-from swap_helpers import assert_same, initial, op, reference, twin_layer
+from swap_helpers import assert_same, initial, op, reference, torch_threads, twin_layer
 
 pytestmark = [pytest.mark.skipif(not _extension.has_kernel("CPU", "refine_mask_swap"),
                                  reason="extension built without the refine_mask_swap CPU kernel")]
@@ -92,12 +92,8 @@ def test_block_scans_dead_channels():
 def test_block_scans_threads_and_cap(threads, cap):
     W, stats, M = outlier_layer(21, 208, seed=41 + cap)
     mask0 = initial(W, stats, 0.6)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         blocks = op(W, mask0, M, BLOCKS, cap)
-    finally:
-        torch.set_num_threads(old)
     assert_same(blocks, op(W, mask0, M, 1, cap), f"{threads} threads, cap {cap}")
     assert int(blocks[1].max()) == cap
 

@@ -17,7 +17,7 @@ from correlated_inputs import outlier_layer
 import dsnot_kernels as dk
 from dsnot_kernels import _extension, ops
 from dsnot_kernels.objectives.cov_window import cov_g0
-from swap_helpers import BIG, assert_same, initial, op, reference, twin_layer
+from swap_helpers import BIG, assert_same, initial, op, reference, torch_threads, twin_layer
 
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("CPU", "refine_mask_swap"),
                                 reason="extension built without the refine_mask_swap CPU kernel")
@@ -76,12 +76,8 @@ def test_row_blocks_identical_rows():
 def test_row_blocks_threads_and_cap(threads, cap):
     W, stats, M = outlier_layer(67, 128, seed=26 + cap)
     mask0 = initial(W, stats, 0.6)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         blocks = op(W, mask0, M, 3, cap)
-    finally:
-        torch.set_num_threads(old)
     assert_same(blocks, op(W, mask0, M, 4, cap), f"{threads} threads, cap {cap}")
     assert int(blocks[1].max()) == cap
 

@@ -90,7 +90,7 @@ struct RowSearch {
     *pairs += n_pruned;
     if (!brute) S->L[q] = (e - A[q]) - kSlack * (scale + std::fabs(e));
     S->lb[q] = kInf;
-    if (r >= 0 && (e < best || (e == best && bq >= 0 && q < bq))) { best = e; bq = q; br = r; }
+    offer(e, q, r);
   }
 
   // Block b of row q, exactly (swap_block_scan.h): the least delta over its pruned r (the first r
@@ -145,10 +145,10 @@ struct RowSearch {
     float* Wq = K.w_row(q, 2.0 * S->sp.b[q]);
     double lmin = kInf;
     float* Dq = K.D.data() + q * K.nbp;
-    const size_t n = block_bounds(K.Bt.data(), K.xt.data(), Wq, Dq, K.cum.data(), K.ng, 2.0 * S->sp.x[q], aq, scale, kSlack, best,
-                                  P->M + q * P->cols, P->cols, K.todo.data(), K.todo_bnd.data(), &lmin);
-    const double* tb = K.todo_bnd.data();
     const double* Mq = P->M + q * P->cols;
+    const size_t n = block_bounds(K.Bt.data(), K.xt.data(), Wq, Dq, K.cum.data(), K.ng, 2.0 * S->sp.x[q], aq, scale,
+                                  kSlack, best, Mq, P->cols, K.todo.data(), K.todo_bnd.data(), &lmin);
+    const double* tb = K.todo_bnd.data();
     for (size_t t = 0; t < n; ++t) {
       if (t + kPrefetchAhead < n) {
         const int64_t jp = static_cast<int64_t>(K.todo[t + kPrefetchAhead]) * kBlockCols;

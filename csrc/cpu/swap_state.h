@@ -33,14 +33,13 @@ struct SwapProblem {
   double rho = kInf;                   // max_j rho_j (see z); inf = no Cauchy-Schwarz bound
   int prune_m = 0;                     // 0 = unstructured
   int64_t max_cycles = 0;
-  int search = 0;                      // 0, 2-6 = bounded (fast; 2: no split bound, 3: split at any width), 1 = full scan
+  int search = 0;                      // 0, 2-5 = bounded (2: no split bound, 3: split and row blocks at any width, 4: one row, 5: block scans), 1 = full scan
   bool block_scan = false;             // scan kept rows by blocks (swap_block_scan.h); needs the split bound
   uint8_t* mask_out = nullptr;
   int32_t* swaps_out = nullptr;
   int64_t* pairs_out = nullptr;        // pairs whose delta was computed, per row
   const split::Consts* split = nullptr;  // the low-rank-plus-residual bound (csrc/cpu/swap_split.h)
 };
-
 
 struct SwapScratch {
   std::vector<double> w, g, A, B, L, key, hm, hb, lb, cs;  // lb, cs: the bound pass's
