@@ -28,6 +28,7 @@ such; formula in the table).
     python benchmarks/bench_wide.py --shapes 4096x11008 --objectives cov_window swap
     python benchmarks/bench_wide.py --shapes 7b --rows 64 --objectives cov_window swap --compare-alone
     python benchmarks/bench_wide.py --shapes 7b --rows 16 --objectives cov_window swap --compare-blocks  # search 5
+    python benchmarks/bench_wide.py --shapes 7b --rows 64 --objectives cov_window swap --compare-f32  # search 6
     python benchmarks/bench_wide.py --backend triton --shapes 7b --rows 8 --no-write   # a lent GPU
 """
 from __future__ import annotations
@@ -167,6 +168,10 @@ COMPARISONS = [
     ("compare_blocks", (0, 5), 1, "blockscan", ("default", "block scans"),
      "Block scans (search 5, csrc/cpu/swap_block_scan.h: rows scanned by blocks of 16 columns, one row at a "
      "time, a block read only when its bounds cannot rule it out) against search 0 (the default), once each."),
+    ("compare_f32", (0, 6), 2, "f32", ("float32 scans", "float64 scans"),
+     "Float32 row scans (search 0, the default from 8192 columns: csrc/cpu/swap_scan32.h, each row of the pair "
+     "matrix scanned in float32 and its candidates rechecked in float64) against search 6 (the same search "
+     "with float64 scans), alternated, the fastest of two each."),
 ]
 
 
@@ -330,6 +335,8 @@ def main(argv=None):
                     help="also time the swap op with search 5 (block scans) against 0 on the same rows")
     ap.add_argument("--compare-alone", action="store_true",
                     help="also time swap's op with rows in blocks (search 0) against one row at a time (search 4)")
+    ap.add_argument("--compare-f32", action="store_true",
+                    help="also time swap's op with float32 row scans (search 0) against float64 ones (search 6)")
     ap.add_argument("--section", default="wide", help="the RESULTS.md section this run refreshes")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)

@@ -25,10 +25,10 @@ case $PY in /*) ;; */*) PY=$PWD/$PY ;; *) PY=$(command -v "$PY") ;; esac  # the 
 export MAX_JOBS=${MAX_JOBS:-1}
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -g -O1"
 [ "${SANITIZE_NO_CLONES:-0}" = 1 ] && SAN="$SAN -DDSNOT_CPU_NO_CLONES"
-TESTS="tests/test_fuzz.py tests/test_fuzz_cov.py tests/test_fuzz_swap.py tests/test_swap_split.py tests/test_swap_rows.py tests/test_swap_block_scan.py tests/test_cpu_kernel.py
+TESTS="tests/test_fuzz.py tests/test_fuzz_cov.py tests/test_fuzz_swap.py tests/test_swap_split.py tests/test_swap_rows.py tests/test_swap_block_scan.py tests/test_swap_scan32.py tests/test_cpu_kernel.py
   tests/test_cpu_cov_kernel.py tests/test_swap_cpu_kernel.py tests/test_validation.py tests/test_poison.py
   tests/test_regressions.py"
-KERNEL_TESTS="tests/test_cpu_kernel.py tests/test_cpu_cov_kernel.py tests/test_swap_cpu_kernel.py tests/test_swap_split.py tests/test_swap_rows.py tests/test_swap_block_scan.py"
+KERNEL_TESTS="tests/test_cpu_kernel.py tests/test_cpu_cov_kernel.py tests/test_swap_cpu_kernel.py tests/test_swap_split.py tests/test_swap_rows.py tests/test_swap_block_scan.py tests/test_swap_scan32.py"
 ASAN_LIB=$(gcc -print-file-name=libasan.so) UBSAN_LIB=$(gcc -print-file-name=libubsan.so)
 for lib in "$ASAN_LIB" "$UBSAN_LIB"; do  # gcc prints the bare name when it has no such library
   [ -f "$lib" ] || { echo "error: gcc has no $lib (install GCC's libasan / libubsan)" >&2; exit 1; }

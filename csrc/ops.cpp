@@ -27,7 +27,9 @@ TORCH_LIBRARY(dsnot_kernels, m) {
   // Objective 4 ("swap"): the best (kept, pruned) pair of the whole row per cycle while it lowers
   // D M Dᵀ; initial mask and g0 as refine_mask_cov. search: 0 = the bounded exact search, 1 = the
   // full scan of every pair (same result; for tests), 2 = bounded without the low-rank split bound,
-  // 3 = bounded with it at every width (comparisons and tests). Returns (mask, swaps, pairs read per row).
+  // 3 = bounded with it, row blocks and float32 scans at every width (comparisons and tests), 4 = as 0
+  // one row at a time, 5 = block scans, 6 = as 0 with float64 scans; every search returns the same
+  // (mask, swaps). Returns (mask, swaps, pairs read per row).
   m.def(
       "refine_mask_swap(Tensor weight, Tensor initial_mask, Tensor second_moment, Tensor g0, int prune_m, "
       "int max_cycle_time, int search) -> (Tensor, Tensor, Tensor)");

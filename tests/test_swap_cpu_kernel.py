@@ -310,7 +310,7 @@ def test_checks_at_the_cpp_boundary():
                              (3, g0[:2], "g0"), (3, g0.float(), "g0"), (1, mask[:, :8].contiguous(), "initial_mask"),
                              (1, mask.to(torch.uint8), "initial_mask"), (0, W.double(), "weight"),
                              (0, W.t(), "weight"), (0, W[0], "weight"), (4, 5, "prune_m"), (4, -1, "prune_m"),
-                             (5, -1, "max_cycle_time"), (6, 6, "search"), (6, -1, "search")]:
+                             (5, -1, "max_cycle_time"), (6, 7, "search"), (6, -1, "search")]:
         args = list(base)
         args[index] = bad
         with pytest.raises(RuntimeError, match=word):

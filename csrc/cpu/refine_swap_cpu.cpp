@@ -31,6 +31,9 @@
 // Rows (swap_row_block.h): from 2048 columns one thread runs a block of rows together, sweeping
 // M in tiles that every row of the block scans its part of, so M is streamed once per sweep for
 // many rows instead of once per row; same pairs, same masks (search 4: one row at a time).
+// Float32 scans (swap_scan32.h; from 8192 columns, search 6 without them): a row of the pair matrix
+// is scanned in float32 from a float32 copy of M, each delta with a bound of its float32 error,
+// and the few columns that bound cannot rule out are computed again in float64: the same pair.
 // Block scans (swap_block_scan.h, search 5 only: exact and 10-18x fewer pairs read, slower on a CPU):
 // a row of the pair matrix by blocks of 16 columns, a block read only when two bounds (the exact
 // rank-1 part with a stored residual minimum; a drift bound carried across swaps) cannot rule it out.
@@ -55,6 +58,9 @@
 namespace dsnot {
 namespace cpu {
 namespace {
+
+constexpr int64_t kScan32MinCols = 8192;  // narrower: no faster (benchmarks/RESULTS.md "wide-f32")
+constexpr int64_t kScan32MaxBytes = int64_t{8} << 30;
 
 // Row i's w (its float values, exactly, as float64), g0 and initial mask into S and out.
 template <typename scalar_t>
@@ -127,10 +133,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
               "refine_mask_swap (cpu): cols must be divisible by prune_m, got ", cols, " and ", prune_m);
   TORCH_CHECK(max_cycle_time >= 0 && max_cycle_time < (int64_t{1} << 31),
               "refine_mask_swap (cpu): max_cycle_time must be in [0, 2**31), got ", max_cycle_time);
-  TORCH_CHECK(search >= 0 && search <= 5,
+  TORCH_CHECK(search >= 0 && search <= 6,
               "refine_mask_swap (cpu): search must be 0 (bounded), 1 (full scan), 2 (bounded without the "
-              "low-rank split bound), 3 (bounded, the split bound and row blocks at every width), 4 (as 0, one "
-              "row at a time) or 5 (block scans, one row at a time), got ", search);
+              "low-rank split bound), 3 (bounded, the split bound, row blocks and float32 scans at every width), "
+              "4 (as 0, one row at a time), 5 (block scans, one row at a time) or 6 (as 0, float64 scans), got ",
+              search);
 
   at::Tensor mask = at::empty({rows, cols}, weight.options().dtype(at::kBool));
   at::Tensor swaps = at::zeros({rows}, weight.options().dtype(at::kInt));
@@ -193,7 +200,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
   split::Consts sc;
   // The split bound from split::kMinCols columns (below, its per-cycle work costs more than the pairs
   // it saves: benchmarks/RESULTS.md "wide"); search 3 at every width (tests), search 2 never.
-  const bool want_split = search == 3 || search == 5 || ((search == 0 || search == 4) && cols >= split::kMinCols);
+  const bool like0 = search == 0 || search == 6;
+  const bool want_split = search == 3 || search == 5 || ((like0 || search == 4) && cols >= split::kMinCols);
   if (prune_m == 0 && want_split && P.rho < kInf && max_cycle_time > 0) {
     sc = split::constants(M, cols);
     P.split = &sc;
@@ -206,7 +214,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_mask_swap_cpu(
   P.block_scan = search == 5 && P.split != nullptr && P.split->ok && block_scan_fits(cols);
   const int row_block = row_block_size(cols);
   const bool blocks = prune_m == 0 && row_block > 1 && !P.block_scan &&
-                      (search == 3 || ((search == 0 || search == 2) && cols >= kBlockMinCols));
+                      (search == 3 || ((like0 || search == 2) && cols >= kBlockMinCols));
+  // The row scans in float32 (swap_scan32.h: the same pair, from half the bytes of M) from
+  // kScan32MinCols columns (search 3: at every width; 1, 5 and 6: never), M32 at most kScan32MaxBytes.
+  at::Tensor m32;
+  const bool want32 = search == 3 || ((search == 0 || search == 2 || search == 4) && cols >= kScan32MinCols);
+  if (prune_m == 0 && max_cycle_time > 0 && want32 && std::isfinite(m_abs_max) && m_abs_max < kScan32Max &&
+      cols * cols * int64_t{4} <= kScan32MaxBytes) {
+    m32 = second_moment.to(at::kFloat);
+    P.M32 = m32.data_ptr<float>();
+    P.row_abs = row_abs.data();
+  }
   at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
     if (blocks) rows_in_blocks(P, wt, b, e, row_block);
     else rows_alone(P, wt, b, e);

@@ -10,6 +10,7 @@
 
 #include "cpu/lower_envelope.h"
 #include "cpu/swap_passes.h"
+#include "cpu/swap_scan32.h"
 #include "cpu/swap_state.h"
 
 namespace dsnot {
@@ -29,7 +30,8 @@ struct RowSearch {
   int64_t* pairs = nullptr;
   int64_t n_pruned = 0, n_kept = 0, cycle = 0;
   double c_max = 0.0, c_all = 0.0, scale = 0.0;
-  bool brute = false, use_cs = false, use_split = false, use_blk = false;
+  bool brute = false, use_cs = false, use_split = false, use_blk = false, use_f32 = false;
+  double w_max = 0.0;
   bool pending = false;  // a swap whose bound update is still to apply
   double dmin = 0.0, peps = 0.0, pb = 0.0, pw = 0.0;
   const double* prow = nullptr;
@@ -44,7 +46,7 @@ struct RowSearch {
     P = &Pr; S = &Sc; out = o; pairs = pa;
     const int64_t cols = P->cols;
     const double* w = S->w.data();
-    double w_max = 0.0;
+    w_max = 0.0;
     n_pruned = 0;
     for (int64_t j = 0; j < cols; ++j) {
       n_pruned += S->pruned[j];
@@ -77,6 +79,11 @@ struct RowSearch {
       std::sort(S->ks.begin(), S->ks.end(), less);
     }
     for (int64_t j = 0; j < cols; ++j) S->L[j] = -kInf;
+    // The float32 scans (swap_scan32.h): the bounded search only, far from float32's overflow
+    // (scan() checks the scale, which only grows, again).
+    use_f32 = !brute && !use_blk && P->M32 != nullptr && c_max < kScan32Max && P->m_abs_max < kScan32Max;
+    if (use_f32)
+      for (int64_t j = 0; j < cols; ++j) S->w32[j] = static_cast<float>(w[j]);
     return true;
   }
 
@@ -86,7 +93,12 @@ struct RowSearch {
     if (use_blk) return scan_blocks(q);
     const double* A = S->A.data();
     int64_t r = -1;
-    const double e = row_min(A[q], 2.0 * S->w[q], S->w.data(), S->B.data(), P->M + q * P->cols, P->cols, &r);
+    const double tq = 2.0 * S->w[q];
+    const double* Mq = P->M + q * P->cols;
+    const double e = use_f32 && scale < kScan32Max
+        ? row_min32(A[q], tq, S->w.data(), S->B.data(), Mq, S->w32.data(), S->B32.data(), P->M32 + q * P->cols,
+                    P->cols, scan32_tiny(A[q], scale, tq, w_max, P->row_abs[q]), S->d32.data(), &r)
+        : row_min(A[q], tq, S->w.data(), S->B.data(), Mq, P->cols, &r);
     *pairs += n_pruned;
     if (!brute) S->L[q] = (e - A[q]) - kSlack * (scale + std::fabs(e));
     S->lb[q] = kInf;
@@ -196,6 +208,11 @@ struct RowSearch {
     const double* w = S->w.data();
     double* LB = S->lb.data();
     if (use_blk) S->blk.load_B(S->B.data());
+    if (use_f32) {
+      const double* B = S->B.data();
+      float* B32 = S->B32.data();
+      for (int64_t j = 0; j < cols; ++j) B32[j] = static_cast<float>(B[j]);
+    }
     if (use_cs) {
       const size_t nh = build_envelope(*S);
       const double* cs = nullptr;

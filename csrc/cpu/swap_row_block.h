@@ -88,7 +88,8 @@ struct RowBlock {
   // pairs read into pairs[k]; the swap counts into swaps[k].
   void run(const SwapProblem& P, int n, uint8_t* const* out, int64_t* pairs, int32_t* swaps) {
     const int64_t cols = P.cols;
-    const int64_t tile = std::max<int64_t>(4, kTileBytes / (cols * static_cast<int64_t>(sizeof(double))));
+    const int64_t elt = P.M32 != nullptr ? sizeof(float) : sizeof(double);  // the scans' M
+    const int64_t tile = std::max<int64_t>(4, kTileBytes / (cols * elt));
     const int64_t n_tiles = (cols + tile - 1) / tile;
     for (int k = 0; k < n; ++k) {
       R[k] = RowSearch();

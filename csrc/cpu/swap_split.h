@@ -9,8 +9,8 @@
 //     min_r (B_r - C_qr) >= min_r (B_r - 2 x_r x_q - 2 b_r b_q).
 // The dominant direction (a strong common component of the inputs, which makes every channel pair
 // correlate and the plain bound |C_qr| <= 2 a_q a_r lose the sign) is kept exactly, signed; only
-// the residual goes through Cauchy-Schwarz. The pruned columns are split into kBuckets buckets by
-// b (fixed per row); in each bucket b_r <= bmax, and min over the bucket of the lines
+// the residual goes through Cauchy-Schwarz. The pruned columns are split into buckets by b (fixed
+// per row; see kBuckets); in each bucket b_r <= bmax, and min over the bucket of the lines
 // y = B_r - 2 x_r X is a lower envelope (the convex-hull trick over signed slopes), evaluated at
 // X = x_q for the kept q in increasing x order. The bound of q is min over buckets of
 // (envelope(x_q) - 2 b_q bmax); the caller lowers it by its slack, as every other bound.
@@ -31,7 +31,12 @@ namespace dsnot {
 namespace cpu {
 namespace split {
 
-constexpr int kBuckets = 32;
+// Buckets by b: at least kBuckets (equal counts), more where b spans over kBucketRatio within one.
+// On bench_wide.py's inputs 32 equal-count buckets read 1.5x (4096 columns) to 2.6x (11008) more
+// pairs than these (benchmarks/RESULTS.md "wide-buckets"); the bound's cost is O(buckets) per kept q.
+constexpr int kBuckets = 64;
+constexpr double kBucketRatio = 1.25;
+constexpr size_t kMaxBuckets = 512;
 constexpr int64_t kMinCols = 2048;  // narrower rows: no split bound (search 0)
 constexpr int kPowerIterations = 6;
 constexpr double kInfS = std::numeric_limits<double>::infinity();
@@ -117,10 +122,11 @@ inline size_t lower_hull(const std::vector<int32_t>& idx, const double* x, const
 // Per row.
 struct Row {
   std::vector<double> x, b, hm, hb;
-  std::vector<int8_t> bucket;
-  double bmax[kBuckets] = {};
-  std::vector<int32_t> kept;               // kept columns by (x, j)
-  std::vector<int32_t> pruned[kBuckets];   // pruned columns of each bucket by (x, j)
+  std::vector<int16_t> bucket;
+  int nb = kBuckets;
+  std::vector<double> bmax;
+  std::vector<int32_t> kept;                // kept columns by (x, j)
+  std::vector<std::vector<int32_t>> pruned; // pruned columns of each bucket by (x, j)
 
   struct Less {
     const double* x;
@@ -136,12 +142,25 @@ struct Row {
       order[j] = static_cast<int32_t>(j);
     }
     std::sort(order.begin(), order.end(), [&](int32_t p, int32_t q) { return b[p] < b[q] || (b[p] == b[q] && p < q); });
-    for (int k = 0; k < kBuckets; ++k) { bmax[k] = 0.0; pruned[k].clear(); }
-    for (int64_t i = 0; i < n; ++i) {
-      const int k = static_cast<int>(i * kBuckets / n);
-      bucket[order[i]] = static_cast<int8_t>(k);
-      bmax[k] = std::max(bmax[k], b[order[i]]);
+    // Buckets from the largest b down: a new one after ceil(n / kBuckets) columns, or as soon as b
+    // falls below the bucket's largest / kBucketRatio (the heavy tail of |w| and the outlier
+    // channels get buckets of their own), at most kMaxBuckets.
+    // (The ratio rule stops at 1 % of the largest b: below, a bucket's loss is small anyway.)
+    bmax.clear();
+    int64_t cnt = 0;
+    const int64_t per = (n + kBuckets - 1) / kBuckets;
+    const double floor_b = n > 0 ? 1e-2 * b[order[n - 1]] : 0.0;
+    for (int64_t i = n - 1; i >= 0; --i) {
+      const double bi = b[order[i]];
+      const bool fresh = bmax.empty() || ((cnt >= per || (bi >= floor_b && bi * kBucketRatio < bmax.back())) &&
+                                          bmax.size() < kMaxBuckets);
+      if (fresh) { bmax.push_back(bi); cnt = 0; }
+      ++cnt;
+      bucket[order[i]] = static_cast<int16_t>(bmax.size() - 1);
     }
+    nb = static_cast<int>(bmax.size());
+    pruned.resize(nb);
+    for (int k = 0; k < nb; ++k) pruned[k].clear();
     kept.clear();
     for (int64_t j = 0; j < n; ++j) (pr[j] ? pruned[bucket[j]] : kept).push_back(static_cast<int32_t>(j));
     const Less less{x.data()};
@@ -163,7 +182,7 @@ struct Row {
   // out[q] = max(out[q], the split bound of q) for every kept q (out holds the caller's bound).
   void bound(const double* B, double* out, double* tmp) {
     for (const int32_t q : kept) tmp[q] = kInfS;
-    for (int k = 0; k < kBuckets; ++k) {
+    for (int k = 0; k < nb; ++k) {
       if (pruned[k].empty()) continue;
       const size_t nh = lower_hull(pruned[k], x.data(), B, hm.data(), hb.data());
       const double tb = 2.0 * bmax[k];

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/swap_block_scan.h"
+#include "cpu/swap_scan32.h"
 #include "cpu/simd.h"
 #include "cpu/swap_split.h"
 
@@ -26,6 +27,8 @@ struct SwapProblem {
   const void* weight = nullptr;        // (rows, cols) scalar_t
   const uint8_t* init_mask = nullptr;  // (rows, cols), 1 = pruned
   const double* M = nullptr;           // (cols, cols), exactly symmetric
+  const float* M32 = nullptr;          // M rounded to float32 for the row scans (swap_scan32.h), or none
+  const double* row_abs = nullptr;     // (cols,) max_r |M_qr|
   const double* diag = nullptr;        // (cols,) M_jj
   const double* z = nullptr;           // (cols,) s_j sqrt(rho_j) (1 + 1e-12), s = sqrt(diag M) (Cauchy-Schwarz)
   const double* g0 = nullptr;          // (rows, cols)
@@ -33,7 +36,7 @@ struct SwapProblem {
   double rho = kInf;                   // max_j rho_j (see z); inf = no Cauchy-Schwarz bound
   int prune_m = 0;                     // 0 = unstructured
   int64_t max_cycles = 0;
-  int search = 0;                      // 0, 2-5 = bounded (2: no split bound, 3: split and row blocks at any width, 4: one row, 5: block scans), 1 = full scan
+  int search = 0;                      // 0, 2-6 = bounded (2: no split bound, 3: split, row blocks and float32 scans at any width, 4: one row, 5: block scans, 6: as 0 with float64 scans), 1 = full scan
   bool block_scan = false;             // scan kept rows by blocks (swap_block_scan.h); needs the split bound
   uint8_t* mask_out = nullptr;
   int32_t* swaps_out = nullptr;
@@ -49,7 +52,9 @@ struct SwapScratch {
   split::Row sp;                                // the split bound's per-row state
   BlockScanRow blk;                             // the block scans' per-row state
   std::vector<double> sp_tmp;
+  std::vector<float> w32, B32, d32;             // the float32 scans' (swap_scan32.h)
   explicit SwapScratch(const SwapProblem& P) {
+    if (P.M32 != nullptr) { w32.resize(static_cast<size_t>(P.cols)); B32.resize(static_cast<size_t>(P.cols)); d32.resize(scan32_buf_size(P.cols)); }
     sp_tmp.resize(static_cast<size_t>(P.cols));
     const size_t c = static_cast<size_t>(P.cols);
     w.resize(c); g.resize(c); A.resize(c); B.resize(c); L.resize(c);
