@@ -121,7 +121,7 @@ inline size_t lower_hull(const std::vector<int32_t>& idx, const double* x, const
 
 // Per row.
 struct Row {
-  std::vector<double> x, b, hm, hb;
+  std::vector<double> x, b, hm, hb, xk, bk;
   std::vector<int16_t> bucket;
   int nb = kBuckets;
   std::vector<double> bmax;
@@ -180,19 +180,31 @@ struct Row {
   }
 
   // out[q] = max(out[q], the split bound of q) for every kept q (out holds the caller's bound).
+  // tmp: cols doubles of scratch. The kept q's x, b and running bound sit contiguous, in x order.
   void bound(const double* B, double* out, double* tmp) {
-    for (const int32_t q : kept) tmp[q] = kInfS;
+    const size_t nk = kept.size();
+    xk.resize(nk);
+    bk.resize(nk);
+    double* t = tmp;
+    for (size_t i = 0; i < nk; ++i) {
+      xk[i] = x[kept[i]];
+      bk[i] = b[kept[i]];
+      t[i] = kInfS;
+    }
     for (int k = 0; k < nb; ++k) {
       if (pruned[k].empty()) continue;
       const size_t nh = lower_hull(pruned[k], x.data(), B, hm.data(), hb.data());
       const double tb = 2.0 * bmax[k];
       Envelope env{hm.data(), hb.data(), nh};
-      for (const int32_t q : kept) {  // increasing x
-        const double e = env.at(x[q]) - tb * b[q];
-        tmp[q] = e < tmp[q] ? e : tmp[q];
+      for (size_t i = 0; i < nk; ++i) {  // increasing x
+        const double e = env.at(xk[i]) - tb * bk[i];
+        t[i] = e < t[i] ? e : t[i];
       }
     }
-    for (const int32_t q : kept) out[q] = tmp[q] > out[q] ? tmp[q] : out[q];
+    for (size_t i = 0; i < nk; ++i) {
+      const int32_t q = kept[i];
+      out[q] = t[i] > out[q] ? t[i] : out[q];
+    }
   }
 };
 
