@@ -1,20 +1,23 @@
 // The float32 row scan of the "swap" CPU kernel (refine_swap_cpu.cpp, which alone includes this
 // file): the same first minimum as row_min (swap_passes.h), bit for bit, from a float32 copy of M.
 //
-// Pass 1 computes every delta of row q in float32, d32_j = (a - (tq w_j) M_qj) + B_j from float32
-// copies of a, tq, w (exact: the weights are float32, float16 or bfloat16), M and B, 16 lanes at a
-// time (half the bytes of M and twice the lanes of the float64 scan), with a bound E_j of its
-// distance to the float64 delta d64_j (below): it stores lo_j = d32_j - E_j and keeps the least
-// hi_j = d32_j + E_j. The float64 first minimum (and every j tied with it) has lo_j <= d64_j <=
-// min_k d64_k <= min_k hi_k, so pass 2 computes exactly, with the float64 scan's own expression,
-// only the j with lo_j <= min hi, in increasing j, the first strict minimum winning. The result is
-// row_min's (value and index), whatever the rounding of pass 1.
+// Pass 1 computes, for every column j of row q, t_j = B_j - (tq w_j) M_qj in float32 (the delta
+// less A_q, the row's constant) from float32 copies of tq, w (exact: the weights are float32,
+// float16 or bfloat16), M and B, 16 lanes at a time, with a bound E_j of its distance to the
+// float64 delta d64_j less A_q. It keeps min_j hi_j (hi_j = t_j + E_j) and, per group of 16 x 16
+// columns, the lane-wise least lo_j = t_j - E_j; nothing per column (the bytes a scan moves are
+// half the float64 scan's). The float64 first minimum, and every j tied with it, has lo_j <=
+// d64_j - A_q <= min_k (d64_k - A_q) <= min_k hi_k, so pass 2 recomputes (same float32 operations,
+// same values) the lo of only the lanes whose least lo reaches min hi, and computes the j whose lo
+// does in float64 with row_min's expression, the least value winning, ties to the lowest j. The
+// result is row_min's (value and index), whatever the rounding of pass 1. A_q stays out of the
+// float32 part: a large A_q against a large B_r - C_qr would leave hundreds of candidates.
 //
-// The error bound. With u = 2^-24 and p_j = (tq w_j) M_qj: the float32 value has five roundings in
-// the cross term (the conversions of tq, w, M and the two products: (1 + u)^5 - 1 < 5.01 u), two
-// conversions (a, B) and two sums, so |d32 - d| <= u (3.01 |a| + 7.01 |p| + 2.01 |B|) for the exact
-// d, and float64 adds 3 2^-53 of the same. E_j = 10 u (|a| + |p_j| + |B_j|) computed in float32
-// (its own roundings and those of lo and hi are below 2 u of the same sum) covers it, plus an
+// The error bound. With u = 2^-24 and p_j = (tq w_j) M_qj: p_j has five roundings (the conversions
+// of tq, w, M and the two products: (1 + u)^5 - 1 < 5.01 u), B_j one conversion, t_j one sum, so
+// |t32 - (B - p)| <= u (6.02 |p| + 2.01 |B|); E_j = 10 u (|p_j| + |B_j|) computed in float32 (its
+// own roundings and those of lo and hi stay below 2 u of the same sum) covers it. The uniform part
+// (scan32_tiny) adds float64's own three roundings of d, relative to |A_q| + |p| + |B|, and an
 // absolute 2^-146 (4 + |tq| max|w| + max_j |M_qj|) for results in float32's subnormal range (each
 // rounding there errs by at most 2^-150, amplified by at most those factors). The caller uses the
 // scan only when every magnitude is far from float32's overflow (kScan32Max).
@@ -104,12 +107,12 @@ inline double scan32_exact(double a, double tq, const double* w, const double* B
                            int64_t n, float thr, int64_t* arg) {
   double v = std::numeric_limits<double>::infinity();
   int64_t k = -1;
-  auto consider = [&](int64_t j) {  // in increasing j: the first strict minimum stays
+  auto consider = [&](int64_t j) {  // the least value, ties to the lowest j
     float lo, hi;
     scan32_one(tq32, tiny, w32, B32, Mq32, j, &lo, &hi);
     if (!(lo <= thr)) return;
     const double e = (a - (tq * w[j]) * Mq[j]) + B[j];
-    if (e < v || (e == v && j < k)) { v = e; k = j; }
+    if (e < v || (e == v && j < k)) { v = e; k = j; }  // lanes are visited out of j order
   };
   const int64_t n16 = n - n % kScan32Lanes, groups = (n16 + kScan32Group - 1) / kScan32Group;
   for (int64_t gi = 0; gi < groups; ++gi) {

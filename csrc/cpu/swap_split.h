@@ -32,8 +32,9 @@ namespace cpu {
 namespace split {
 
 // Buckets by b: at least kBuckets (equal counts), more where b spans over kBucketRatio within one.
-// On bench_wide.py's inputs 32 equal-count buckets read 1.5x (4096 columns) to 2.6x (11008) more
-// pairs than these (benchmarks/RESULTS.md "wide-buckets"); the bound's cost is O(buckets) per kept q.
+// On bench_wide.py's inputs 32 equal-count buckets read 1.8x (4096 columns) to 2.7x (11008) more
+// pairs than these (benchmarks/RESULTS.md, notes on "wide-f32"); the bound's cost is O(buckets) per
+// kept q.
 constexpr int kBuckets = 64;
 constexpr double kBucketRatio = 1.25;
 constexpr size_t kMaxBuckets = 512;
